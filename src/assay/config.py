@@ -1,0 +1,99 @@
+"""One typed, frozen settings object.
+
+It is read from the environment (prefix ``ASSAY_``) only where a program starts: the CLI, the
+server, or an explicit :func:`load_settings` call. Nothing in assay reads the environment at
+import time; library code receives a :class:`Settings` instance.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from assay.errors import ConfigError
+
+DEFAULT_STORE_URI = f"sqlite:///{Path.home() / '.assay' / 'assay.db'}"
+
+__all__ = ["DEFAULT_STORE_URI", "Settings", "load_settings"]
+
+
+class Settings(BaseSettings):
+    """Every knob of assay, with units in the names."""
+
+    model_config = SettingsConfigDict(env_prefix="ASSAY_", frozen=True, extra="forbid")
+
+    store_uri: str = DEFAULT_STORE_URI
+    """SQLAlchemy URL of the store: sqlite:///path, postgresql+psycopg://…, mysql+pymysql://…"""
+    auto_migrate: bool = True
+    """Apply pending migrations when a backend or worker connects."""
+
+    job_modules: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    """Modules imported to register @job functions (comma separated in the environment)."""
+    default_executor: str = "inline"
+    job_timeout_s: float = Field(3600.0, gt=0)
+    """Timeout of a job whose submit call and @job declaration name none."""
+
+    worker_concurrency: int = Field(10, ge=1)
+    claim_batch_max: int = Field(100, ge=1)
+    poll_interval_s: float = Field(0.1, gt=0)
+    """Fallback polling for new jobs; PostgreSQL LISTEN/NOTIFY and SQLite's data_version wake
+    workers sooner."""
+    sqlite_watch_interval_s: float = Field(0.002, gt=0)
+    cancel_poll_s: float = Field(0.5, gt=0)
+    """How often a worker checks its running jobs for cancellation and timeouts."""
+    lease_ttl_s: float = Field(15.0, gt=0)
+    """A claimed job's lease; renewed every third of it while the job runs."""
+    shutdown_grace_s: float = Field(30.0, ge=0)
+    """On SIGTERM running jobs get this long to finish before they are handed back."""
+
+    retry_backoff_base_s: float = Field(1.0, ge=0)
+    retry_backoff_max_s: float = Field(300.0, ge=0)
+    retry_jitter: float = Field(0.2, ge=0, le=1)
+    rescue_min_attempts: int = Field(3, ge=1)
+    """A job whose worker died is re-queued while attempt < max(max_retries + 1, this)."""
+
+    leader_ttl_s: float = Field(15.0, gt=0)
+    rescue_interval_s: float = Field(5.0, gt=0)
+    prune_interval_s: float = Field(3600.0, gt=0)
+    job_retention_s: float = Field(7 * 24 * 3600.0, gt=0)
+    """Finished jobs older than this are deleted by the leader's pruner."""
+    maintenance: bool = True
+    """Whether this process competes for leadership and runs the rescuer and pruner."""
+
+    @field_validator("job_modules", mode="before")
+    @classmethod
+    def _split_modules(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [m.strip() for m in value.split(",") if m.strip()]
+        return value
+
+    @field_validator("store_uri")
+    @classmethod
+    def _check_uri(cls, value: str) -> str:
+        scheme = value.split(":", 1)[0]
+        if not scheme.startswith(("sqlite", "postgresql", "mysql", "mariadb")):
+            raise ValueError(
+                f"unsupported store URI scheme {scheme!r}: "
+                "use sqlite:///path, postgresql+psycopg://… or mysql+pymysql://…"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _check_lease(self) -> Settings:
+        if self.cancel_poll_s >= self.lease_ttl_s:
+            raise ValueError("cancel_poll_s must be shorter than lease_ttl_s")
+        return self
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read settings from the environment, with explicit overrides (None values ignored)."""
+    clean = {k: v for k, v in overrides.items() if v is not None}
+    try:
+        return Settings(**clean)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "settings"
+        raise ConfigError(f"invalid setting {where}: {first['msg']}") from exc

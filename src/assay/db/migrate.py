@@ -1,0 +1,72 @@
+"""Apply the alembic migrations in ``migrations/`` programmatically.
+
+Concurrent upgrades (several replicas starting at once) are serialised with a database lock:
+an advisory lock on PostgreSQL, GET_LOCK on MySQL/MariaDB, the write lock on SQLite.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+
+from assay.errors import MigrationError, StoreError
+
+__all__ = ["current_revision", "head_revision", "is_current", "upgrade"]
+
+_MIGRATIONS = Path(__file__).with_name("migrations")
+_PG_LOCK_ID = 0x61_73_73_61_79  # "assay"
+
+
+def _config(connection: sa.Connection | None = None) -> Config:
+    cfg = Config()
+    cfg.set_main_option("script_location", str(_MIGRATIONS))
+    cfg.attributes["connection"] = connection
+    return cfg
+
+
+def head_revision() -> str:
+    head = ScriptDirectory.from_config(_config()).get_current_head()
+    assert head is not None
+    return head
+
+
+def current_revision(engine: sa.Engine) -> str | None:
+    try:
+        with engine.connect() as conn:
+            return MigrationContext.configure(conn).get_current_revision()
+    except sa.exc.DBAPIError as exc:
+        raise StoreError(f"cannot reach the store: {exc.orig}") from exc
+
+
+def is_current(engine: sa.Engine) -> bool:
+    return current_revision(engine) == head_revision()
+
+
+def upgrade(engine: sa.Engine, revision: str = "head") -> None:
+    """Bring the schema up to ``revision`` (idempotent)."""
+    try:
+        with engine.connect() as conn:
+            dialect = conn.dialect.name
+            if dialect == "postgresql":
+                conn.execute(sa.text("SELECT pg_advisory_lock(:id)"), {"id": _PG_LOCK_ID})
+                conn.commit()
+            elif dialect in ("mysql", "mariadb"):
+                conn.execute(sa.text("SELECT GET_LOCK('assay_migrate', 60)"))
+                conn.commit()
+            try:
+                command.upgrade(_config(conn), revision)
+                conn.commit()
+            finally:
+                if dialect == "postgresql":
+                    conn.execute(sa.text("SELECT pg_advisory_unlock(:id)"), {"id": _PG_LOCK_ID})
+                    conn.commit()
+                elif dialect in ("mysql", "mariadb"):
+                    conn.execute(sa.text("SELECT RELEASE_LOCK('assay_migrate')"))
+                    conn.commit()
+    except sa.exc.DBAPIError as exc:
+        raise MigrationError(f"migration failed: {exc.orig}") from exc

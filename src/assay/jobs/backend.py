@@ -1,0 +1,195 @@
+"""The direct backend: submit, get, search, cancel and wait on jobs in a store."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import time
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+from assay.config import Settings, load_settings
+from assay.db.engine import create_engine
+from assay.db.migrate import is_current, upgrade
+from assay.errors import InvalidRequestError, MigrationError, NotFoundError, WaitTimeoutError
+from assay.jobs.model import Job, JobPage, JobStatus
+from assay.jobs.registry import REGISTRY, JobSpec, Registry
+from assay.jobs.store import JobStore, NewJob
+from assay.jobs.worker import Worker
+
+__all__ = ["Backend", "connect"]
+
+MAX_PAGE = 1000
+
+
+class Backend:
+    """Jobs in one store. Create it with :func:`connect`; close it (or use ``with``) when done."""
+
+    def __init__(self, settings: Settings, *, registry: Registry = REGISTRY) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.engine = create_engine(settings.store_uri)
+        if settings.auto_migrate:
+            upgrade(self.engine)
+        elif not is_current(self.engine):
+            raise MigrationError("the store schema is not current: run `assay db upgrade`")
+        registry.load(settings.job_modules)
+        self.store = JobStore(self.engine)
+        self._local_workers: list[Worker] = []
+
+    def __enter__(self) -> Backend:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # -- jobs ----------------------------------------------------------------------------------
+
+    def submit(
+        self,
+        name: str | Callable[..., Any],
+        params: dict[str, Any] | None = None,
+        *,
+        timeout: float | None = None,
+    ) -> Job:
+        """Queue one job; unknown names and params that do not bind fail here, not later."""
+        return self.submit_many(name, [params or {}], timeout=timeout)[0]
+
+    def submit_many(
+        self,
+        name: str | Callable[..., Any],
+        params_list: Iterable[dict[str, Any]],
+        *,
+        timeout: float | None = None,
+    ) -> list[Job]:
+        """Queue many jobs of one name in one transaction."""
+        spec = self._spec(name)
+        if timeout is not None and timeout <= 0:
+            raise InvalidRequestError(f"timeout must be a positive number of seconds: {timeout}")
+        timeout_s = timeout or spec.timeout or self.settings.job_timeout_s
+        new_jobs = []
+        for params in params_list:
+            bound = spec.bind(params)
+            new_jobs.append(
+                NewJob(
+                    id=str(uuid.uuid4()),
+                    name=spec.name,
+                    params=bound,
+                    max_retries=spec.max_retries,
+                    timeout_s=timeout_s,
+                    lock_key=spec.lock_key(bound),
+                    on_conflict=spec.on_conflict,
+                )
+            )
+        jobs = self.store.jobs_insert(new_jobs)
+        for worker in self._local_workers:
+            worker.wake()
+        return jobs
+
+    def get(self, job_id: str) -> Job:
+        job = self.store.job_get(job_id)
+        if job is None:
+            raise NotFoundError(f"job {job_id!r} not found")
+        return job
+
+    def search(
+        self,
+        *,
+        name: str | Sequence[str] | None = None,
+        status: str | JobStatus | Sequence[str | JobStatus] | None = None,
+        limit: int = 100,
+        page_token: str | None = None,
+    ) -> JobPage:
+        """Jobs newest first, filtered by name(s) and status(es), one page at a time."""
+        if not 1 <= limit <= MAX_PAGE:
+            raise InvalidRequestError(f"limit must be between 1 and {MAX_PAGE}, not {limit}")
+        names = [name] if isinstance(name, str) else list(name or [])
+        raw_statuses = [status] if isinstance(status, str) else list(status or [])
+        statuses = [_parse_status(s) for s in raw_statuses]
+        before = _decode_token(page_token) if page_token else None
+        jobs = self.store.jobs_search(names=names, statuses=statuses, limit=limit, before=before)
+        token = None
+        if len(jobs) == limit:
+            last = jobs[-1]
+            token = _encode_token(int(last.created_at.timestamp() * 1000), last.id)
+        return JobPage(jobs=jobs, next_page_token=token)
+
+    def cancel(self, job_id: str) -> Job:
+        """Cancel a PENDING or RUNNING job; a finished job is returned unchanged."""
+        job = self.store.job_cancel(job_id)
+        if job is None:
+            raise NotFoundError(f"job {job_id!r} not found")
+        return job
+
+    def wait(
+        self,
+        job_id: str,
+        timeout: float | None = None,
+        *,
+        poll_s: float = 0.05,
+        on_update: Callable[[Job], None] | None = None,
+    ) -> Job:
+        """Block until the job is finished; ``on_update`` sees every poll (for progress)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            job = self.get(job_id)
+            if on_update is not None:
+                on_update(job)
+            if job.status.is_terminal:
+                return job
+            if deadline is not None and time.monotonic() >= deadline:
+                raise WaitTimeoutError(f"job {job_id} still {job.status} after {timeout}s")
+            time.sleep(poll_s)
+
+    def prune(self, older_than_s: float) -> int:
+        """Delete jobs that finished more than ``older_than_s`` seconds ago."""
+        if older_than_s < 0:
+            raise InvalidRequestError("older_than must not be negative")
+        return self.store.jobs_prune(older_than_s)
+
+    def worker(self, **kwargs: Any) -> Worker:
+        """A worker on this store that is woken at once by this backend's submits."""
+        worker = Worker(self.store, self.settings, registry=self.registry, **kwargs)
+        self._local_workers.append(worker)
+        return worker
+
+    def _spec(self, name: str | Callable[..., Any]) -> JobSpec:
+        if callable(name):
+            spec = getattr(name, "__assay_job__", None)
+            if not isinstance(spec, JobSpec):
+                raise InvalidRequestError(f"{name!r} is not decorated with @job")
+            return spec
+        return self.registry.get(name)
+
+
+def connect(store_uri: str | None = None, **settings: Any) -> Backend:
+    """Open a backend on ``store_uri`` (default: ``ASSAY_STORE_URI`` or ~/.assay/assay.db).
+
+    Other keyword arguments override :class:`~assay.config.Settings` fields.
+    """
+    return Backend(load_settings(store_uri=store_uri, **settings))
+
+
+def _parse_status(value: str | JobStatus) -> JobStatus:
+    try:
+        return JobStatus(str(value).upper())
+    except ValueError:
+        known = ", ".join(s.value for s in JobStatus)
+        raise InvalidRequestError(f"unknown status {value!r} (expected one of {known})") from None
+
+
+def _encode_token(created_ms: int, job_id: str) -> str:
+    return base64.urlsafe_b64encode(json.dumps([created_ms, job_id]).encode()).decode()
+
+
+def _decode_token(token: str) -> tuple[int, str]:
+    try:
+        created, job_id = json.loads(base64.urlsafe_b64decode(token.encode()))
+        return int(created), str(job_id)
+    except (ValueError, TypeError, binascii.Error):
+        raise InvalidRequestError(f"invalid page_token {token!r}") from None

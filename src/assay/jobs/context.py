@@ -1,0 +1,100 @@
+"""What a running job can see and do: its own row, a cancel flag and a progress report."""
+
+from __future__ import annotations
+
+import threading
+from contextvars import ContextVar
+
+from assay.errors import AssayError, JobCancelled
+from assay.jobs.model import Job, Progress
+
+__all__ = ["JobContext", "current_job"]
+
+_current: ContextVar[JobContext | None] = ContextVar("assay_current_job", default=None)
+
+
+class JobContext:
+    """Handed to the executor for one execution of one job.
+
+    Cancellation and timeouts set :attr:`cancelled`; code that runs in the worker process (the
+    ``inline`` executor) should call :meth:`check_cancelled` at safe points. Progress is kept in
+    memory and written to the store by the worker at its next cancel poll.
+    """
+
+    def __init__(self, job: Job) -> None:
+        self.job = job
+        self._cancel = threading.Event()
+        self._reason: str | None = None
+        self._timed_out = False
+        self._progress: Progress | None = None
+        self._progress_dirty = False
+        self._lock = threading.Lock()
+
+    @property
+    def job_id(self) -> str:
+        return self.job.id
+
+    @property
+    def attempt(self) -> int:
+        return self.job.attempt
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancel.is_set()
+
+    @property
+    def cancel_reason(self) -> str | None:
+        return self._reason
+
+    @property
+    def timed_out(self) -> bool:
+        return self._timed_out
+
+    def cancel(self, reason: str, *, timed_out: bool = False) -> None:
+        """Set the cancel flag (first reason wins)."""
+        with self._lock:
+            if not self._cancel.is_set():
+                self._reason = reason
+                self._timed_out = timed_out
+                self._cancel.set()
+
+    def wait_cancelled(self, timeout: float | None = None) -> bool:
+        """Block until cancelled (True) or ``timeout`` passes (False)."""
+        return self._cancel.wait(timeout)
+
+    def check_cancelled(self) -> None:
+        """Raise :class:`JobCancelled` if this job was cancelled or timed out."""
+        if self._cancel.is_set():
+            raise JobCancelled(self._reason or "cancelled")
+
+    def progress(
+        self, completed: float, total: float | None = None, message: str | None = None
+    ) -> None:
+        """Report progress (``completed`` of ``total``); readers see it within a cancel poll."""
+        with self._lock:
+            self._progress = Progress(completed=completed, total=total, message=message)
+            self._progress_dirty = True
+
+    def take_progress(self) -> Progress | None:
+        """The progress reported since the last call, if any (used by the worker)."""
+        with self._lock:
+            if not self._progress_dirty:
+                return None
+            self._progress_dirty = False
+            return self._progress
+
+    def activate(self) -> object:
+        """Make this the context :func:`current_job` returns in this thread; returns a token."""
+        return _current.set(self)
+
+    @staticmethod
+    def deactivate(token: object) -> None:
+        _current.reset(token)  # type: ignore[arg-type]
+
+
+def current_job() -> JobContext:
+    """The context of the job running in this thread; an error outside a job."""
+    ctx = _current.get()
+    if ctx is None:
+        raise AssayError("current_job() called outside a running job")
+    return ctx

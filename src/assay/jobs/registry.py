@@ -1,0 +1,222 @@
+"""The ``@job`` decorator and the registry of job names.
+
+A job's name is what is stored; the function behind it may move or be renamed. Modules that
+define jobs are imported by :meth:`Registry.load` from settings (``ASSAY_JOB_MODULES``) and the
+``assay.jobs`` entry-point group.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import importlib
+import inspect
+import json
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+from typing import Any, Literal, TypeVar, overload
+
+from assay.errors import ConfigError, InvalidParamsError, UnknownJobError
+
+__all__ = ["REGISTRY", "JobSpec", "Registry", "job"]
+
+OnConflict = Literal["skip", "queue"]
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """Everything declared with ``@job`` about one job name."""
+
+    name: str
+    fn: Callable[..., Any]
+    max_workers: int | None = None
+    exclusive: bool | tuple[str, ...] = False
+    on_conflict: OnConflict = "skip"
+    timeout: float | None = None
+    max_retries: int = 0
+    retry_on: tuple[type[BaseException], ...] = ()
+    executor: str | None = None
+
+    def bind(self, params: dict[str, Any] | None) -> dict[str, Any]:
+        """Check that ``params`` bind to the function and are JSON; return them normalised."""
+        params = dict(params or {})
+        try:
+            inspect.signature(self.fn).bind(**params)
+        except TypeError as exc:
+            raise InvalidParamsError(f"invalid params for job {self.name!r}: {exc}") from exc
+        try:
+            return dict(json.loads(json.dumps(params)))
+        except (TypeError, ValueError) as exc:
+            raise InvalidParamsError(
+                f"params of job {self.name!r} are not JSON-serialisable: {exc}"
+            ) from exc
+
+    def lock_key(self, params: dict[str, Any]) -> str | None:
+        """The exclusivity key: the job name plus a hash of the selected params."""
+        if self.exclusive is False:
+            return None
+        if self.exclusive is True:
+            selected = params
+        else:
+            selected = {k: params.get(k) for k in self.exclusive}
+        digest = hashlib.sha256(json.dumps(selected, sort_keys=True).encode()).hexdigest()
+        return f"{self.name}:{digest[:32]}"
+
+
+class Registry:
+    """Job names to specs. Thread-safe; registering a name twice with another function fails."""
+
+    def __init__(self) -> None:
+        self._specs: dict[str, JobSpec] = {}
+        self._lock = threading.Lock()
+
+    def register(self, spec: JobSpec) -> None:
+        with self._lock:
+            existing = self._specs.get(spec.name)
+            if existing is not None and _qualname(existing.fn) != _qualname(spec.fn):
+                raise ConfigError(
+                    f"job name {spec.name!r} is registered twice: "
+                    f"{_qualname(existing.fn)} and {_qualname(spec.fn)}"
+                )
+            self._specs[spec.name] = spec
+
+    def get(self, name: str) -> JobSpec:
+        spec = self._specs.get(name)
+        if spec is None:
+            hint = difflib.get_close_matches(name, list(self._specs), n=1)
+            suffix = f"; did you mean {hint[0]!r}?" if hint else ""
+            known = ", ".join(sorted(self._specs)) or "none registered"
+            raise UnknownJobError(f"unknown job {name!r}{suffix} (known: {known})")
+        return spec
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._specs
+
+    @property
+    def names(self) -> list[str]:
+        return sorted(self._specs)
+
+    def load(self, modules: Iterable[str] = (), *, entry_point_group: str = "assay.jobs") -> None:
+        """Import job modules named in settings and those advertised by installed packages."""
+        for module in modules:
+            try:
+                importlib.import_module(module)
+            except ImportError as exc:
+                raise ConfigError(f"cannot import job module {module!r}: {exc}") from exc
+        for ep in entry_points(group=entry_point_group):
+            try:
+                ep.load()
+            except Exception as exc:
+                raise ConfigError(f"cannot load job entry point {ep.name!r}: {exc}") from exc
+
+
+REGISTRY = Registry()
+"""The process-wide registry that ``@job`` writes to."""
+
+
+def _qualname(fn: Callable[..., Any]) -> str:
+    return f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', repr(fn))}"
+
+
+@overload
+def job(fn: F, /) -> F: ...
+@overload
+def job(
+    *,
+    name: str | None = None,
+    max_workers: int | None = None,
+    exclusive: bool | list[str] | tuple[str, ...] = False,
+    on_conflict: OnConflict = "skip",
+    timeout: float | None = None,
+    max_retries: int = 0,
+    retry_on: tuple[type[BaseException], ...] | type[BaseException] = (),
+    executor: str | None = None,
+    registry: Registry | None = None,
+) -> Callable[[F], F]: ...
+def job(
+    fn: F | None = None,
+    /,
+    *,
+    name: str | None = None,
+    max_workers: int | None = None,
+    exclusive: bool | list[str] | tuple[str, ...] = False,
+    on_conflict: OnConflict = "skip",
+    timeout: float | None = None,
+    max_retries: int = 0,
+    retry_on: tuple[type[BaseException], ...] | type[BaseException] = (),
+    executor: str | None = None,
+    registry: Registry | None = None,
+) -> F | Callable[[F], F]:
+    """Register a function as a named job. See DESIGN.md (Jobs) for each option."""
+
+    def decorate(func: F) -> F:
+        spec = _make_spec(
+            func,
+            name=name or func.__name__,
+            max_workers=max_workers,
+            exclusive=exclusive,
+            on_conflict=on_conflict,
+            timeout=timeout,
+            max_retries=max_retries,
+            retry_on=retry_on,
+            executor=executor,
+        )
+        (registry or REGISTRY).register(spec)
+        func.__assay_job__ = spec  # type: ignore[attr-defined]
+        return func
+
+    return decorate(fn) if fn is not None else decorate
+
+
+def _make_spec(
+    func: Callable[..., Any],
+    *,
+    name: str,
+    max_workers: int | None,
+    exclusive: bool | list[str] | tuple[str, ...],
+    on_conflict: str,
+    timeout: float | None,
+    max_retries: int,
+    retry_on: tuple[type[BaseException], ...] | type[BaseException],
+    executor: str | None,
+) -> JobSpec:
+    where = f"@job {name!r}"
+    if not name or len(name) > 200:
+        raise ConfigError(f"{where}: name must be 1 to 200 characters")
+    if on_conflict not in ("skip", "queue"):
+        raise ConfigError(f"{where}: on_conflict must be 'skip' or 'queue', not {on_conflict!r}")
+    if max_workers is not None and max_workers < 1:
+        raise ConfigError(f"{where}: max_workers must be at least 1")
+    if timeout is not None and timeout <= 0:
+        raise ConfigError(f"{where}: timeout must be positive")
+    if max_retries < 0:
+        raise ConfigError(f"{where}: max_retries must be >= 0")
+    retry_classes = retry_on if isinstance(retry_on, tuple) else (retry_on,)
+    for cls in retry_classes:
+        if not (isinstance(cls, type) and issubclass(cls, BaseException)):
+            raise ConfigError(f"{where}: retry_on must hold exception classes, not {cls!r}")
+    exclusive_value: bool | tuple[str, ...]
+    if isinstance(exclusive, bool):
+        exclusive_value = exclusive
+    else:
+        exclusive_value = tuple(exclusive)
+        known = list(inspect.signature(func).parameters)
+        for param in exclusive_value:
+            if param not in known:
+                hint = difflib.get_close_matches(param, known, n=1)
+                suffix = f"; did you mean {hint[0]!r}?" if hint else ""
+                raise ConfigError(f"{where}: exclusive names unknown parameter {param!r}{suffix}")
+    return JobSpec(
+        name=name,
+        fn=func,
+        max_workers=max_workers,
+        exclusive=exclusive_value,
+        on_conflict=on_conflict,  # type: ignore[arg-type]
+        timeout=timeout,
+        max_retries=max_retries,
+        retry_on=retry_classes,
+        executor=executor,
+    )

@@ -1,0 +1,709 @@
+"""The job store: every SQL statement about jobs, job locks and leader leases lives here.
+
+Rules this module keeps:
+
+- Every state change is a conditional UPDATE guarded on the current status (and, for a running
+  job, on the execution that owns it: ``worker_id`` and ``attempt``) and reports whether it
+  applied. A late result therefore never overwrites a cancel, a timeout or a rescue.
+- Times come from the database clock (milliseconds since the epoch), so replicas with skewed
+  clocks agree on leases and back-offs.
+- Driver errors are translated to :class:`StoreError` here; deadlocks and lock time-outs are
+  retried a few times first.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import mysql, postgresql, sqlite
+
+from assay.db.engine import BEGIN_MODE
+from assay.db.tables import job_locks, jobs, leader_leases
+from assay.errors import StoreError
+from assay.jobs.model import TERMINAL_STATUSES, Job, JobStatus, Progress, ms_to_datetime
+
+__all__ = ["Finish", "JobStore", "NewJob", "RescueResult", "RunningState"]
+
+log = logging.getLogger("assay.store")
+T = TypeVar("T")
+
+_PENDING = JobStatus.PENDING.value
+_RUNNING = JobStatus.RUNNING.value
+_CHUNK = 500
+_NOTIFY_CHANNEL = "assay_jobs"
+
+# The database clock in epoch milliseconds, stable within one statement.
+_NOW_SQL = {
+    "sqlite": "CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)",
+    "postgresql": "CAST(EXTRACT(EPOCH FROM statement_timestamp()) * 1000 AS BIGINT)",
+    "mysql": "CAST(UNIX_TIMESTAMP(NOW(3)) * 1000 AS SIGNED)",
+}
+
+
+@dataclass(frozen=True)
+class NewJob:
+    id: str
+    name: str
+    params: dict[str, Any]
+    max_retries: int
+    timeout_s: float
+    lock_key: str | None = None
+    on_conflict: str = "skip"
+
+
+@dataclass(frozen=True)
+class Finish:
+    """The end of one execution (or a retry, when ``status`` is PENDING)."""
+
+    job_id: str
+    worker_id: str
+    attempt: int
+    status: JobStatus
+    result: Any = None
+    error: str | None = None
+    retry_delay_s: float = 0.0
+    release_lock: bool = True
+    """False when the code may still be executing (an inline job past its deadline)."""
+
+
+@dataclass(frozen=True)
+class RunningState:
+    status: JobStatus
+    worker_id: str | None
+    attempt: int
+
+
+@dataclass(frozen=True)
+class RescueResult:
+    requeued: list[str]
+    failed: list[str]
+
+
+def _chunks(items: Sequence[T], size: int = _CHUNK) -> Iterable[Sequence[T]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _is_transient(exc: sa.exc.DBAPIError) -> bool:
+    orig = exc.orig
+    sqlstate = getattr(orig, "sqlstate", None)
+    if sqlstate in ("40001", "40P01", "55P03"):
+        return True
+    args = getattr(orig, "args", ())
+    if args and args[0] in (1205, 1213):  # MySQL lock wait timeout, deadlock
+        return True
+    return "database is locked" in str(orig)
+
+
+class JobStore:
+    """Typed access to the job tables of one database."""
+
+    def __init__(self, engine: sa.Engine) -> None:
+        self.engine = engine
+        name = engine.dialect.name
+        self.dialect = "mysql" if name in ("mysql", "mariadb") else name
+        self._now = sa.literal_column(_NOW_SQL[self.dialect], sa.BigInteger)
+
+    # -- plumbing ------------------------------------------------------------------------------
+
+    def _tx(self, body: Callable[[sa.Connection], T], *, write: bool = True) -> T:
+        """Run ``body`` in one transaction, retrying deadlocks; translate driver errors."""
+        for attempt in range(5):
+            try:
+                with self.engine.connect() as conn:
+                    if not write:
+                        conn.execution_options(**{BEGIN_MODE: "DEFERRED"})
+                    with conn.begin():
+                        return body(conn)
+            except sa.exc.DBAPIError as exc:
+                if _is_transient(exc) and attempt < 4:
+                    time.sleep(0.005 * 2**attempt)
+                    continue
+                if exc.connection_invalidated or isinstance(exc, sa.exc.OperationalError):
+                    raise StoreError(f"the store is unreachable or failing: {exc.orig}") from exc
+                raise StoreError(f"store error: {exc.orig}") from exc
+        raise AssertionError("unreachable")
+
+    def _insert_ignore(self, table: sa.Table) -> Any:
+        """INSERT that does nothing when the primary key exists (rowcount 0)."""
+        if self.dialect == "postgresql":
+            return postgresql.insert(table).on_conflict_do_nothing()
+        if self.dialect == "sqlite":
+            return sqlite.insert(table).on_conflict_do_nothing()
+        return mysql.insert(table).prefix_with("IGNORE")
+
+    def now_ms(self) -> int:
+        return self._tx(
+            lambda conn: int(conn.execute(sa.select(self._now)).scalar_one()), write=False
+        )
+
+    # -- reading -------------------------------------------------------------------------------
+
+    def job_get(self, job_id: str) -> Job | None:
+        def body(conn: sa.Connection) -> Job | None:
+            row = conn.execute(sa.select(jobs).where(jobs.c.id == job_id)).first()
+            return _to_job(row) if row else None
+
+        return self._tx(body, write=False)
+
+    def jobs_get_many(self, job_ids: Sequence[str]) -> list[Job]:
+        return self._tx(lambda conn: self._select_jobs(conn, job_ids), write=False)
+
+    def _select_jobs(self, conn: sa.Connection, job_ids: Sequence[str]) -> list[Job]:
+        found: dict[str, Job] = {}
+        for chunk in _chunks(job_ids):
+            for row in conn.execute(sa.select(jobs).where(jobs.c.id.in_(chunk))):
+                found[row.id] = _to_job(row)
+        return [found[i] for i in job_ids if i in found]
+
+    def jobs_search(
+        self,
+        *,
+        names: Sequence[str] = (),
+        statuses: Sequence[JobStatus] = (),
+        limit: int = 100,
+        before: tuple[int, str] | None = None,
+    ) -> list[Job]:
+        """Newest first; ``before`` is the (created_at_ms, id) of the last job already seen."""
+        query = sa.select(jobs)
+        if names:
+            query = query.where(jobs.c.name.in_(list(names)))
+        if statuses:
+            query = query.where(jobs.c.status.in_([s.value for s in statuses]))
+        if before is not None:
+            created, last_id = before
+            query = query.where(
+                sa.or_(
+                    jobs.c.created_at_ms < created,
+                    sa.and_(jobs.c.created_at_ms == created, jobs.c.id < last_id),
+                )
+            )
+        query = query.order_by(jobs.c.created_at_ms.desc(), jobs.c.id.desc()).limit(limit)
+        return self._tx(lambda conn: [_to_job(r) for r in conn.execute(query)], write=False)
+
+    def jobs_running_state(self, job_ids: Sequence[str]) -> dict[str, RunningState]:
+        """Who owns each job now; a worker compares this with what it is executing."""
+
+        def body(conn: sa.Connection) -> dict[str, RunningState]:
+            out: dict[str, RunningState] = {}
+            cols = (jobs.c.id, jobs.c.status, jobs.c.worker_id, jobs.c.attempt)
+            for chunk in _chunks(job_ids):
+                for row in conn.execute(sa.select(*cols).where(jobs.c.id.in_(chunk))):
+                    out[row.id] = RunningState(JobStatus(row.status), row.worker_id, row.attempt)
+            return out
+
+        return self._tx(body, write=False)
+
+    # -- submitting ----------------------------------------------------------------------------
+
+    def jobs_insert(self, new_jobs: Sequence[NewJob]) -> list[Job]:
+        """Insert jobs in one transaction.
+
+        A job whose lock key is already held by a PENDING or RUNNING job, under the ``skip``
+        policy, is stored CANCELED at once with the reason. (Two such submits racing both land
+        PENDING; the claim then cancels the second, so the policy holds either way.)
+        """
+
+        def body(conn: sa.Connection) -> list[Job]:
+            holders: dict[str, str] = {}
+            keys = sorted({j.lock_key for j in new_jobs if j.lock_key and j.on_conflict == "skip"})
+            for chunk in _chunks(keys):
+                active = sa.select(jobs.c.lock_key, jobs.c.id).where(
+                    jobs.c.lock_key.in_(chunk), jobs.c.status.in_([_PENDING, _RUNNING])
+                )
+                for row in conn.execute(active):
+                    holders.setdefault(row.lock_key, row.id)
+            rows: list[dict[str, Any]] = []
+            for new in new_jobs:
+                status, error = _PENDING, None
+                holder = holders.get(new.lock_key) if new.lock_key else None
+                if new.lock_key and new.on_conflict == "skip":
+                    if holder is not None:
+                        status = JobStatus.CANCELED.value
+                        error = f"skipped: job {holder} holds lock {new.lock_key}"
+                    else:
+                        holders[new.lock_key] = new.id
+                rows.append(
+                    {
+                        "id": new.id,
+                        "name": new.name,
+                        "params": json.dumps(new.params),
+                        "status": status,
+                        "error": error,
+                        "attempt": 0,
+                        "max_retries": new.max_retries,
+                        "timeout_s": new.timeout_s,
+                        "lock_key": new.lock_key,
+                        "on_conflict": new.on_conflict,
+                    }
+                )
+            for chunk in _chunks(rows):
+                conn.execute(
+                    jobs.insert().values(created_at_ms=self._now, run_at_ms=self._now), chunk
+                )
+            finished = [r["id"] for r in rows if r["status"] != _PENDING]
+            for chunk in _chunks(finished):
+                conn.execute(
+                    jobs.update().where(jobs.c.id.in_(chunk)).values(finished_at_ms=self._now)
+                )
+            if self.dialect == "postgresql":
+                conn.execute(sa.select(sa.func.pg_notify(_NOTIFY_CHANNEL, "")))
+            return self._select_jobs(conn, [r["id"] for r in rows])
+
+        return self._tx(body)
+
+    # -- claiming ------------------------------------------------------------------------------
+
+    def jobs_claim(
+        self,
+        worker_id: str,
+        *,
+        limit: int,
+        names: Sequence[str],
+        capped: Mapping[str, int] | None = None,
+        lease_ttl_s: float,
+    ) -> list[Job]:
+        """Claim up to ``limit`` runnable jobs among ``names`` for ``worker_id``.
+
+        ``capped`` maps names with a per-worker concurrency cap to the slots still free. Claimed
+        jobs become RUNNING with ``attempt + 1``, ``started_at`` and a lease from the database
+        clock; exclusive jobs also take their lock here, in the same transaction.
+        """
+        capped = capped or {}
+        names = [n for n in names if capped.get(n, 1) > 0]
+        if limit <= 0 or not names:
+            return []
+        ttl_ms = int(lease_ttl_s * 1000)
+
+        def body(conn: sa.Connection) -> list[Job]:
+            # Uncapped names share one query; each capped name gets its own with its own limit,
+            # so a backlog of one capped name cannot starve the rest of this batch.
+            groups: list[tuple[list[str], int]] = [([n for n in names if n not in capped], limit)]
+            groups += [([n], min(capped[n], limit)) for n in names if n in capped]
+            candidates: list[Any] = []
+            for group, group_limit in groups:
+                if group:
+                    candidates += conn.execute(self._claim_query(group, group_limit)).all()
+            candidates.sort(key=lambda r: r.run_at_ms)
+            claimed: list[Any] = []
+            skipped: list[tuple[str, str]] = []
+            for row in candidates[:limit]:
+                if row.lock_key is None or self._lock_acquire(conn, row, ttl_ms):
+                    claimed.append(row)
+                elif row.on_conflict == "skip":
+                    skipped.append((row.id, row.lock_key))
+            for job_id, key in skipped:
+                conn.execute(
+                    jobs.update()
+                    .where(jobs.c.id == job_id, jobs.c.status == _PENDING)
+                    .values(
+                        status=JobStatus.CANCELED.value,
+                        error=f"skipped: lock {key} is held by another job",
+                        finished_at_ms=self._now,
+                    )
+                )
+            if not claimed:
+                return []
+            ids = [r.id for r in claimed]
+            conn.execute(
+                jobs.update()
+                .where(jobs.c.id.in_(ids), jobs.c.status == _PENDING)
+                .values(
+                    status=_RUNNING,
+                    worker_id=worker_id,
+                    attempt=jobs.c.attempt + 1,
+                    started_at_ms=self._now,
+                    finished_at_ms=None,
+                    lease_expires_at_ms=self._now + ttl_ms,
+                )
+            )
+            return self._select_jobs(conn, ids)
+
+        return self._tx(body)
+
+    def _claim_query(self, names: list[str], limit: int) -> sa.Select[Any]:
+        """THE claim query; the only place jobs are picked for running.
+
+        Its shape, and why:
+        - ``status = PENDING AND run_at <= now ORDER BY run_at`` walks ix_jobs_status_run_at, so
+          the cost does not grow with the number of finished jobs.
+        - Queue-policy jobs whose lock is held (and live) are left out here so a long queue of
+          them cannot fill every batch; skip-policy ones are taken so the claim can cancel them.
+          This filter is only an optimisation: the lock insert in the same transaction is the
+          real guard.
+        - ``FOR UPDATE SKIP LOCKED`` (PostgreSQL, MariaDB/MySQL) lets concurrent claimers take
+          disjoint rows without waiting on each other. SQLite renders no FOR UPDATE; there the
+          whole claim runs inside one BEGIN IMMEDIATE write transaction, which serialises
+          claimers.
+        """
+        held = (
+            sa.select(job_locks.c.lock_key)
+            .where(job_locks.c.lock_key == jobs.c.lock_key, job_locks.c.expires_at_ms > self._now)
+            .exists()
+        )
+        return (
+            sa.select(
+                jobs.c.id, jobs.c.lock_key, jobs.c.on_conflict, jobs.c.run_at_ms, jobs.c.attempt
+            )
+            .where(
+                jobs.c.status == _PENDING,
+                jobs.c.run_at_ms <= self._now,
+                jobs.c.name.in_(names),
+                sa.or_(jobs.c.lock_key.is_(None), jobs.c.on_conflict == "skip", ~held),
+            )
+            .order_by(jobs.c.run_at_ms)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+
+    def _lock_acquire(self, conn: sa.Connection, row: Any, ttl_ms: int) -> bool:
+        """Take ``row.lock_key`` for the execution that is about to start, if it is free or
+        its holder's lease has expired."""
+        values = {"job_id": row.id, "attempt": row.attempt + 1, "expires_at_ms": self._now + ttl_ms}
+        inserted = conn.execute(
+            self._insert_ignore(job_locks).values(lock_key=row.lock_key, **values)
+        )
+        if inserted.rowcount == 1:
+            return True
+        taken = conn.execute(
+            job_locks.update()
+            .where(job_locks.c.lock_key == row.lock_key, job_locks.c.expires_at_ms <= self._now)
+            .values(**values)
+        )
+        return bool(taken.rowcount == 1)
+
+    # -- running -------------------------------------------------------------------------------
+
+    def jobs_finish(self, finishes: Sequence[Finish]) -> list[bool]:
+        """Record ends of executions in one transaction; each applies only if that execution
+        still owns a RUNNING job. Returns, per finish, whether it applied. Locks of finished
+        executions are released in the same transaction (when ``release_lock``)."""
+
+        def body(conn: sa.Connection) -> list[bool]:
+            applied: list[bool] = []
+            for f in finishes:
+                values: dict[str, Any] = {"status": f.status.value, "lease_expires_at_ms": None}
+                if f.status == JobStatus.PENDING:
+                    delay_ms = int(f.retry_delay_s * 1000)
+                    values.update(
+                        worker_id=None,
+                        started_at_ms=None,
+                        run_at_ms=self._now + delay_ms,
+                        error=f.error,
+                    )
+                else:
+                    values.update(
+                        finished_at_ms=self._now,
+                        result=None if f.result is None else json.dumps(f.result),
+                        error=f.error,
+                    )
+                result = conn.execute(
+                    jobs.update()
+                    .where(
+                        jobs.c.id == f.job_id,
+                        jobs.c.status == _RUNNING,
+                        jobs.c.worker_id == f.worker_id,
+                        jobs.c.attempt == f.attempt,
+                    )
+                    .values(**values)
+                )
+                applied.append(result.rowcount == 1)
+            self._locks_release(conn, [(f.job_id, f.attempt) for f in finishes if f.release_lock])
+            return applied
+
+        return self._tx(body)
+
+    def _locks_release(self, conn: sa.Connection, executions: Sequence[tuple[str, int]]) -> None:
+        for job_id, attempt in executions:
+            conn.execute(
+                job_locks.delete().where(
+                    job_locks.c.job_id == job_id, job_locks.c.attempt == attempt
+                )
+            )
+
+    def locks_release(self, executions: Sequence[tuple[str, int]]) -> None:
+        if executions:
+            self._tx(lambda conn: self._locks_release(conn, executions))
+
+    def jobs_renew(
+        self, worker_id: str, executions: Sequence[tuple[str, int]], lease_ttl_s: float
+    ) -> int:
+        """Extend the leases of this worker's RUNNING jobs and the locks of everything it is
+        still executing. Returns how many job leases were extended."""
+        ttl_ms = int(lease_ttl_s * 1000)
+
+        def body(conn: sa.Connection) -> int:
+            renewed = 0
+            for job_id, attempt in executions:
+                renewed += conn.execute(
+                    jobs.update()
+                    .where(
+                        jobs.c.id == job_id,
+                        jobs.c.status == _RUNNING,
+                        jobs.c.worker_id == worker_id,
+                        jobs.c.attempt == attempt,
+                    )
+                    .values(lease_expires_at_ms=self._now + ttl_ms)
+                ).rowcount
+                conn.execute(
+                    job_locks.update()
+                    .where(job_locks.c.job_id == job_id, job_locks.c.attempt == attempt)
+                    .values(expires_at_ms=self._now + ttl_ms)
+                )
+            return renewed
+
+        return self._tx(body) if executions else 0
+
+    def jobs_set_progress(self, worker_id: str, updates: Mapping[str, Progress]) -> None:
+        def body(conn: sa.Connection) -> None:
+            for job_id, progress in updates.items():
+                conn.execute(
+                    jobs.update()
+                    .where(
+                        jobs.c.id == job_id,
+                        jobs.c.status == _RUNNING,
+                        jobs.c.worker_id == worker_id,
+                    )
+                    .values(progress=json.dumps(progress.__dict__))
+                )
+
+        if updates:
+            self._tx(body)
+
+    def jobs_hand_back(self, worker_id: str, executions: Sequence[tuple[str, int]]) -> list[str]:
+        """Return jobs this worker will not finish to PENDING (graceful shutdown)."""
+
+        def body(conn: sa.Connection) -> list[str]:
+            handed: list[str] = []
+            for job_id, attempt in executions:
+                result = conn.execute(
+                    jobs.update()
+                    .where(
+                        jobs.c.id == job_id,
+                        jobs.c.status == _RUNNING,
+                        jobs.c.worker_id == worker_id,
+                        jobs.c.attempt == attempt,
+                    )
+                    .values(
+                        status=_PENDING,
+                        worker_id=None,
+                        started_at_ms=None,
+                        lease_expires_at_ms=None,
+                        run_at_ms=self._now,
+                        error=f"handed back by worker {worker_id} at shutdown",
+                    )
+                )
+                if result.rowcount == 1:
+                    handed.append(job_id)
+            self._locks_release(conn, executions)
+            return handed
+
+        return self._tx(body) if executions else []
+
+    def job_cancel(self, job_id: str, reason: str = "canceled by request") -> Job | None:
+        """Cancel a PENDING or RUNNING job at once. A running job's worker notices within its
+        cancel poll and stops the code; its lock is released when the code has stopped."""
+
+        def body(conn: sa.Connection) -> Job | None:
+            conn.execute(
+                jobs.update()
+                .where(jobs.c.id == job_id, jobs.c.status.in_([_PENDING, _RUNNING]))
+                .values(
+                    status=JobStatus.CANCELED.value,
+                    error=reason,
+                    finished_at_ms=self._now,
+                    lease_expires_at_ms=None,
+                )
+            )
+            found = self._select_jobs(conn, [job_id])
+            return found[0] if found else None
+
+        return self._tx(body)
+
+    # -- maintenance ---------------------------------------------------------------------------
+
+    def jobs_rescue_expired(self, *, min_attempts: int, limit: int = 1000) -> RescueResult:
+        """Requeue (or fail, when attempts are spent) RUNNING jobs whose lease has expired,
+        release their locks, and drop locks whose holder's lease has expired."""
+
+        def body(conn: sa.Connection) -> RescueResult:
+            expired = (jobs.c.status == _RUNNING, jobs.c.lease_expires_at_ms < self._now)
+            rows = conn.execute(
+                sa.select(jobs.c.id, jobs.c.attempt, jobs.c.max_retries, jobs.c.worker_id)
+                .where(*expired)
+                .limit(limit)
+                .with_for_update(skip_locked=True)
+            ).all()
+            requeued: list[str] = []
+            failed: list[str] = []
+            for row in rows:
+                lost = f"worker {row.worker_id} lost (lease expired) during attempt {row.attempt}"
+                if row.attempt < max(row.max_retries + 1, min_attempts):
+                    values: dict[str, Any] = {
+                        "status": _PENDING,
+                        "run_at_ms": self._now,
+                        "started_at_ms": None,
+                        "error": f"{lost}; re-queued",
+                    }
+                    target = requeued
+                else:
+                    values = {
+                        "status": JobStatus.FAILED.value,
+                        "finished_at_ms": self._now,
+                        "error": f"{lost}; no attempts left",
+                    }
+                    target = failed
+                values.update(worker_id=None, lease_expires_at_ms=None)
+                result = conn.execute(
+                    jobs.update().where(jobs.c.id == row.id, *expired).values(**values)
+                )
+                if result.rowcount == 1:
+                    target.append(row.id)
+            self._locks_release(conn, [(r.id, r.attempt) for r in rows])
+            conn.execute(job_locks.delete().where(job_locks.c.expires_at_ms < self._now))
+            return RescueResult(requeued, failed)
+
+        return self._tx(body)
+
+    def jobs_prune(self, older_than_s: float, *, batch: int = 1000) -> int:
+        """Delete finished jobs that finished more than ``older_than_s`` ago."""
+        cutoff = self._now - int(older_than_s * 1000)
+        terminal = [s.value for s in TERMINAL_STATUSES]
+
+        def body(conn: sa.Connection) -> int:
+            ids = conn.execute(
+                sa.select(jobs.c.id)
+                .where(jobs.c.finished_at_ms < cutoff, jobs.c.status.in_(terminal))
+                .limit(batch)
+            ).scalars()
+            chunk = list(ids)
+            if chunk:
+                conn.execute(jobs.delete().where(jobs.c.id.in_(chunk)))
+            return len(chunk)
+
+        total = 0
+        while (deleted := self._tx(body)) > 0:
+            total += deleted
+            if deleted < batch:
+                break
+        return total
+
+    def leader_try_acquire(self, name: str, holder: str, ttl_s: float) -> bool:
+        """Take or extend the lease ``name``; True while ``holder`` is the leader."""
+        ttl_ms = int(ttl_s * 1000)
+
+        def body(conn: sa.Connection) -> bool:
+            extended = conn.execute(
+                leader_leases.update()
+                .where(
+                    leader_leases.c.name == name,
+                    sa.or_(
+                        leader_leases.c.holder == holder,
+                        leader_leases.c.expires_at_ms < self._now,
+                    ),
+                )
+                .values(holder=holder, expires_at_ms=self._now + ttl_ms)
+            )
+            if extended.rowcount == 1:
+                return True
+            inserted = conn.execute(
+                self._insert_ignore(leader_leases).values(
+                    name=name, holder=holder, expires_at_ms=self._now + ttl_ms
+                )
+            )
+            return bool(inserted.rowcount == 1)
+
+        return self._tx(body)
+
+    def leader_release(self, name: str, holder: str) -> None:
+        self._tx(
+            lambda conn: conn.execute(
+                leader_leases.delete().where(
+                    leader_leases.c.name == name, leader_leases.c.holder == holder
+                )
+            )
+        )
+
+    # -- wake-ups ------------------------------------------------------------------------------
+
+    def watch(self, wake: Callable[[], None], stop: threading.Event, interval_s: float) -> None:
+        """Block until ``stop``, calling ``wake()`` whenever new jobs may be claimable.
+
+        PostgreSQL: LISTEN for the NOTIFY sent by every submit. SQLite: ``PRAGMA data_version``
+        (it changes when another connection commits), checked every ``interval_s``. MySQL has
+        neither; workers rely on polling there. Polling stays on in every case: this is only a
+        speed-up, and errors here are logged and retried, never fatal.
+        """
+        if self.dialect == "mysql":
+            return
+        while not stop.is_set():
+            try:
+                if self.dialect == "postgresql":
+                    self._watch_postgres(wake, stop)
+                else:
+                    self._watch_sqlite(wake, stop, interval_s)
+            except Exception:
+                log.warning("store.watch_failed", exc_info=True)
+                stop.wait(1.0)
+
+    def _raw_connection(self) -> Any:
+        raw = self.engine.raw_connection()
+        raw.detach()
+        return raw
+
+    def _watch_postgres(self, wake: Callable[[], None], stop: threading.Event) -> None:
+        raw = self._raw_connection()
+        try:
+            pg = raw.driver_connection
+            pg.autocommit = True
+            pg.execute(f"LISTEN {_NOTIFY_CHANNEL}")
+            while not stop.is_set():
+                for _ in pg.notifies(timeout=0.5, stop_after=1):
+                    wake()
+        finally:
+            raw.close()
+
+    def _watch_sqlite(
+        self, wake: Callable[[], None], stop: threading.Event, interval: float
+    ) -> None:
+        raw = self._raw_connection()
+        try:
+            cursor = raw.cursor()
+            last = None
+            while not stop.wait(interval):
+                version = cursor.execute("PRAGMA data_version").fetchone()[0]
+                if last is not None and version != last:
+                    wake()
+                last = version
+        finally:
+            raw.close()
+
+
+def _to_job(row: Any) -> Job:
+    progress = json.loads(row.progress) if row.progress else None
+    created = ms_to_datetime(row.created_at_ms)
+    assert created is not None
+    return Job(
+        id=row.id,
+        name=row.name,
+        params=json.loads(row.params),
+        status=JobStatus(row.status),
+        result=None if row.result is None else json.loads(row.result),
+        error=row.error,
+        attempt=row.attempt,
+        max_retries=row.max_retries,
+        timeout=row.timeout_s,
+        created_at=created,
+        started_at=ms_to_datetime(row.started_at_ms),
+        finished_at=ms_to_datetime(row.finished_at_ms),
+        worker_id=row.worker_id,
+        progress=Progress(**progress) if progress else None,
+        lock_key=row.lock_key,
+    )
