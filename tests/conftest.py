@@ -1,0 +1,176 @@
+"""Shared fixtures: real SQLite, PostgreSQL and MariaDB stores, workers in threads and processes.
+
+PostgreSQL and MariaDB are reached at ASSAY_TEST_PG_URI / ASSAY_TEST_MYSQL_URI (defaults: the
+local servers). When one is unreachable its tests skip with the reason, unless
+ASSAY_TEST_REQUIRE_DBS=1 (set by CI), where they fail.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+import assay
+from assay.db.tables import metadata
+from assay.jobs.backend import Backend
+
+TESTS_DIR = Path(__file__).parent
+PG_URI = os.environ.get("ASSAY_TEST_PG_URI", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+MYSQL_URI = os.environ.get("ASSAY_TEST_MYSQL_URI", "mysql+pymysql://root@127.0.0.1:3306/test")
+REQUIRE_DBS = os.environ.get("ASSAY_TEST_REQUIRE_DBS") == "1"
+
+# Short leases and polls so crash and cancel paths finish in seconds.
+FAST: dict[str, Any] = {
+    "lease_ttl_s": 2.0,
+    "leader_ttl_s": 2.0,
+    "rescue_interval_s": 0.3,
+    "cancel_poll_s": 0.1,
+    "poll_interval_s": 0.05,
+    "retry_backoff_base_s": 0.05,
+    "retry_backoff_max_s": 1.0,
+    "shutdown_grace_s": 2.0,
+    "job_modules": ["jobmods"],
+}
+
+
+def fast_env(**extra: Any) -> dict[str, str]:
+    """Environment for a worker subprocess with the FAST settings."""
+    env = dict(os.environ)
+    for key, value in {**FAST, **extra}.items():
+        env[f"ASSAY_{key.upper()}"] = ",".join(value) if isinstance(value, list) else str(value)
+    env["PYTHONPATH"] = os.pathsep.join([str(TESTS_DIR), env.get("PYTHONPATH", "")])
+    return env
+
+
+def _server_database(admin_uri: str, kind: str) -> Iterator[str]:
+    """Create a private database for this test session on a server; drop it afterwards."""
+    engine = sa.create_engine(admin_uri, isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as conn:
+            conn.execute(sa.text("SELECT 1"))
+    except Exception as exc:
+        engine.dispose()
+        message = f"{kind} not reachable at {admin_uri}: {str(exc).splitlines()[0]}"
+        if REQUIRE_DBS:
+            pytest.fail(message)
+        pytest.skip(message)
+    name = f"assay_test_{os.getpid()}_{uuid.uuid4().hex[:6]}"
+    with engine.connect() as conn:
+        conn.execute(sa.text(f"CREATE DATABASE {name}"))
+    url = sa.make_url(admin_uri).set(database=name)
+    uri = url.render_as_string(hide_password=False)
+    try:
+        yield uri
+    finally:
+        with engine.connect() as conn:
+            if kind == "PostgreSQL":
+                conn.execute(sa.text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+            else:
+                conn.execute(sa.text(f"DROP DATABASE IF EXISTS {name}"))
+        engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def pg_database() -> Iterator[str]:
+    yield from _server_database(PG_URI, "PostgreSQL")
+
+
+@pytest.fixture(scope="session")
+def mysql_database() -> Iterator[str]:
+    yield from _server_database(MYSQL_URI, "MariaDB/MySQL")
+
+
+@pytest.fixture(params=["sqlite", "postgresql", "mysql"])
+def store_uri(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A store URI with an empty, migrated schema, on each of the three databases."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'assay.db'}"
+    fixture = {"postgresql": "pg_database", "mysql": "mysql_database"}[request.param]
+    uri: str = request.getfixturevalue(fixture)
+    engine = sa.create_engine(uri)
+    assay.db.upgrade(engine)
+    with engine.begin() as conn:
+        for table in reversed(metadata.sorted_tables):
+            conn.execute(table.delete())
+    engine.dispose()
+    return uri
+
+
+@pytest.fixture
+def backend(store_uri: str) -> Iterator[Backend]:
+    with assay.connect(store_uri, **FAST) as b:
+        yield b
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02) -> Any:
+    """Poll ``predicate`` until it returns something truthy; fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        time.sleep(interval)
+
+
+@contextlib.contextmanager
+def running_worker(backend: Backend, **kwargs: Any) -> Iterator[assay.Worker]:
+    """A worker of ``backend`` running in a thread for the duration of the block."""
+    worker = backend.worker(**kwargs)
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+    try:
+        yield worker
+    finally:
+        worker.stop(now=True)
+        thread.join(timeout=15)
+        assert not thread.is_alive(), "worker did not stop"
+
+
+class WorkerProcesses:
+    """Real `assay worker` processes; all are killed at the end of the test."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.tmp_path = tmp_path
+
+    def start(self, store_uri: str, *args: str, **settings: Any) -> subprocess.Popen[bytes]:
+        log = open(self.tmp_path / f"worker-{len(self.procs)}.log", "wb")  # noqa: SIM115
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "assay", "worker", "--store", store_uri, *args],
+            env=fast_env(**settings),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        self.procs.append(proc)
+        return proc
+
+    def logs(self) -> str:
+        return "\n".join(p.read_text() for p in sorted(self.tmp_path.glob("worker-*.log")))
+
+    def close(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait(timeout=10)
+
+
+@pytest.fixture
+def worker_processes(tmp_path: Path) -> Iterator[WorkerProcesses]:
+    procs = WorkerProcesses(tmp_path)
+    try:
+        yield procs
+    finally:
+        procs.close()
