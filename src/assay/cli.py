@@ -58,7 +58,8 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except AssayError as exc:
-            click.echo(f"error: {exc}", err=True)
+            lines = str(exc).strip().splitlines() or [type(exc).__name__]
+            click.echo(f"error: {lines[0]}", err=True)
             ctx.exit(2 if isinstance(exc, _USAGE_ERRORS) else 1)
 
 
@@ -94,7 +95,12 @@ def cli() -> None:
 @modules_option
 @click.option("--concurrency", type=click.IntRange(min=1), help="Jobs run at once (default 10).")
 @click.option("--executor", help="Default executor for jobs that name none (default inline).")
-@click.option("--log-level", default="INFO", show_default=True)
+@click.option(
+    "--log-level",
+    default="INFO",
+    show_default=True,
+    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+)
 def worker(
     store_uri: str | None,
     job_modules: tuple[str, ...],
@@ -106,6 +112,7 @@ def worker(
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )
+    logging.getLogger("alembic").setLevel(logging.WARNING)
     settings = _settings(
         store_uri, job_modules, worker_concurrency=concurrency, default_executor=executor
     )

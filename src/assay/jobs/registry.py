@@ -58,10 +58,8 @@ class JobSpec:
         """The exclusivity key: the job name plus a hash of the selected params."""
         if self.exclusive is False:
             return None
-        if self.exclusive is True:
-            selected = params
-        else:
-            selected = {k: params.get(k) for k in self.exclusive}
+        keys = params if self.exclusive is True else self.exclusive
+        selected = {k: params.get(k) for k in keys}
         digest = hashlib.sha256(json.dumps(selected, sort_keys=True).encode()).hexdigest()
         return f"{self.name}:{digest[:32]}"
 

@@ -244,9 +244,9 @@ class JobStore:
                         "on_conflict": new.on_conflict,
                     }
                 )
-            for chunk in _chunks(rows):
+            for batch in _chunks(rows):
                 conn.execute(
-                    jobs.insert().values(created_at_ms=self._now, run_at_ms=self._now), chunk
+                    jobs.insert().values(created_at_ms=self._now, run_at_ms=self._now), batch
                 )
             finished = [r["id"] for r in rows if r["status"] != _PENDING]
             for chunk in _chunks(finished):

@@ -54,11 +54,11 @@ log = logging.getLogger("assay.worker")
 
 def retry_delay_s(attempt: int, settings: Settings, rng: random.Random | None = None) -> float:
     """Exponential back-off with jitter: base * 2**(attempt-1), capped, times 1 ± jitter."""
-    base = min(
-        settings.retry_backoff_base_s * 2 ** max(attempt - 1, 0), settings.retry_backoff_max_s
-    )
+    growth: float = 2.0 ** max(attempt - 1, 0)
+    base = min(settings.retry_backoff_base_s * growth, settings.retry_backoff_max_s)
     spread = settings.retry_jitter * base
-    return max(0.0, base + (rng or random).uniform(-spread, spread))
+    jitter: float = (rng or random).uniform(-spread, spread)
+    return max(0.0, base + jitter)
 
 
 @dataclass
