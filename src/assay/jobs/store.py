@@ -292,13 +292,19 @@ class JobStore:
                 if group:
                     candidates += conn.execute(self._claim_query(group, group_limit)).all()
             candidates.sort(key=lambda r: r.run_at_ms)
-            claimed: list[Any] = []
-            skipped: list[tuple[str, str]] = []
-            for row in candidates[:limit]:
-                if row.lock_key is None or self._lock_acquire(conn, row, ttl_ms):
-                    claimed.append(row)
-                elif row.on_conflict == "skip":
-                    skipped.append((row.id, row.lock_key))
+            candidates = candidates[:limit]
+            # Locks are taken in key order so that two claimers cannot deadlock on them.
+            acquired = {
+                row.id
+                for row in sorted(candidates, key=lambda r: r.lock_key or "")
+                if row.lock_key is None or self._lock_acquire(conn, row, ttl_ms)
+            }
+            claimed = [row for row in candidates if row.id in acquired]
+            skipped = [
+                (row.id, row.lock_key)
+                for row in candidates
+                if row.id not in acquired and row.on_conflict == "skip"
+            ]
             for job_id, key in skipped:
                 conn.execute(
                     jobs.update()
@@ -434,32 +440,32 @@ class JobStore:
 
     def jobs_renew(
         self, worker_id: str, executions: Sequence[tuple[str, int]], lease_ttl_s: float
-    ) -> int:
+    ) -> None:
         """Extend the leases of this worker's RUNNING jobs and the locks of everything it is
-        still executing. Returns how many job leases were extended."""
+        still executing (including jobs already marked TIMEOUT or CANCELED whose code has not
+        stopped yet)."""
         ttl_ms = int(lease_ttl_s * 1000)
+        ids = [job_id for job_id, _ in executions]
 
-        def body(conn: sa.Connection) -> int:
-            renewed = 0
-            for job_id, attempt in executions:
-                renewed += conn.execute(
+        def body(conn: sa.Connection) -> None:
+            for chunk in _chunks(ids):
+                conn.execute(
                     jobs.update()
                     .where(
-                        jobs.c.id == job_id,
+                        jobs.c.id.in_(chunk),
                         jobs.c.status == _RUNNING,
                         jobs.c.worker_id == worker_id,
-                        jobs.c.attempt == attempt,
                     )
                     .values(lease_expires_at_ms=self._now + ttl_ms)
-                ).rowcount
+                )
                 conn.execute(
                     job_locks.update()
-                    .where(job_locks.c.job_id == job_id, job_locks.c.attempt == attempt)
+                    .where(job_locks.c.job_id.in_(chunk))
                     .values(expires_at_ms=self._now + ttl_ms)
                 )
-            return renewed
 
-        return self._tx(body) if executions else 0
+        if executions:
+            self._tx(body)
 
     def jobs_set_progress(self, worker_id: str, updates: Mapping[str, Progress]) -> None:
         def body(conn: sa.Connection) -> None:
