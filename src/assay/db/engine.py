@@ -34,7 +34,6 @@ def create_engine(uri: str, *, pool_size: int = 10) -> sa.Engine:
     kwargs: dict[str, Any] = {
         "pool_size": pool_size,
         "max_overflow": pool_size,
-        "pool_pre_ping": True,
         "pool_recycle": 1800,
     }
     if backend in ("mysql", "mariadb"):

@@ -38,6 +38,10 @@ _PENDING = JobStatus.PENDING.value
 _RUNNING = JobStatus.RUNNING.value
 _CHUNK = 500
 _NOTIFY_CHANNEL = "assay_jobs"
+# A pending skip-policy job holds its lock this long at most (the claim then renews it with
+# the lease; cancel releases it). Past it, a new duplicate may take the key over, and the stale
+# job is skipped when it is claimed: still exactly one of them runs.
+_PENDING_LOCK_TTL_MS = 7 * 24 * 3600 * 1000
 
 # The database clock in epoch milliseconds, stable within one statement.
 _NOW_SQL = {
@@ -110,6 +114,35 @@ class JobStore:
         name = engine.dialect.name
         self.dialect = "mysql" if name in ("mysql", "mariadb") else name
         self._now = sa.literal_column(_NOW_SQL[self.dialect], sa.BigInteger)
+        owned = (
+            jobs.c.id == sa.bindparam("b_id"),
+            jobs.c.status == _RUNNING,
+            jobs.c.worker_id == sa.bindparam("b_worker"),
+            jobs.c.attempt == sa.bindparam("b_attempt"),
+        )
+        self._finish_stmt = (
+            jobs.update()
+            .where(*owned)
+            .values(
+                status=sa.bindparam("b_status"),
+                result=sa.bindparam("b_result"),
+                error=sa.bindparam("b_error"),
+                finished_at_ms=self._now,
+                lease_expires_at_ms=None,
+            )
+        )
+        self._retry_stmt = (
+            jobs.update()
+            .where(*owned)
+            .values(
+                status=_PENDING,
+                worker_id=None,
+                started_at_ms=None,
+                lease_expires_at_ms=None,
+                run_at_ms=self._now + sa.bindparam("b_delay", type_=sa.BigInteger),
+                error=sa.bindparam("b_error"),
+            )
+        )
 
     # -- plumbing ------------------------------------------------------------------------------
 
@@ -123,7 +156,7 @@ class JobStore:
                     with conn.begin():
                         return body(conn)
             except sa.exc.DBAPIError as exc:
-                if _is_transient(exc) and attempt < 4:
+                if (exc.connection_invalidated or _is_transient(exc)) and attempt < 4:
                     time.sleep(0.005 * 2**attempt)
                     continue
                 if exc.connection_invalidated or isinstance(exc, sa.exc.OperationalError):
@@ -131,13 +164,19 @@ class JobStore:
                 raise StoreError(f"store error: {exc.orig}") from exc
         raise AssertionError("unreachable")
 
-    def _insert_ignore(self, table: sa.Table) -> Any:
-        """INSERT that does nothing when the primary key exists (rowcount 0)."""
-        if self.dialect == "postgresql":
-            return postgresql.insert(table).on_conflict_do_nothing()
-        if self.dialect == "sqlite":
-            return sqlite.insert(table).on_conflict_do_nothing()
-        return mysql.insert(table).prefix_with("IGNORE")
+    def _insert_if_absent(self, conn: sa.Connection, table: sa.Table, **values: Any) -> bool:
+        """INSERT one row unless its primary key exists; True if it was inserted.
+
+        PostgreSQL and SQLite report it through RETURNING (psycopg's rowcount for ON CONFLICT
+        DO NOTHING is not reliable through SQLAlchemy); MySQL's INSERT IGNORE through rowcount.
+        """
+        key = next(iter(table.primary_key.columns))
+        if self.dialect == "mysql":
+            stmt = mysql.insert(table).prefix_with("IGNORE").values(**values)
+            return bool(conn.execute(stmt).rowcount == 1)
+        dialect_insert = postgresql.insert if self.dialect == "postgresql" else sqlite.insert
+        returning = dialect_insert(table).values(**values).on_conflict_do_nothing().returning(key)
+        return conn.execute(returning).first() is not None
 
     def now_ms(self) -> int:
         return self._tx(
@@ -206,30 +245,21 @@ class JobStore:
     def jobs_insert(self, new_jobs: Sequence[NewJob]) -> list[Job]:
         """Insert jobs in one transaction.
 
-        A job whose lock key is already held by a PENDING or RUNNING job, under the ``skip``
-        policy, is stored CANCELED at once with the reason. (Two such submits racing both land
-        PENDING; the claim then cancels the second, so the policy holds either way.)
+        Under the ``skip`` policy a job takes its lock key here, at submit (held while it is
+        pending, then by its execution): a job whose key is already held is stored CANCELED at
+        once, naming the holder. The lock row's primary key makes this race-free: of two
+        submits racing for one key, exactly one inserts it.
         """
 
         def body(conn: sa.Connection) -> list[Job]:
-            holders: dict[str, str] = {}
-            keys = sorted({j.lock_key for j in new_jobs if j.lock_key and j.on_conflict == "skip"})
-            for chunk in _chunks(keys):
-                active = sa.select(jobs.c.lock_key, jobs.c.id).where(
-                    jobs.c.lock_key.in_(chunk), jobs.c.status.in_([_PENDING, _RUNNING])
-                )
-                for row in conn.execute(active):
-                    holders.setdefault(row.lock_key, row.id)
             rows: list[dict[str, Any]] = []
             for new in new_jobs:
                 status, error = _PENDING, None
-                holder = holders.get(new.lock_key) if new.lock_key else None
                 if new.lock_key and new.on_conflict == "skip":
+                    holder = self._lock_hold_for_pending(conn, new.lock_key, new.id)
                     if holder is not None:
                         status = JobStatus.CANCELED.value
                         error = f"skipped: job {holder} holds lock {new.lock_key}"
-                    else:
-                        holders[new.lock_key] = new.id
                 rows.append(
                     {
                         "id": new.id,
@@ -318,7 +348,7 @@ class JobStore:
             if not claimed:
                 return []
             ids = [r.id for r in claimed]
-            conn.execute(
+            update = (
                 jobs.update()
                 .where(jobs.c.id.in_(ids), jobs.c.status == _PENDING)
                 .values(
@@ -330,7 +360,11 @@ class JobStore:
                     lease_expires_at_ms=self._now + ttl_ms,
                 )
             )
-            return self._select_jobs(conn, ids)
+            if not conn.dialect.update_returning:  # MariaDB/MySQL
+                conn.execute(update)
+                return self._select_jobs(conn, ids)
+            by_id = {row.id: _to_job(row) for row in conn.execute(update.returning(*jobs.c))}
+            return [by_id[i] for i in ids if i in by_id]
 
         return self._tx(body)
 
@@ -369,68 +403,91 @@ class JobStore:
             .with_for_update(skip_locked=True)
         )
 
-    def _lock_acquire(self, conn: sa.Connection, row: Any, ttl_ms: int) -> bool:
-        """Take ``row.lock_key`` for the execution that is about to start, if it is free or
-        its holder's lease has expired."""
-        values = {"job_id": row.id, "attempt": row.attempt + 1, "expires_at_ms": self._now + ttl_ms}
-        inserted = conn.execute(
-            self._insert_ignore(job_locks).values(lock_key=row.lock_key, **values)
-        )
-        if inserted.rowcount == 1:
+    def _lock_take(
+        self, conn: sa.Connection, key: str, job_id: str, attempt: int, ttl_ms: int
+    ) -> bool:
+        """Take ``key`` for (job_id, attempt) if it is free, already this job's, or its
+        holder's lease has expired."""
+        values = {"job_id": job_id, "attempt": attempt, "expires_at_ms": self._now + ttl_ms}
+        if self._insert_if_absent(conn, job_locks, lock_key=key, **values):
             return True
         taken = conn.execute(
             job_locks.update()
-            .where(job_locks.c.lock_key == row.lock_key, job_locks.c.expires_at_ms <= self._now)
+            .where(
+                job_locks.c.lock_key == key,
+                sa.or_(job_locks.c.job_id == job_id, job_locks.c.expires_at_ms <= self._now),
+            )
             .values(**values)
         )
         return bool(taken.rowcount == 1)
+
+    def _lock_acquire(self, conn: sa.Connection, row: Any, ttl_ms: int) -> bool:
+        """Take ``row.lock_key`` for the execution that is about to start."""
+        return self._lock_take(conn, row.lock_key, row.id, row.attempt + 1, ttl_ms)
+
+    def _lock_hold_for_pending(self, conn: sa.Connection, key: str, job_id: str) -> str | None:
+        """Hold ``key`` for a pending skip-policy job; return the current holder if taken."""
+        if self._lock_take(conn, key, job_id, 0, _PENDING_LOCK_TTL_MS):
+            return None
+        holder = conn.execute(
+            sa.select(job_locks.c.job_id).where(job_locks.c.lock_key == key)
+        ).scalar_one_or_none()
+        return str(holder)
 
     # -- running -------------------------------------------------------------------------------
 
     def jobs_finish(self, finishes: Sequence[Finish]) -> list[bool]:
         """Record ends of executions in one transaction; each applies only if that execution
         still owns a RUNNING job. Returns, per finish, whether it applied. Locks of finished
-        executions are released in the same transaction (when ``release_lock``)."""
+        executions are released in the same transaction (when ``release_lock``).
+
+        The owners are read under row locks first (FOR UPDATE; SQLite holds its write lock), so
+        the answer is exact, and the updates then run as two prepared executemany statements
+        that repeat the guard."""
 
         def body(conn: sa.Connection) -> list[bool]:
-            applied: list[bool] = []
-            for f in finishes:
-                values: dict[str, Any] = {"status": f.status.value, "lease_expires_at_ms": None}
-                if f.status == JobStatus.PENDING:
-                    delay_ms = int(f.retry_delay_s * 1000)
-                    values.update(
-                        worker_id=None,
-                        started_at_ms=None,
-                        run_at_ms=self._now + delay_ms,
-                        error=f.error,
-                    )
-                else:
-                    values.update(
-                        finished_at_ms=self._now,
-                        result=None if f.result is None else json.dumps(f.result),
-                        error=f.error,
-                    )
-                result = conn.execute(
-                    jobs.update()
-                    .where(
-                        jobs.c.id == f.job_id,
-                        jobs.c.status == _RUNNING,
-                        jobs.c.worker_id == f.worker_id,
-                        jobs.c.attempt == f.attempt,
-                    )
-                    .values(**values)
+            owners: dict[str, tuple[str | None, int]] = {}
+            ids = sorted({f.job_id for f in finishes})
+            for chunk in _chunks(ids):
+                query = (
+                    sa.select(jobs.c.id, jobs.c.worker_id, jobs.c.attempt)
+                    .where(jobs.c.id.in_(chunk), jobs.c.status == _RUNNING)
+                    .order_by(jobs.c.id)
+                    .with_for_update()
                 )
-                applied.append(result.rowcount == 1)
+                owners.update((r.id, (r.worker_id, r.attempt)) for r in conn.execute(query))
+            applied = [owners.get(f.job_id) == (f.worker_id, f.attempt) for f in finishes]
+            done: list[dict[str, Any]] = []
+            retry: list[dict[str, Any]] = []
+            for f, ok in zip(finishes, applied, strict=True):
+                if not ok:
+                    continue
+                params = {
+                    "b_id": f.job_id,
+                    "b_worker": f.worker_id,
+                    "b_attempt": f.attempt,
+                    "b_error": f.error,
+                }
+                if f.status == JobStatus.PENDING:
+                    retry.append({**params, "b_delay": int(f.retry_delay_s * 1000)})
+                else:
+                    result = None if f.result is None else json.dumps(f.result)
+                    done.append({**params, "b_status": f.status.value, "b_result": result})
+            if done:
+                conn.execute(self._finish_stmt, done)
+            if retry:
+                conn.execute(self._retry_stmt, retry)
             self._locks_release(conn, [(f.job_id, f.attempt) for f in finishes if f.release_lock])
             return applied
 
         return self._tx(body)
 
     def _locks_release(self, conn: sa.Connection, executions: Sequence[tuple[str, int]]) -> None:
-        for job_id, attempt in executions:
+        pairs = sorted(set(executions))
+        for chunk in _chunks(pairs):
             conn.execute(
                 job_locks.delete().where(
-                    job_locks.c.job_id == job_id, job_locks.c.attempt == attempt
+                    sa.tuple_(job_locks.c.job_id, job_locks.c.attempt).in_(chunk)
                 )
             )
 
@@ -518,16 +575,22 @@ class JobStore:
         cancel poll and stops the code; its lock is released when the code has stopped."""
 
         def body(conn: sa.Connection) -> Job | None:
-            conn.execute(
-                jobs.update()
-                .where(jobs.c.id == job_id, jobs.c.status.in_([_PENDING, _RUNNING]))
-                .values(
-                    status=JobStatus.CANCELED.value,
-                    error=reason,
-                    finished_at_ms=self._now,
-                    lease_expires_at_ms=None,
+            before = conn.execute(
+                sa.select(jobs.c.status).where(jobs.c.id == job_id).with_for_update()
+            ).scalar_one_or_none()
+            if before in (_PENDING, _RUNNING):
+                conn.execute(
+                    jobs.update()
+                    .where(jobs.c.id == job_id, jobs.c.status == before)
+                    .values(
+                        status=JobStatus.CANCELED.value,
+                        error=reason,
+                        finished_at_ms=self._now,
+                        lease_expires_at_ms=None,
+                    )
                 )
-            )
+            if before == _PENDING:  # a pending job's lock hold ends with it
+                conn.execute(job_locks.delete().where(job_locks.c.job_id == job_id))
             found = self._select_jobs(conn, [job_id])
             return found[0] if found else None
 
@@ -619,12 +682,9 @@ class JobStore:
             )
             if extended.rowcount == 1:
                 return True
-            inserted = conn.execute(
-                self._insert_ignore(leader_leases).values(
-                    name=name, holder=holder, expires_at_ms=self._now + ttl_ms
-                )
+            return self._insert_if_absent(
+                conn, leader_leases, name=name, holder=holder, expires_at_ms=self._now + ttl_ms
             )
-            return bool(inserted.rowcount == 1)
 
         return self._tx(body)
 
@@ -660,21 +720,23 @@ class JobStore:
                 stop.wait(1.0)
 
     def _raw_connection(self) -> Any:
-        raw = self.engine.raw_connection()
-        raw.detach()
-        return raw
+        """A DBAPI connection of our own, taken out of the pool (closed by the caller)."""
+        pooled = self.engine.raw_connection()
+        driver = pooled.driver_connection
+        pooled.detach()
+        return driver
 
     def _watch_postgres(self, wake: Callable[[], None], stop: threading.Event) -> None:
-        raw = self._raw_connection()
+        pg = self._raw_connection()
         try:
-            pg = raw.driver_connection
+            pg.rollback()
             pg.autocommit = True
             pg.execute(f"LISTEN {_NOTIFY_CHANNEL}")
             while not stop.is_set():
                 for _ in pg.notifies(timeout=0.5, stop_after=1):
                     wake()
         finally:
-            raw.close()
+            pg.close()
 
     def _watch_sqlite(
         self, wake: Callable[[], None], stop: threading.Event, interval: float

@@ -240,23 +240,32 @@ class Worker:
 
     def _finish_for(self, execution: _Execution) -> Finish:
         job, outcome = execution.job, execution.outcome
-        common = {"job_id": job.id, "worker_id": self.id, "attempt": job.attempt}
+        result, delay = None, 0.0
         match outcome:
-            case Completed(result):
-                return Finish(status=JobStatus.SUCCEEDED, result=result, **common)  # type: ignore[arg-type]
+            case Completed(value):
+                status, result, error = JobStatus.SUCCEEDED, value, None
             case Retry(error) if job.attempt <= job.max_retries:
-                delay = retry_delay_s(job.attempt, self.settings)
-                return Finish(status=JobStatus.PENDING, error=error, retry_delay_s=delay, **common)  # type: ignore[arg-type]
+                status, delay = JobStatus.PENDING, retry_delay_s(job.attempt, self.settings)
             case Retry(error):
-                error = f"{error}\ngave up after {job.attempt} attempts"
-                return Finish(status=JobStatus.FAILED, error=error, **common)  # type: ignore[arg-type]
-            case Cancelled(reason):
-                return Finish(status=JobStatus.CANCELED, error=reason, **common)  # type: ignore[arg-type]
-            case TimedOut(reason):
-                return Finish(status=JobStatus.TIMEOUT, error=reason, **common)  # type: ignore[arg-type]
+                status, error = JobStatus.FAILED, f"{error}\ngave up after {job.attempt} attempts"
+            case Cancelled(error):
+                status = JobStatus.CANCELED
+            case TimedOut(error):
+                status = JobStatus.TIMEOUT
             case Failed(error):
-                return Finish(status=JobStatus.FAILED, error=error, **common)  # type: ignore[arg-type]
-        raise AssertionError(f"unknown outcome {outcome!r}")
+                status = JobStatus.FAILED
+            case _:
+                raise AssertionError(f"unknown outcome {outcome!r}")
+        return Finish(
+            job_id=job.id,
+            worker_id=self.id,
+            attempt=job.attempt,
+            status=status,
+            result=result,
+            error=error,
+            retry_delay_s=delay,
+            release_lock=job.lock_key is not None,
+        )
 
     def _complete_loop(self) -> None:
         while True:
