@@ -274,10 +274,15 @@ class JobStore:
                         "on_conflict": new.on_conflict,
                     }
                 )
+            insert = jobs.insert().values(created_at_ms=self._now, run_at_ms=self._now)
+            returning = conn.dialect.insert_executemany_returning
+            stored: dict[str, Job] = {}
             for batch in _chunks(rows):
-                conn.execute(
-                    jobs.insert().values(created_at_ms=self._now, run_at_ms=self._now), batch
-                )
+                if returning:  # PostgreSQL, SQLite: no second round trip to read them back
+                    result = conn.execute(insert.returning(*jobs.c), batch)
+                    stored.update((row.id, _to_job(row)) for row in result)
+                else:
+                    conn.execute(insert, batch)
             finished = [r["id"] for r in rows if r["status"] != _PENDING]
             for chunk in _chunks(finished):
                 conn.execute(
@@ -285,7 +290,10 @@ class JobStore:
                 )
             if self.dialect == "postgresql":
                 conn.execute(sa.select(sa.func.pg_notify(_NOTIFY_CHANNEL, "")))
-            return self._select_jobs(conn, [r["id"] for r in rows])
+            skipped = set(finished)
+            reread = [r["id"] for r in rows if not returning or r["id"] in skipped]
+            stored.update((job.id, job) for job in self._select_jobs(conn, reread))
+            return [stored[r["id"]] for r in rows]
 
         return self._tx(body)
 
