@@ -147,13 +147,13 @@ class WorkerProcesses:
         self.tmp_path = tmp_path
 
     def start(self, store_uri: str, *args: str, **settings: Any) -> subprocess.Popen[bytes]:
-        log = open(self.tmp_path / f"worker-{len(self.procs)}.log", "wb")  # noqa: SIM115
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "assay", "worker", "--store", store_uri, *args],
-            env=fast_env(**settings),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+        with open(self.tmp_path / f"worker-{len(self.procs)}.log", "wb") as log:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "assay", "worker", "--store", store_uri, *args],
+                env=fast_env(**settings),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
         self.procs.append(proc)
         return proc
 

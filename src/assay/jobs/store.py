@@ -42,6 +42,9 @@ _NOTIFY_CHANNEL = "assay_jobs"
 # the lease; cancel releases it). Past it, a new duplicate may take the key over, and the stale
 # job is skipped when it is claimed: still exactly one of them runs.
 _PENDING_LOCK_TTL_MS = 7 * 24 * 3600 * 1000
+# An execution's lock outlives its lease by this much, so the rescuer always sees the lease
+# expire first and can hand the lock on to the re-queued job instead of finding it gone.
+_LOCK_MARGIN_MS = 1000
 
 # The database clock in epoch milliseconds, stable within one statement.
 _NOW_SQL = {
@@ -431,7 +434,9 @@ class JobStore:
 
     def _lock_acquire(self, conn: sa.Connection, row: Any, ttl_ms: int) -> bool:
         """Take ``row.lock_key`` for the execution that is about to start."""
-        return self._lock_take(conn, row.lock_key, row.id, row.attempt + 1, ttl_ms)
+        return self._lock_take(
+            conn, row.lock_key, row.id, row.attempt + 1, ttl_ms + _LOCK_MARGIN_MS
+        )
 
     def _lock_hold_for_pending(self, conn: sa.Connection, key: str, job_id: str) -> str | None:
         """Hold ``key`` for a pending skip-policy job; return the current holder if taken."""
@@ -485,6 +490,14 @@ class JobStore:
                 conn.execute(self._finish_stmt, done)
             if retry:
                 conn.execute(self._retry_stmt, retry)
+            self._locks_hold_for_requeued(
+                conn,
+                [
+                    (f.job_id, f.attempt)
+                    for f, ok in zip(finishes, applied, strict=True)
+                    if ok and f.release_lock and f.status == JobStatus.PENDING
+                ],
+            )
             self._locks_release(conn, [(f.job_id, f.attempt) for f in finishes if f.release_lock])
             return applied
 
@@ -497,6 +510,23 @@ class JobStore:
                 job_locks.delete().where(
                     sa.tuple_(job_locks.c.job_id, job_locks.c.attempt).in_(chunk)
                 )
+            )
+
+    def _locks_hold_for_requeued(
+        self, conn: sa.Connection, executions: Sequence[tuple[str, int]]
+    ) -> None:
+        """Executions whose job went back to PENDING (retry, rescue, hand-back): a skip-policy
+        job keeps its key as a pending hold, so a duplicate submitted meanwhile is skipped
+        instead of displacing it. (Queue-policy locks are then released by the caller.)"""
+        skip_jobs = sa.select(jobs.c.id).where(jobs.c.on_conflict == "skip")
+        for chunk in _chunks(sorted(set(executions))):
+            conn.execute(
+                job_locks.update()
+                .where(
+                    sa.tuple_(job_locks.c.job_id, job_locks.c.attempt).in_(chunk),
+                    job_locks.c.job_id.in_(skip_jobs.where(jobs.c.id.in_([e[0] for e in chunk]))),
+                )
+                .values(attempt=0, expires_at_ms=self._now + _PENDING_LOCK_TTL_MS)
             )
 
     def locks_release(self, executions: Sequence[tuple[str, int]]) -> None:
@@ -526,7 +556,7 @@ class JobStore:
                 conn.execute(
                     job_locks.update()
                     .where(job_locks.c.job_id.in_(chunk))
-                    .values(expires_at_ms=self._now + ttl_ms)
+                    .values(expires_at_ms=self._now + ttl_ms + _LOCK_MARGIN_MS)
                 )
 
         if executions:
@@ -573,6 +603,7 @@ class JobStore:
                 )
                 if result.rowcount == 1:
                     handed.append(job_id)
+            self._locks_hold_for_requeued(conn, [e for e in executions if e[0] in handed])
             self._locks_release(conn, executions)
             return handed
 
@@ -643,6 +674,9 @@ class JobStore:
                 )
                 if result.rowcount == 1:
                     target.append(row.id)
+            self._locks_hold_for_requeued(
+                conn, [(r.id, r.attempt) for r in rows if r.id in requeued]
+            )
             self._locks_release(conn, [(r.id, r.attempt) for r in rows])
             conn.execute(job_locks.delete().where(job_locks.c.expires_at_ms < self._now))
             return RescueResult(requeued, failed)
