@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from assay import JobStatus, UnknownJobError, InvalidParamsError
+from assay import InvalidParamsError, JobStatus, UnknownJobError
 from conftest import running_worker
 
 
@@ -13,7 +13,9 @@ def test_submit_run_get(backend):
     assert done.status == JobStatus.SUCCEEDED
     assert done.result == 5
     assert done.attempt == 1
-    assert done.started_at is not None and done.finished_at >= done.started_at
+    assert done.started_at is not None
+    assert done.finished_at is not None
+    assert done.finished_at >= done.started_at
 
 
 def test_unknown_and_bad_params(backend):

@@ -174,21 +174,29 @@ def _wait_with_progress(backend: Backend, job: Job) -> Job:
     columns = (
         TextColumn("{task.fields[status]:<9}"),
         BarColumn(),
-        TextColumn("{task.completed:g}/{task.total:g}"),
+        TextColumn("{task.fields[counts]}"),
         TextColumn("{task.description}"),
         TimeElapsedColumn(),
     )
     with Progress(*columns, console=console, transient=True) as bar:
-        task = bar.add_task(job.name, total=None, status=job.status.value)
+        task = bar.add_task(job.name, total=None, status=job.status.value, counts="")
 
         def update(current: Job) -> None:
             p = current.progress
+            counts = (
+                ""
+                if p is None
+                else f"{p.completed:g}/{p.total:g}"
+                if p.total
+                else f"{p.completed:g}"
+            )
             bar.update(
                 task,
                 status=current.status.value,
                 completed=p.completed if p else 0,
                 total=p.total if p and p.total else None,
                 description=(p.message if p and p.message else current.name),
+                counts=counts,
             )
 
         return backend.wait(job.id, poll_s=0.1, on_update=update)

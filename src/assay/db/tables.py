@@ -45,8 +45,6 @@ jobs = sa.Table(
     sa.Index("ix_jobs_status_run_at", "status", "run_at_ms"),
     sa.Index("ix_jobs_created", "created_at_ms", "id"),
     sa.Index("ix_jobs_name_created", "name", "created_at_ms"),
-    sa.Index("ix_jobs_lock_key", "lock_key"),
-    sa.Index("ix_jobs_finished", "finished_at_ms"),
 )
 
 job_locks = sa.Table(

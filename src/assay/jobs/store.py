@@ -689,9 +689,15 @@ class JobStore:
         terminal = [s.value for s in TERMINAL_STATUSES]
 
         def body(conn: sa.Connection) -> int:
+            # A job that finished before the cutoff was created before it: the created_at
+            # bound lets ix_jobs_created find old rows without another index on every job.
             ids = conn.execute(
                 sa.select(jobs.c.id)
-                .where(jobs.c.finished_at_ms < cutoff, jobs.c.status.in_(terminal))
+                .where(
+                    jobs.c.created_at_ms < cutoff,
+                    jobs.c.finished_at_ms < cutoff,
+                    jobs.c.status.in_(terminal),
+                )
                 .limit(batch)
             ).scalars()
             chunk = list(ids)

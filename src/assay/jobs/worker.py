@@ -396,13 +396,15 @@ class Worker:
                 self._idle.wait(left)
             unfinished = [e for e in self._executing.values() if not e.done]
         if unfinished:
-            for e in unfinished:
-                e.ctx.cancel("worker shutting down")
+            # Hand back first: a cooperative job told to stop would otherwise report Cancelled,
+            # and the completer could write CANCELED before the hand-back.
             try:
                 handed = self.store.jobs_hand_back(self.id, [e.key for e in unfinished])
                 log.info("worker.handed_back id=%s jobs=%s", self.id, handed)
             except AssayError:
                 log.warning("worker.hand_back_failed id=%s", self.id, exc_info=True)
+            for e in unfinished:
+                e.ctx.cancel("worker shutting down")
         self._completions.put(None)
         for thread in self._threads:
             if thread.name == "assay-completer":

@@ -48,8 +48,6 @@ def upgrade() -> None:
     op.create_index("ix_jobs_status_run_at", "jobs", ["status", "run_at_ms"])
     op.create_index("ix_jobs_created", "jobs", ["created_at_ms", "id"])
     op.create_index("ix_jobs_name_created", "jobs", ["name", "created_at_ms"])
-    op.create_index("ix_jobs_lock_key", "jobs", ["lock_key"])
-    op.create_index("ix_jobs_finished", "jobs", ["finished_at_ms"])
 
     op.create_table(
         "job_locks",
