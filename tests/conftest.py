@@ -53,8 +53,32 @@ def fast_env(**extra: Any) -> dict[str, str]:
     return env
 
 
-def _server_database(admin_uri: str, kind: str) -> Iterator[str]:
-    """Create a private database for this test session on a server; drop it afterwards."""
+ADMIN_URIS = {"postgresql": PG_URI, "mysql": MYSQL_URI}
+
+# The public JSON shape of a job (DESIGN.md), in order.
+JOB_KEYS = [
+    "id",
+    "name",
+    "params",
+    "status",
+    "result",
+    "error",
+    "attempt",
+    "max_retries",
+    "timeout",
+    "created_at",
+    "started_at",
+    "finished_at",
+    "worker_id",
+    "progress",
+]
+
+
+@contextlib.contextmanager
+def server_database(kind: str, prefix: str = "assay_test") -> Iterator[str]:
+    """A new, empty database on the ``kind`` ("postgresql" or "mysql") test server, dropped
+    afterwards. Skips (or, with ASSAY_TEST_REQUIRE_DBS=1, fails) when the server is down."""
+    admin_uri = ADMIN_URIS[kind]
     engine = sa.create_engine(admin_uri, isolation_level="AUTOCOMMIT")
     try:
         with engine.connect() as conn:
@@ -65,30 +89,28 @@ def _server_database(admin_uri: str, kind: str) -> Iterator[str]:
         if REQUIRE_DBS:
             pytest.fail(message)
         pytest.skip(message)
-    name = f"assay_test_{os.getpid()}_{uuid.uuid4().hex[:6]}"
+    name = f"{prefix}_{os.getpid()}_{uuid.uuid4().hex[:6]}"
     with engine.connect() as conn:
         conn.execute(sa.text(f"CREATE DATABASE {name}"))
-    url = sa.make_url(admin_uri).set(database=name)
-    uri = url.render_as_string(hide_password=False)
     try:
-        yield uri
+        yield sa.make_url(admin_uri).set(database=name).render_as_string(hide_password=False)
     finally:
+        force = " WITH (FORCE)" if kind == "postgresql" else ""
         with engine.connect() as conn:
-            if kind == "PostgreSQL":
-                conn.execute(sa.text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-            else:
-                conn.execute(sa.text(f"DROP DATABASE IF EXISTS {name}"))
+            conn.execute(sa.text(f"DROP DATABASE IF EXISTS {name}{force}"))
         engine.dispose()
 
 
 @pytest.fixture(scope="session")
 def pg_database() -> Iterator[str]:
-    yield from _server_database(PG_URI, "PostgreSQL")
+    with server_database("postgresql") as uri:
+        yield uri
 
 
 @pytest.fixture(scope="session")
 def mysql_database() -> Iterator[str]:
-    yield from _server_database(MYSQL_URI, "MariaDB/MySQL")
+    with server_database("mysql") as uri:
+        yield uri
 
 
 @pytest.fixture(params=["sqlite", "postgresql", "mysql"])
@@ -156,6 +178,18 @@ class WorkerProcesses:
             )
         self.procs.append(proc)
         return proc
+
+    def wait_ready(self, n: int, timeout: float = 60) -> None:
+        """``n`` workers printed their start line (imported everything, connected)."""
+
+        def ready() -> bool:
+            logs = [p.read_text() for p in self.tmp_path.glob("worker-*.log")]
+            return sum(1 for text in logs if " running " in text) >= n
+
+        try:
+            wait_until(ready, timeout=timeout, interval=0.05)
+        except AssertionError:
+            raise AssertionError(f"workers did not start:\n{self.logs()[-5000:]}") from None
 
     def logs(self) -> str:
         return "\n".join(p.read_text() for p in sorted(self.tmp_path.glob("worker-*.log")))

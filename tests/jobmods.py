@@ -17,7 +17,8 @@ class TransientChild(Transient):
     pass
 
 
-def _record(path: str, line: str) -> None:
+def record(path: str, line: str) -> None:
+    """Append a line to a file durably (shared by the test job modules)."""
     with open(path, "a") as fh:
         fh.write(line + "\n")
         fh.flush()
@@ -37,7 +38,7 @@ def t_noop() -> None:
 @job(name="t_record")
 def t_record(path: str, tag: str = "") -> str:
     """Appends `job_id pid` to a file: proves which process ran which job, and how often."""
-    _record(path, f"{current_job().job_id} {os.getpid()} {tag}")
+    record(path, f"{current_job().job_id} {os.getpid()} {tag}")
     return tag
 
 
@@ -46,10 +47,10 @@ def t_sleep(seconds: float, path: str | None = None) -> float:
     """Sleeps cooperatively (stops when cancelled); records start/end times when given a path."""
     ctx = current_job()
     if path:
-        _record(path, f"start {ctx.job_id} {time.time()}")
+        record(path, f"start {ctx.job_id} {time.time()}")
     ctx.wait_cancelled(seconds)
     if path:
-        _record(path, f"end {ctx.job_id} {time.time()}")
+        record(path, f"end {ctx.job_id} {time.time()}")
     ctx.check_cancelled()
     return seconds
 

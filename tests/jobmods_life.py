@@ -10,17 +10,11 @@ import os
 import time
 
 from assay import current_job, job
+from jobmods import record
 
 
 class LifeTransient(Exception):
     pass
-
-
-def _record(path: str, line: str) -> None:
-    with open(path, "a") as fh:
-        fh.write(line + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
 
 
 @job(name="life_timed", timeout=42)
@@ -35,9 +29,9 @@ def life_attempt(path: str, first_s: float, then_s: float) -> int:
     Records ``start|end job_id attempt pid time`` lines.
     """
     ctx = current_job()
-    _record(path, f"start {ctx.job_id} {ctx.attempt} {os.getpid()} {time.time()}")
+    record(path, f"start {ctx.job_id} {ctx.attempt} {os.getpid()} {time.time()}")
     ctx.wait_cancelled(first_s if ctx.attempt == 1 else then_s)
-    _record(path, f"end {ctx.job_id} {ctx.attempt} {os.getpid()} {time.time()}")
+    record(path, f"end {ctx.job_id} {ctx.attempt} {os.getpid()} {time.time()}")
     ctx.check_cancelled()
     return ctx.attempt
 
@@ -46,9 +40,9 @@ def life_attempt(path: str, first_s: float, then_s: float) -> int:
 def life_late(path: str, seconds: float) -> str:
     """Ignores its cancel flag; records ``returning job_id`` just before it returns."""
     ctx = current_job()
-    _record(path, f"start {ctx.job_id}")
+    record(path, f"start {ctx.job_id}")
     time.sleep(seconds)
-    _record(path, f"returning {ctx.job_id}")
+    record(path, f"returning {ctx.job_id}")
     return "late"
 
 
@@ -56,7 +50,7 @@ def life_late(path: str, seconds: float) -> str:
 def life_flaky(path: str, fail_times: int) -> int:
     """Records ``attempt time`` per attempt; fails transiently ``fail_times`` times."""
     attempt = current_job().attempt
-    _record(path, f"{attempt} {time.time()}")
+    record(path, f"{attempt} {time.time()}")
     if attempt <= fail_times:
         raise LifeTransient(f"attempt {attempt}")
     return attempt

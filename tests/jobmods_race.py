@@ -13,13 +13,7 @@ import time
 from typing import Any
 
 from assay import current_job, job
-
-
-def _record(path: str, line: str) -> None:
-    with open(path, "a") as fh:
-        fh.write(line + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
+from jobmods import record
 
 
 @job(name="t_sleep_first")
@@ -29,10 +23,10 @@ def t_sleep_first(path: str, first_s: float, then_s: float) -> int:
     Records ``start|end job_id attempt pid time`` lines.
     """
     ctx = current_job()
-    _record(path, f"start {ctx.job_id} {ctx.attempt} {os.getpid()} {time.time()}")
+    record(path, f"start {ctx.job_id} {ctx.attempt} {os.getpid()} {time.time()}")
     ctx.wait_cancelled(first_s if ctx.attempt == 1 else then_s)
     ctx.check_cancelled()
-    _record(path, f"end {ctx.job_id} {ctx.attempt} {os.getpid()} {time.time()}")
+    record(path, f"end {ctx.job_id} {ctx.attempt} {os.getpid()} {time.time()}")
     return ctx.attempt
 
 
@@ -40,7 +34,7 @@ def t_sleep_first(path: str, first_s: float, then_s: float) -> int:
 def t_die(path: str) -> None:
     """Kills its own worker process (SIGKILL), as a crash would: no hand-back, no finish."""
     ctx = current_job()
-    _record(path, f"start {ctx.job_id} {ctx.attempt} {os.getpid()} {time.time()}")
+    record(path, f"start {ctx.job_id} {ctx.attempt} {os.getpid()} {time.time()}")
     os.kill(os.getpid(), signal.SIGKILL)
     time.sleep(60)
 

@@ -12,7 +12,7 @@ import pytest
 import assay
 from assay import ConfigError, Job, JobStatus, Progress, job, load_settings
 from assay.jobs.registry import REGISTRY, Registry
-from conftest import FAST, running_worker
+from conftest import FAST, JOB_KEYS, running_worker
 
 PUBLIC = {
     "AssayError",
@@ -41,23 +41,6 @@ PUBLIC = {
     "load_settings",
 }
 
-# DESIGN.md, REST: the Job object.
-JOB_KEYS = [
-    "id",
-    "name",
-    "params",
-    "status",
-    "result",
-    "error",
-    "attempt",
-    "max_retries",
-    "timeout",
-    "created_at",
-    "started_at",
-    "finished_at",
-    "worker_id",
-    "progress",
-]
 ISO_Z = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?Z$")
 
 

@@ -13,7 +13,7 @@ import sqlalchemy as sa
 
 from assay import JobStatus
 from assay.db.tables import job_locks, jobs
-from conftest import WorkerProcesses, wait_until
+from conftest import wait_until
 from jobmods_race import claim_until_empty
 
 pytestmark = pytest.mark.slow
@@ -164,19 +164,6 @@ def test_store_skip_duplicates_racing_in_claim(backend, store_uri):
     assert sorted(all_ids) == sorted(j.id for j in stored if j.status == JobStatus.RUNNING)
 
 
-def _wait_ready(procs: WorkerProcesses, n: int, timeout: float = 60) -> None:
-    """Every worker printed its start line (it has imported everything and connected)."""
-
-    def ready() -> bool:
-        logs = [p.read_text() for p in procs.tmp_path.glob("worker-*.log")]
-        return sum(1 for text in logs if " running " in text) >= n
-
-    try:
-        wait_until(ready, timeout=timeout, interval=0.1)
-    except AssertionError:
-        raise AssertionError(f"workers did not start:\n{procs.logs()[-5000:]}") from None
-
-
 def test_workers_run_each_job_once(backend, store_uri, worker_processes, tmp_path):
     out = tmp_path / "record.txt"
     out.touch()
@@ -184,7 +171,7 @@ def test_workers_run_each_job_once(backend, store_uri, worker_processes, tmp_pat
     # renewal into an (allowed, at-least-once) second run.
     for _ in range(N_PROCS):
         worker_processes.start(store_uri, "--concurrency", "4", lease_ttl_s=60)
-    _wait_ready(worker_processes, N_PROCS)
+    worker_processes.wait_ready(N_PROCS)
 
     started = time.monotonic()
     submitted = backend.submit_many("t_record", [{"path": str(out)} for _ in range(N_JOBS)])

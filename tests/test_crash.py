@@ -22,19 +22,6 @@ RACE_MODULES = ("--jobs-module", "jobmods_race")
 RESCUE_BOUND_S = 20.0
 
 
-def _wait_ready(procs: WorkerProcesses, n: int, timeout: float = 60) -> None:
-    """``n`` workers printed their start line (imported everything, connected, registered)."""
-
-    def ready() -> bool:
-        logs = [p.read_text() for p in procs.tmp_path.glob("worker-*.log")]
-        return sum(1 for text in logs if " running " in text) >= n
-
-    try:
-        wait_until(ready, timeout=timeout, interval=0.05)
-    except AssertionError:
-        raise AssertionError(f"workers did not start:\n{procs.logs()[-5000:]}") from None
-
-
 def _lines(path: Path, kind: str) -> list[list[str]]:
     if not path.exists():
         return []
@@ -64,7 +51,7 @@ def _wait_status(backend, job_id, statuses, procs: WorkerProcesses, timeout=RESC
 def test_killed_worker_job_is_rescued_and_rerun(backend, store_uri, worker_processes, tmp_path):
     out = tmp_path / "runs.txt"
     first = worker_processes.start(store_uri, *RACE_MODULES)
-    _wait_ready(worker_processes, 1)
+    worker_processes.wait_ready(1)
     job = backend.submit("t_sleep_first", {"path": str(out), "first_s": 120, "then_s": 0.2})
 
     running = _wait_status(backend, job.id, {JobStatus.RUNNING}, worker_processes)
@@ -73,7 +60,7 @@ def test_killed_worker_job_is_rescued_and_rerun(backend, store_uri, worker_proce
 
     # A second worker, polling and competing for leadership while the first one holds the lease.
     second = worker_processes.start(store_uri, *RACE_MODULES)
-    _wait_ready(worker_processes, 2)
+    worker_processes.wait_ready(2)
     # The one fixed sleep: it checks that nothing happens while the lease is live, for longer
     # than a lease (renewals must keep it), and long enough for several rescue sweeps.
     time.sleep(FAST["lease_ttl_s"] * 1.5)
@@ -187,7 +174,7 @@ def test_lock_of_dead_worker_is_freed_when_its_lease_expires(
     # rescue_min_attempts=1: the killed job is failed, not re-run, so the queued duplicate is
     # the only job that can take the lock next.
     first = worker_processes.start(store_uri, rescue_min_attempts=1)
-    _wait_ready(worker_processes, 1)
+    worker_processes.wait_ready(1)
     holder = backend.submit("t_exclusive_queue", {"key": "k", "seconds": 120, "path": str(out)})
     _wait_status(backend, holder.id, {JobStatus.RUNNING}, worker_processes)
     wait_until(lambda: _lines(out, "start"), timeout=10)
@@ -196,7 +183,7 @@ def test_lock_of_dead_worker_is_freed_when_its_lease_expires(
     assert queued.status == JobStatus.PENDING
 
     second = worker_processes.start(store_uri, rescue_min_attempts=1)
-    _wait_ready(worker_processes, 2)
+    worker_processes.wait_ready(2)
     time.sleep(FAST["lease_ttl_s"] * 1.5)  # the lock is live: the duplicate must wait
     assert backend.get(queued.id).status == JobStatus.PENDING
     assert [s[1] for s in _lines(out, "start")] == [holder.id]

@@ -16,17 +16,6 @@ from conftest import WorkerProcesses, running_worker, wait_until
 pytestmark = pytest.mark.slow
 
 
-def _wait_ready(procs: WorkerProcesses, n: int, timeout: float = 60) -> None:
-    def ready() -> bool:
-        logs = [p.read_text() for p in procs.tmp_path.glob("worker-*.log")]
-        return sum(1 for text in logs if " running " in text) >= n
-
-    try:
-        wait_until(ready, timeout=timeout, interval=0.05)
-    except AssertionError:
-        raise AssertionError(f"workers did not start:\n{procs.logs()[-5000:]}") from None
-
-
 def _intervals(path: Path) -> dict[str, tuple[float, float]]:
     """job id -> (start, end) from t_sleep's records; each job must start and end once."""
     starts: dict[str, list[float]] = {}
@@ -63,7 +52,7 @@ def test_queue_policy_serialises_one_key_across_processes(
     out = tmp_path / "runs.txt"
     for _ in range(2):
         worker_processes.start(store_uri, "--concurrency", "4")
-    _wait_ready(worker_processes, 2)
+    worker_processes.wait_ready(2)
 
     keys, per_key = ["a", "b", "c"], 6
     params = [
@@ -102,7 +91,7 @@ def test_different_keys_run_concurrently(backend, store_uri, worker_processes, t
     out = tmp_path / "runs.txt"
     for _ in range(2):
         worker_processes.start(store_uri, "--concurrency", "4")
-    _wait_ready(worker_processes, 2)
+    worker_processes.wait_ready(2)
     params = [{"key": f"k{i}", "seconds": 1.5, "path": str(out)} for i in range(4)]
     submitted = backend.submit_many("t_exclusive_queue", params)
     finished = _wait_terminal(backend, [j.id for j in submitted], 60, worker_processes)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys
@@ -22,7 +21,7 @@ from assay.db.migrate import current_revision, head_revision, is_current, upgrad
 from assay.db.tables import JOB_STATUSES, jobs, metadata
 from assay.jobs.model import JobStatus
 from assay.jobs.store import JobStore, NewJob
-from conftest import MYSQL_URI, PG_URI, REQUIRE_DBS, fast_env
+from conftest import fast_env, server_database
 
 TABLES = {"jobs", "job_locks", "leader_leases"}
 
@@ -33,27 +32,8 @@ def empty_uri(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'empty.db'}"
         return
-    admin = PG_URI if request.param == "postgresql" else MYSQL_URI
-    server = sa.create_engine(admin, isolation_level="AUTOCOMMIT")
-    try:
-        with server.connect() as conn:
-            conn.execute(sa.text("SELECT 1"))
-    except Exception as exc:
-        server.dispose()
-        message = f"{request.param} not reachable: {str(exc).splitlines()[0]}"
-        if REQUIRE_DBS:
-            pytest.fail(message)
-        pytest.skip(message)
-    name = f"assay_mig_{os.getpid()}_{uuid.uuid4().hex[:6]}"
-    with server.connect() as conn:
-        conn.execute(sa.text(f"CREATE DATABASE {name}"))
-    try:
-        yield sa.make_url(admin).set(database=name).render_as_string(hide_password=False)
-    finally:
-        force = " WITH (FORCE)" if request.param == "postgresql" else ""
-        with server.connect() as conn:
-            conn.execute(sa.text(f"DROP DATABASE IF EXISTS {name}{force}"))
-        server.dispose()
+    with server_database(request.param, prefix="assay_mig") as uri:
+        yield uri
 
 
 def _drift(engine: sa.Engine) -> list[object]:

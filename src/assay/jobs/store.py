@@ -134,6 +134,20 @@ class JobStore:
                 lease_expires_at_ms=None,
             )
         )
+        # Statements on the hot path are built once (SQLAlchemy then reuses their compiled form).
+        self._claim_query = self._build_claim_query()
+        self._start_stmt = (
+            jobs.update()
+            .where(jobs.c.id.in_(sa.bindparam("ids", expanding=True)), jobs.c.status == _PENDING)
+            .values(
+                status=_RUNNING,
+                worker_id=sa.bindparam("b_worker"),
+                attempt=jobs.c.attempt + 1,
+                started_at_ms=self._now,
+                finished_at_ms=None,
+                lease_expires_at_ms=self._now + sa.bindparam("b_ttl", type_=sa.BigInteger),
+            )
+        )
         self._retry_stmt = (
             jobs.update()
             .where(*owned)
@@ -145,6 +159,41 @@ class JobStore:
                 run_at_ms=self._now + sa.bindparam("b_delay", type_=sa.BigInteger),
                 error=sa.bindparam("b_error"),
             )
+        )
+
+    def _build_claim_query(self) -> sa.Select[Any]:
+        """THE claim query; the only place jobs are picked for running.
+
+        Its shape, and why:
+        - ``status = PENDING AND run_at <= now ORDER BY run_at`` walks ix_jobs_status_run_at, so
+          the cost does not grow with the number of finished jobs.
+        - Queue-policy jobs whose lock is held (and live) are left out here so a long queue of
+          them cannot fill every batch; skip-policy ones are taken so the claim can cancel them.
+          This filter is only an optimisation: the lock insert in the same transaction is the
+          real guard.
+        - ``FOR UPDATE SKIP LOCKED`` (PostgreSQL, MariaDB/MySQL) lets concurrent claimers take
+          disjoint rows without waiting on each other. SQLite renders no FOR UPDATE; there the
+          whole claim runs inside one BEGIN IMMEDIATE write transaction, which serialises
+          claimers.
+        """
+        held = (
+            sa.select(job_locks.c.lock_key)
+            .where(job_locks.c.lock_key == jobs.c.lock_key, job_locks.c.expires_at_ms > self._now)
+            .exists()
+        )
+        return (
+            sa.select(
+                jobs.c.id, jobs.c.lock_key, jobs.c.on_conflict, jobs.c.run_at_ms, jobs.c.attempt
+            )
+            .where(
+                jobs.c.status == _PENDING,
+                jobs.c.run_at_ms <= self._now,
+                jobs.c.name.in_(sa.bindparam("names", expanding=True)),
+                sa.or_(jobs.c.lock_key.is_(None), jobs.c.on_conflict == "skip", ~held),
+            )
+            .order_by(jobs.c.run_at_ms)
+            .limit(sa.bindparam("limit", type_=sa.Integer))
+            .with_for_update(skip_locked=True)
         )
 
     # -- plumbing ------------------------------------------------------------------------------
@@ -331,7 +380,8 @@ class JobStore:
             candidates: list[Any] = []
             for group, group_limit in groups:
                 if group:
-                    candidates += conn.execute(self._claim_query(group, group_limit)).all()
+                    params = {"names": group, "limit": group_limit}
+                    candidates += conn.execute(self._claim_query, params).all()
             candidates.sort(key=lambda r: r.run_at_ms)
             candidates = candidates[:limit]
             # Locks are taken in key order so that two claimers cannot deadlock on them.
@@ -359,60 +409,15 @@ class JobStore:
             if not claimed:
                 return []
             ids = [r.id for r in claimed]
-            update = (
-                jobs.update()
-                .where(jobs.c.id.in_(ids), jobs.c.status == _PENDING)
-                .values(
-                    status=_RUNNING,
-                    worker_id=worker_id,
-                    attempt=jobs.c.attempt + 1,
-                    started_at_ms=self._now,
-                    finished_at_ms=None,
-                    lease_expires_at_ms=self._now + ttl_ms,
-                )
-            )
+            params = {"ids": ids, "b_worker": worker_id, "b_ttl": ttl_ms}
             if not conn.dialect.update_returning:  # MariaDB/MySQL
-                conn.execute(update)
+                conn.execute(self._start_stmt, params)
                 return self._select_jobs(conn, ids)
-            by_id = {row.id: _to_job(row) for row in conn.execute(update.returning(*jobs.c))}
+            started = conn.execute(self._start_stmt.returning(*jobs.c), params)
+            by_id = {row.id: _to_job(row) for row in started}
             return [by_id[i] for i in ids if i in by_id]
 
         return self._tx(body)
-
-    def _claim_query(self, names: list[str], limit: int) -> sa.Select[Any]:
-        """THE claim query; the only place jobs are picked for running.
-
-        Its shape, and why:
-        - ``status = PENDING AND run_at <= now ORDER BY run_at`` walks ix_jobs_status_run_at, so
-          the cost does not grow with the number of finished jobs.
-        - Queue-policy jobs whose lock is held (and live) are left out here so a long queue of
-          them cannot fill every batch; skip-policy ones are taken so the claim can cancel them.
-          This filter is only an optimisation: the lock insert in the same transaction is the
-          real guard.
-        - ``FOR UPDATE SKIP LOCKED`` (PostgreSQL, MariaDB/MySQL) lets concurrent claimers take
-          disjoint rows without waiting on each other. SQLite renders no FOR UPDATE; there the
-          whole claim runs inside one BEGIN IMMEDIATE write transaction, which serialises
-          claimers.
-        """
-        held = (
-            sa.select(job_locks.c.lock_key)
-            .where(job_locks.c.lock_key == jobs.c.lock_key, job_locks.c.expires_at_ms > self._now)
-            .exists()
-        )
-        return (
-            sa.select(
-                jobs.c.id, jobs.c.lock_key, jobs.c.on_conflict, jobs.c.run_at_ms, jobs.c.attempt
-            )
-            .where(
-                jobs.c.status == _PENDING,
-                jobs.c.run_at_ms <= self._now,
-                jobs.c.name.in_(names),
-                sa.or_(jobs.c.lock_key.is_(None), jobs.c.on_conflict == "skip", ~held),
-            )
-            .order_by(jobs.c.run_at_ms)
-            .limit(limit)
-            .with_for_update(skip_locked=True)
-        )
 
     def _lock_take(
         self, conn: sa.Connection, key: str, job_id: str, attempt: int, ttl_ms: int
