@@ -41,6 +41,7 @@ FAST: dict[str, Any] = {
     "retry_backoff_max_s": 1.0,
     "shutdown_grace_s": 2.0,
     "job_modules": ["jobmods"],
+    "default_executor": "inline",
 }
 
 
@@ -71,6 +72,7 @@ JOB_KEYS = [
     "finished_at",
     "worker_id",
     "progress",
+    "log_tail",
 ]
 
 

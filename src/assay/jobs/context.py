@@ -8,7 +8,10 @@ from contextvars import ContextVar
 from assay.errors import AssayError, JobCancelled
 from assay.jobs.model import Job, Progress
 
-__all__ = ["JobContext", "current_job"]
+__all__ = ["LOG_TAIL_CHARS", "JobContext", "current_job"]
+
+LOG_TAIL_CHARS = 8192
+"""How much of a job's output (the end of it) is kept on the job as ``log_tail``."""
 
 _current: ContextVar[JobContext | None] = ContextVar("assay_current_job", default=None)
 
@@ -28,6 +31,8 @@ class JobContext:
         self._timed_out = False
         self._progress: Progress | None = None
         self._progress_dirty = False
+        self._log_tail = ""
+        self._log_dirty = False
         self._lock = threading.Lock()
 
     @property
@@ -82,6 +87,26 @@ class JobContext:
                 return None
             self._progress_dirty = False
             return self._progress
+
+    def append_log(self, text: str) -> None:
+        """Add captured output (used by executors that capture stdout/stderr)."""
+        if not text:
+            return
+        with self._lock:
+            self._log_tail = (self._log_tail + text)[-LOG_TAIL_CHARS:]
+            self._log_dirty = True
+
+    @property
+    def log_tail(self) -> str | None:
+        return self._log_tail or None
+
+    def take_log_tail(self) -> str | None:
+        """The log tail if output arrived since the last call (used by the worker)."""
+        with self._lock:
+            if not self._log_dirty:
+                return None
+            self._log_dirty = False
+            return self._log_tail
 
     def activate(self) -> object:
         """Make this the context :func:`current_job` returns in this thread; returns a token."""

@@ -57,6 +57,7 @@ class Job:
     finished_at: datetime | None
     worker_id: str | None
     progress: Progress | None
+    log_tail: str | None = None
     lock_key: str | None = None
 
     def to_dict(self) -> dict[str, Any]:

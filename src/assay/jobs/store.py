@@ -78,6 +78,7 @@ class Finish:
     retry_delay_s: float = 0.0
     release_lock: bool = True
     """False when the code may still be executing (an inline job past its deadline)."""
+    log_tail: str | None = None
 
 
 @dataclass(frozen=True)
@@ -130,6 +131,7 @@ class JobStore:
                 status=sa.bindparam("b_status"),
                 result=sa.bindparam("b_result"),
                 error=sa.bindparam("b_error"),
+                log_tail=sa.func.coalesce(sa.bindparam("b_log", type_=sa.Text), jobs.c.log_tail),
                 finished_at_ms=self._now,
                 lease_expires_at_ms=None,
             )
@@ -158,6 +160,7 @@ class JobStore:
                 lease_expires_at_ms=None,
                 run_at_ms=self._now + sa.bindparam("b_delay", type_=sa.BigInteger),
                 error=sa.bindparam("b_error"),
+                log_tail=sa.func.coalesce(sa.bindparam("b_log", type_=sa.Text), jobs.c.log_tail),
             )
         )
 
@@ -485,6 +488,7 @@ class JobStore:
                     "b_worker": f.worker_id,
                     "b_attempt": f.attempt,
                     "b_error": f.error,
+                    "b_log": f.log_tail,
                 }
                 if f.status == JobStatus.PENDING:
                     retry.append({**params, "b_delay": int(f.retry_delay_s * 1000)})
@@ -567,9 +571,18 @@ class JobStore:
         if executions:
             self._tx(body)
 
-    def jobs_set_progress(self, worker_id: str, updates: Mapping[str, Progress]) -> None:
+    def jobs_set_progress(
+        self, worker_id: str, updates: Mapping[str, tuple[Progress | None, str | None]]
+    ) -> None:
+        """Write (progress, log tail) of running jobs; None leaves a field as it is."""
+
         def body(conn: sa.Connection) -> None:
-            for job_id, progress in updates.items():
+            for job_id, (progress, log_tail) in updates.items():
+                values: dict[str, Any] = {}
+                if progress is not None:
+                    values["progress"] = json.dumps(progress.__dict__)
+                if log_tail is not None:
+                    values["log_tail"] = log_tail
                 conn.execute(
                     jobs.update()
                     .where(
@@ -577,7 +590,7 @@ class JobStore:
                         jobs.c.status == _RUNNING,
                         jobs.c.worker_id == worker_id,
                     )
-                    .values(progress=json.dumps(progress.__dict__))
+                    .values(**values)
                 )
 
         if updates:
@@ -826,5 +839,6 @@ def _to_job(row: Any) -> Job:
         finished_at=ms_to_datetime(row.finished_at_ms),
         worker_id=row.worker_id,
         progress=Progress(**progress) if progress else None,
+        log_tail=row.log_tail,
         lock_key=row.lock_key,
     )

@@ -219,7 +219,8 @@ class Worker:
         name = spec.executor or self._default_executor
         executor = self._executors.get(name)
         if executor is None:
-            executor = self._executors[name] = create_executor(name)
+            executor = create_executor(name, self.settings, slots=self.concurrency)
+            self._executors[name] = executor
         return executor
 
     def _execute(self, execution: _Execution) -> None:
@@ -265,6 +266,7 @@ class Worker:
             error=error,
             retry_delay_s=delay,
             release_lock=job.lock_key is not None,
+            log_tail=execution.ctx.log_tail,
         )
 
     def _complete_loop(self) -> None:
@@ -378,9 +380,9 @@ class Worker:
     def _flush_progress(self, live: list[_Execution]) -> None:
         updates = {}
         for e in live:
-            progress = e.ctx.take_progress()
-            if progress is not None:
-                updates[e.job.id] = progress
+            progress, log_tail = e.ctx.take_progress(), e.ctx.take_log_tail()
+            if progress is not None or log_tail is not None:
+                updates[e.job.id] = (progress, log_tail)
         self.store.jobs_set_progress(self.id, updates)
 
     # -- stopping ------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 
+from assay.config import Settings
 from assay.errors import ConfigError
 from assay.jobs.executors.base import (
     Cancelled,
@@ -36,7 +37,7 @@ def available_executors() -> list[str]:
     return sorted(_BUILTIN)
 
 
-def create_executor(name: str) -> Executor:
+def create_executor(name: str, settings: Settings, *, slots: int) -> Executor:
     """Build the executor registered under ``name``; a clear error for an unknown name."""
     cls = _BUILTIN.get(name)
     if cls is None:
@@ -45,4 +46,4 @@ def create_executor(name: str) -> Executor:
         raise ConfigError(
             f"unknown executor {name!r}{suffix} (available: {', '.join(available_executors())})"
         )
-    return cls()
+    return cls(settings, slots=slots)

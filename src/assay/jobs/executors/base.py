@@ -11,6 +11,7 @@ import abc
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from assay.config import Settings
 from assay.jobs.context import JobContext
 from assay.jobs.registry import JobSpec
 
@@ -53,6 +54,11 @@ class Executor(abc.ABC):
     possibly for several jobs at the same time."""
 
     name: ClassVar[str]
+
+    def __init__(self, settings: Settings, *, slots: int) -> None:
+        """``slots``: how many jobs the worker may run on this executor at the same time."""
+        self.settings = settings
+        self.slots = slots
 
     def start(self) -> None:  # noqa: B027 - optional hook
         """Called once before the first job (e.g. to start a process pool)."""

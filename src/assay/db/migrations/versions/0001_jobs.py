@@ -29,6 +29,7 @@ def upgrade() -> None:
         sa.Column("result", LongText, nullable=True),
         sa.Column("error", LongText, nullable=True),
         sa.Column("progress", sa.Text, nullable=True),
+        sa.Column("log_tail", sa.Text, nullable=True),
         sa.Column("attempt", sa.Integer, nullable=False),
         sa.Column("max_retries", sa.Integer, nullable=False),
         sa.Column("timeout_s", sa.Float, nullable=False),
