@@ -1,3 +1,4 @@
 from assay.cli import main
 
-main()
+if __name__ == "__main__":  # the process executor's forkserver imports this module too
+    main()

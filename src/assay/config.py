@@ -32,9 +32,14 @@ class Settings(BaseSettings):
 
     job_modules: Annotated[list[str], NoDecode] = Field(default_factory=list)
     """Modules imported to register @job functions (comma separated in the environment)."""
-    default_executor: str = "inline"
+    default_executor: str = "process"
     job_timeout_s: float = Field(3600.0, gt=0)
     """Timeout of a job whose submit call and @job declaration name none."""
+
+    process_max_jobs: int = Field(1000, ge=1)
+    """A ``process`` executor pool process is replaced after this many jobs..."""
+    process_max_rss_mb: float = Field(1024.0, gt=0)
+    """...or once its resident memory passes this."""
 
     worker_concurrency: int = Field(10, ge=1)
     claim_batch_max: int = Field(100, ge=1)

@@ -16,6 +16,7 @@ from assay.jobs.executors.base import (
     TimedOut,
 )
 from assay.jobs.executors.inline import InlineExecutor
+from assay.jobs.executors.process import ProcessExecutor
 
 __all__ = [
     "Cancelled",
@@ -24,13 +25,17 @@ __all__ = [
     "Failed",
     "InlineExecutor",
     "Outcome",
+    "ProcessExecutor",
     "Retry",
     "TimedOut",
     "available_executors",
     "create_executor",
 ]
 
-_BUILTIN: dict[str, type[Executor]] = {InlineExecutor.name: InlineExecutor}
+_BUILTIN: dict[str, type[Executor]] = {
+    InlineExecutor.name: InlineExecutor,
+    ProcessExecutor.name: ProcessExecutor,
+}
 
 
 def available_executors() -> list[str]:
