@@ -41,6 +41,17 @@ class Settings(BaseSettings):
     process_max_rss_mb: float = Field(1024.0, gt=0)
     """...or once its resident memory passes this."""
 
+    sandbox_memory_bytes: int = Field(512 * 2**20, gt=0)
+    """``sandbox`` executor limits: address space (RLIMIT_AS)..."""
+    sandbox_cpu_s: int = Field(60, gt=0)
+    sandbox_file_size_bytes: int = Field(64 * 2**20, gt=0)
+    sandbox_open_files: int = Field(64, gt=0)
+    sandbox_processes: int = Field(64, gt=0)
+    """RLIMIT_NPROC, enforced for non-root workers (seccomp forbids forks in any case)."""
+    sandbox_wall_s: float = Field(600.0, gt=0)
+    sandbox_output_bytes: int = Field(2**20, gt=0)
+    sandbox_result_bytes: int = Field(2**20, gt=0)
+
     worker_concurrency: int = Field(10, ge=1)
     claim_batch_max: int = Field(100, ge=1)
     poll_interval_s: float = Field(0.1, gt=0)

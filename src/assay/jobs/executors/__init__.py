@@ -17,6 +17,7 @@ from assay.jobs.executors.base import (
 )
 from assay.jobs.executors.inline import InlineExecutor
 from assay.jobs.executors.process import ProcessExecutor
+from assay.jobs.executors.sandbox import SandboxExecutor
 
 __all__ = [
     "Cancelled",
@@ -27,6 +28,7 @@ __all__ = [
     "Outcome",
     "ProcessExecutor",
     "Retry",
+    "SandboxExecutor",
     "TimedOut",
     "available_executors",
     "create_executor",
@@ -35,6 +37,7 @@ __all__ = [
 _BUILTIN: dict[str, type[Executor]] = {
     InlineExecutor.name: InlineExecutor,
     ProcessExecutor.name: ProcessExecutor,
+    SandboxExecutor.name: SandboxExecutor,
 }
 
 

@@ -1,0 +1,370 @@
+"""The ``sandbox`` executor: untrusted code in a fresh, locked-down process per job.
+
+Per job the worker starts ``python -I -S -B _sandbox_child.py`` in its own session, with a
+scrubbed environment (PATH, LANG, HOME and TMPDIR only; HOME, TMPDIR and the working directory
+are a private temp dir removed afterwards) and an explicit ``sys.path`` (the job module's root and
+the interpreter's site-packages, nothing inherited). The child never imports the real ``assay``:
+job modules see a stand-in with ``job``, ``current_job`` and ``JobCancelled``. The child's layers
+are described in :mod:`assay.jobs.executors._sandbox_child`: network namespace, rlimits,
+Landlock, a seccomp filter against new processes, no capabilities, and an in-process audit hook
+as the fallback where the kernel offers none of those.
+
+The parent enforces the wall clock (the job's timeout, cancellation, and ``wall_s``) by killing
+the process group, caps what it reads (output and result), and trusts nothing it reads: the
+result must be one JSON object of the expected shape, within the size cap.
+"""
+
+from __future__ import annotations
+
+import codecs
+import contextlib
+import json
+import logging
+import math
+import os
+import selectors
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from assay.config import Settings
+from assay.jobs.context import JobContext
+from assay.jobs.executors.base import (
+    Cancelled,
+    Completed,
+    Executor,
+    Failed,
+    Outcome,
+    Retry,
+    TimedOut,
+)
+from assay.jobs.registry import JobSpec
+
+__all__ = ["SandboxExecutor", "SandboxLimits"]
+
+log = logging.getLogger("assay.sandbox")
+
+CHILD = Path(__file__).with_name("_sandbox_child.py")
+MiB = 1024 * 1024
+
+# Which layers the child installs. All on in production; tests switch single layers off to prove
+# that each one blocks on its own (and that the in-process fallback works without the kernel's).
+USE_NETWORK_NAMESPACE = True
+USE_LANDLOCK = True
+USE_SECCOMP = True
+USE_AUDIT_HOOK = True
+
+_SYSTEM_READ_ROOTS = ["/usr", "/lib", "/lib64", "/bin", "/etc/ld.so.cache", "/etc/localtime"]
+_DEVICES = ["/dev/null", "/dev/zero", "/dev/urandom", "/dev/random"]
+_POLL_S = 0.05
+_EXIT_GRACE_S = 2.0
+
+
+@dataclass(frozen=True)
+class SandboxLimits:
+    """The limits of one sandboxed job (settings ``sandbox_*``)."""
+
+    memory_bytes: int = 512 * MiB  # RLIMIT_AS
+    cpu_s: int = 60  # RLIMIT_CPU (SIGXCPU, then SIGKILL a second later)
+    file_size_bytes: int = 64 * MiB  # RLIMIT_FSIZE (a bigger write fails with EFBIG)
+    open_files: int = 64  # RLIMIT_NOFILE
+    processes: int = 64  # RLIMIT_NPROC, only where enforced (not for uid 0; seccomp there)
+    wall_s: float = 600.0  # on top of the job's own timeout, whichever comes first
+    output_bytes: int = 1 * MiB  # stdout+stderr read before the job is stopped
+    result_bytes: int = 1 * MiB  # one message (the result) on the result pipe
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> SandboxLimits:
+        return cls(
+            memory_bytes=settings.sandbox_memory_bytes,
+            cpu_s=settings.sandbox_cpu_s,
+            file_size_bytes=settings.sandbox_file_size_bytes,
+            open_files=settings.sandbox_open_files,
+            processes=settings.sandbox_processes,
+            wall_s=settings.sandbox_wall_s,
+            output_bytes=settings.sandbox_output_bytes,
+            result_bytes=settings.sandbox_result_bytes,
+        )
+
+    def rlimits(self) -> dict[str, int]:
+        return {
+            "RLIMIT_AS": self.memory_bytes,
+            "RLIMIT_CPU": self.cpu_s,
+            "RLIMIT_FSIZE": self.file_size_bytes,
+            "RLIMIT_NOFILE": self.open_files,
+            "RLIMIT_NPROC": self.processes,
+            "RLIMIT_CORE": 0,
+        }
+
+
+class _Stop(Exception):
+    """Stop the child now and report this outcome."""
+
+    def __init__(self, outcome: Outcome) -> None:
+        self.outcome = outcome
+
+
+class SandboxExecutor(Executor):
+    name = "sandbox"
+
+    def __init__(self, settings: Settings, *, slots: int) -> None:
+        super().__init__(settings, slots=slots)
+        self.limits = SandboxLimits.from_settings(settings)
+        self._live: set[subprocess.Popen[bytes]] = set()
+        self._lock = threading.Lock()
+
+    def stop(self) -> None:
+        with self._lock:
+            live = list(self._live)
+        for proc in live:
+            _kill_group(proc)
+
+    def run(self, spec: JobSpec, ctx: JobContext) -> Outcome:
+        try:
+            request = self._request(spec, ctx)
+        except Exception as exc:
+            return Failed(f"sandbox: cannot run job {spec.name!r}: {exc}")
+        tmp = tempfile.mkdtemp(prefix="assay-sandbox-")
+        try:
+            return self._run_in(tmp, request, spec, ctx)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    # -- one job -----------------------------------------------------------------------------
+
+    def _request(self, spec: JobSpec, ctx: JobContext) -> dict[str, Any]:
+        module = getattr(spec.fn, "__module__", None)
+        qualname = getattr(spec.fn, "__qualname__", "")
+        if not module or module == "__main__" or "<locals>" in qualname:
+            raise ValueError("the function must be importable (a module-level function)")
+        return {
+            "module": module,
+            "qualname": qualname,
+            "retry_on": [[c.__module__, c.__qualname__] for c in spec.retry_on],
+            "params": ctx.job.params,
+            "job_id": ctx.job.id,
+            "attempt": ctx.job.attempt,
+            "sys_path": _child_sys_path(module),
+            "rlimits": self.limits.rlimits(),
+            "layers": {
+                "netns": USE_NETWORK_NAMESPACE,
+                "landlock": USE_LANDLOCK,
+                "seccomp": USE_SECCOMP,
+                "audit_hook": USE_AUDIT_HOOK,
+            },
+        }
+
+    def _run_in(self, tmp: str, request: dict[str, Any], spec: JobSpec, ctx: JobContext) -> Outcome:
+        read_fd, write_fd = os.pipe()
+        request.update(
+            tmp=tmp,
+            message_fd=write_fd,
+            read_roots=_read_roots(request["sys_path"]),
+            write_files=["/dev/null"],
+        )
+        env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": tmp, "TMPDIR": tmp}
+        try:
+            proc = subprocess.Popen(
+                [sys.executable, "-I", "-S", "-B", str(CHILD)],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                pass_fds=(write_fd,),
+                cwd=tmp,
+                env=env,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            os.close(read_fd)
+            return Failed(f"sandbox: cannot start the child process: {exc}")
+        finally:
+            os.close(write_fd)
+        with self._lock:
+            self._live.add(proc)
+        try:
+            assert proc.stdin is not None
+            assert proc.stdout is not None
+            try:
+                proc.stdin.write(json.dumps(request).encode())
+                proc.stdin.close()
+            except OSError:
+                pass  # the child died at once; its exit status tells why
+            try:
+                outcome = self._collect(proc, proc.stdout.fileno(), read_fd, spec, ctx)
+            except _Stop as stop:
+                outcome = stop.outcome
+            _kill_group(proc)  # the leader is not reaped yet, so its group id cannot be reused
+            proc.wait()
+            proc.stdout.close()
+            return outcome
+        finally:
+            os.close(read_fd)
+            with self._lock:
+                self._live.discard(proc)
+
+    def _collect(
+        self,
+        proc: subprocess.Popen[bytes],
+        out_fd: int,
+        msg_fd: int,
+        spec: JobSpec,
+        ctx: JobContext,
+    ) -> Outcome:
+        limits = self.limits
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        out_read = 0
+        pending = b""
+        final: Outcome | None = None
+        final_at = 0.0
+        wall_end = time.monotonic() + limits.wall_s
+        sel = selectors.DefaultSelector()
+        sel.register(out_fd, selectors.EVENT_READ)
+        sel.register(msg_fd, selectors.EVENT_READ)
+        try:
+            while sel.get_map():
+                if ctx.cancelled:
+                    reason = ctx.cancel_reason or "canceled"
+                    raise _Stop(TimedOut(reason) if ctx.timed_out else Cancelled(reason))
+                now = time.monotonic()
+                if now >= wall_end:
+                    raise _Stop(TimedOut(f"sandbox wall-clock limit of {limits.wall_s:g}s"))
+                if final is not None and now - final_at > _EXIT_GRACE_S:
+                    break  # the result is in; do not wait for stray output
+                for key, _ in sel.select(_POLL_S):
+                    fd = key.fd
+                    chunk = os.read(fd, 65536)
+                    if not chunk:
+                        sel.unregister(fd)
+                        continue
+                    if fd == out_fd:
+                        out_read += len(chunk)
+                        ctx.append_log(decoder.decode(chunk))
+                        if out_read > limits.output_bytes:
+                            raise _Stop(
+                                Failed(
+                                    f"sandbox: the job wrote more than {limits.output_bytes} "
+                                    "bytes to stdout/stderr and was stopped (output limit)"
+                                )
+                            )
+                        continue
+                    pending += chunk
+                    *lines, pending = pending.split(b"\n")
+                    if len(pending) > limits.result_bytes:
+                        raise _Stop(
+                            Failed(
+                                f"sandbox: the job's result exceeds {limits.result_bytes} bytes "
+                                "(result size limit)"
+                            )
+                        )
+                    for line in lines:
+                        if final is not None:
+                            raise _Stop(Failed("sandbox: the job sent more than one result"))
+                        final = self._message(line, spec, ctx)
+                        if final is not None:
+                            final_at = time.monotonic()
+        finally:
+            sel.close()
+        ctx.append_log(decoder.decode(b"", final=True))
+        if final is not None:
+            return final
+        if pending:
+            return Failed("sandbox: the job's result message is incomplete (no newline)")
+        try:
+            code = proc.wait(timeout=_EXIT_GRACE_S)
+        except subprocess.TimeoutExpired:
+            return Failed("sandbox: the job closed its result pipe without a result")
+        return Failed(f"sandbox: the job's process ended without a result ({_describe(code)})")
+
+    def _message(self, line: bytes, spec: JobSpec, ctx: JobContext) -> Outcome | None:
+        """One line from the untrusted child: a progress report (None) or the final outcome."""
+        if len(line) > self.limits.result_bytes:
+            raise _Stop(
+                Failed(f"sandbox: the job's result exceeds {self.limits.result_bytes} bytes")
+            )
+        try:
+            message = json.loads(line, parse_constant=_no_constants)
+        except (ValueError, RecursionError) as exc:
+            raise _Stop(Failed(f"sandbox: the job sent a result that is not JSON: {exc}")) from None
+        kind = message.get("type") if isinstance(message, dict) else None
+        if kind == "progress":
+            completed, total, text = (message.get(k) for k in ("completed", "total", "message"))
+            if _number(completed) and (total is None or _number(total)):
+                ctx.progress(completed, total, text[:500] if isinstance(text, str) else None)
+            return None
+        if kind == "result" and set(message) == {"type", "value"}:
+            return Completed(message["value"])
+        if (
+            kind == "error"
+            and set(message) == {"type", "error", "transient"}
+            and isinstance(message["error"], str)
+            and isinstance(message["transient"], bool)
+        ):
+            error = message["error"][-20000:]
+            return Retry(error) if message["transient"] and spec.retry_on else Failed(error)
+        raise _Stop(Failed(f"sandbox: the job sent a message of unexpected shape: {line[:200]!r}"))
+
+
+# -- helpers ---------------------------------------------------------------------------------------
+
+
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not allowed")
+
+
+def _number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _child_sys_path(module: str) -> list[str]:
+    """The job module's import root, then the interpreter's site-packages (no .pth processing;
+    the child runs with -S). Nothing else of the parent's path: not its cwd, not assay's src."""
+    paths: list[str] = []
+    mod = sys.modules.get(module)
+    file = getattr(mod, "__file__", None)
+    if file:
+        root = Path(file).resolve().parent
+        depth = module.count(".") + (1 if Path(file).name == "__init__.py" else 0)
+        for _ in range(depth):
+            root = root.parent
+        paths.append(str(root))
+    for entry in sys.path:
+        if entry and Path(entry).name in ("site-packages", "dist-packages") and entry not in paths:
+            paths.append(entry)
+    return paths
+
+
+def _read_roots(sys_path: list[str]) -> list[str]:
+    roots = {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix}
+    roots.add(str(Path(sys.executable).resolve().parent))
+    roots.update(sys_path)
+    return [*sorted(roots), *_SYSTEM_READ_ROOTS, *_DEVICES]
+
+
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    """SIGKILL the child's session (its group id is its pid: start_new_session)."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+def _describe(code: int) -> str:
+    if code >= 0:
+        return f"exit status {code}"
+    try:
+        sig = signal.Signals(-code)
+    except ValueError:
+        return f"killed by signal {-code}"
+    hints = {
+        signal.SIGXCPU: "CPU time limit reached",
+        signal.SIGKILL: "killed: CPU or memory limit, or the OOM killer",
+        signal.SIGXFSZ: "file size limit reached",
+        signal.SIGSEGV: "crashed, possibly out of memory",
+    }
+    hint = hints.get(sig)
+    return f"killed by {sig.name}" + (f": {hint}" if hint else "")
