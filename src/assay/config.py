@@ -33,6 +33,8 @@ class Settings(BaseSettings):
     job_modules: Annotated[list[str], NoDecode] = Field(default_factory=list)
     """Modules imported to register @job functions (comma separated in the environment)."""
     default_executor: str = "process"
+    executor_options: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    """Per-executor options, JSON in the environment: {"ray": {"address": "auto"}}."""
     job_timeout_s: float = Field(3600.0, gt=0)
     """Timeout of a job whose submit call and @job declaration name none."""
 

@@ -13,7 +13,14 @@ from typing import Any
 from assay.config import Settings, load_settings
 from assay.db.engine import create_engine
 from assay.db.migrate import is_current, upgrade
-from assay.errors import InvalidRequestError, MigrationError, NotFoundError, WaitTimeoutError
+from assay.errors import (
+    ConfigError,
+    InvalidRequestError,
+    MigrationError,
+    NotFoundError,
+    WaitTimeoutError,
+)
+from assay.jobs.executors import check_executor
 from assay.jobs.model import Job, JobPage, JobStatus
 from assay.jobs.registry import REGISTRY, JobSpec, Registry
 from assay.jobs.store import JobStore, NewJob
@@ -69,6 +76,11 @@ class Backend:
     ) -> list[Job]:
         """Queue many jobs of one name in one transaction."""
         spec = self._spec(name)
+        if spec.executor is not None:
+            try:
+                check_executor(spec.executor)
+            except ConfigError as exc:
+                raise InvalidRequestError(f"job {spec.name!r}: {exc}") from exc
         if timeout is not None and timeout <= 0:
             raise InvalidRequestError(f"timeout must be a positive number of seconds: {timeout}")
         timeout_s = timeout or spec.timeout or self.settings.job_timeout_s

@@ -96,7 +96,9 @@ class Worker:
         self.concurrency = concurrency or settings.worker_concurrency
         self._default_executor = executor or settings.default_executor
         self._executors: dict[str, Executor] = {}
-        for spec_name in registry.names:  # fail at start on an unknown executor name
+        # Fail at start on an unknown executor name or option.
+        self._executor_for(JobSpec(name="", fn=lambda: None))
+        for spec_name in registry.names:
             self._executor_for(registry.get(spec_name))
         self._executing: dict[tuple[str, int], _Execution] = {}
         self._busy = 0

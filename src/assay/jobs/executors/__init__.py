@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+from importlib.metadata import EntryPoint, entry_points
 
 from assay.config import Settings
 from assay.errors import ConfigError
@@ -31,7 +32,9 @@ __all__ = [
     "SandboxExecutor",
     "TimedOut",
     "available_executors",
+    "check_executor",
     "create_executor",
+    "executor_class",
 ]
 
 _BUILTIN: dict[str, type[Executor]] = {
@@ -39,19 +42,51 @@ _BUILTIN: dict[str, type[Executor]] = {
     ProcessExecutor.name: ProcessExecutor,
     SandboxExecutor.name: SandboxExecutor,
 }
+ENTRY_POINT_GROUP = "assay.executors"
+
+
+def _plugins() -> dict[str, EntryPoint]:
+    return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
 
 
 def available_executors() -> list[str]:
-    return sorted(_BUILTIN)
+    """Built-in executors and those installed packages advertise (``assay.executors``)."""
+    return sorted({*_BUILTIN, *_plugins()})
+
+
+def check_executor(name: str) -> None:
+    """Raise ConfigError naming the choices (with a "did you mean") if ``name`` is unknown."""
+    known = available_executors()
+    if name not in known:
+        hint = difflib.get_close_matches(name, known, n=1)
+        suffix = f"; did you mean {hint[0]!r}?" if hint else ""
+        raise ConfigError(f"unknown executor {name!r}{suffix} (available: {', '.join(known)})")
+
+
+def executor_class(name: str) -> type[Executor]:
+    check_executor(name)
+    if name in _BUILTIN:
+        return _BUILTIN[name]
+    ep = _plugins()[name]
+    try:
+        cls = ep.load()
+    except Exception as exc:
+        raise ConfigError(f"cannot load executor plugin {name!r} ({ep.value}): {exc}") from exc
+    if not (isinstance(cls, type) and issubclass(cls, Executor)):
+        raise ConfigError(f"executor plugin {name!r} ({ep.value}) is not an Executor subclass")
+    return cls
 
 
 def create_executor(name: str, settings: Settings, *, slots: int) -> Executor:
-    """Build the executor registered under ``name``; a clear error for an unknown name."""
-    cls = _BUILTIN.get(name)
-    if cls is None:
-        hint = difflib.get_close_matches(name, list(_BUILTIN), n=1)
-        suffix = f"; did you mean {hint[0]!r}?" if hint else ""
-        raise ConfigError(
-            f"unknown executor {name!r}{suffix} (available: {', '.join(available_executors())})"
-        )
-    return cls(settings, slots=slots)
+    """Build the executor ``name`` with its options from settings, rejecting unknown ones."""
+    cls = executor_class(name)
+    given = settings.executor_options.get(name, {})
+    for key in given:
+        if key not in cls.options:
+            hint = difflib.get_close_matches(key, list(cls.options), n=1)
+            suffix = f"; did you mean {hint[0]!r}?" if hint else ""
+            accepted = ", ".join(sorted(cls.options)) or "none"
+            raise ConfigError(
+                f"unknown option {key!r} for executor {name!r}{suffix} (accepted: {accepted})"
+            )
+    return cls(settings, slots=slots, options=given)

@@ -8,6 +8,7 @@ an executor that can stop code by force (a process) does so when the flag is set
 from __future__ import annotations
 
 import abc
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -54,11 +55,18 @@ class Executor(abc.ABC):
     possibly for several jobs at the same time."""
 
     name: ClassVar[str]
+    options: ClassVar[Mapping[str, Any]] = {}
+    """The options this executor accepts, with their defaults. Values come from
+    ``ASSAY_EXECUTOR_OPTIONS`` (``{"ray": {"address": "auto"}}``); unknown keys are rejected."""
 
-    def __init__(self, settings: Settings, *, slots: int) -> None:
-        """``slots``: how many jobs the worker may run on this executor at the same time."""
+    def __init__(
+        self, settings: Settings, *, slots: int, options: Mapping[str, Any] | None = None
+    ) -> None:
+        """``slots``: how many jobs the worker may run on this executor at the same time;
+        ``options``: validated values for :attr:`options` (defaults filled in)."""
         self.settings = settings
         self.slots = slots
+        self.config: dict[str, Any] = {**self.options, **(options or {})}
 
     def start(self) -> None:  # noqa: B027 - optional hook
         """Called once before the first job (e.g. to start a process pool)."""

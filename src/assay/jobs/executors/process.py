@@ -29,6 +29,7 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import Mapping
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from typing import Any
@@ -71,8 +72,10 @@ class _Child:
 class ProcessExecutor(Executor):
     name = "process"
 
-    def __init__(self, settings: Settings, *, slots: int) -> None:
-        super().__init__(settings, slots=slots)
+    def __init__(
+        self, settings: Settings, *, slots: int, options: Mapping[str, Any] | None = None
+    ) -> None:
+        super().__init__(settings, slots=slots, options=options)
         self._mp = multiprocessing.get_context("forkserver")
         self._idle: queue.SimpleQueue[_Child] = queue.SimpleQueue()
         self._children: set[_Child] = set()

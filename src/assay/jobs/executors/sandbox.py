@@ -30,6 +30,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -114,8 +115,10 @@ class _Stop(Exception):
 class SandboxExecutor(Executor):
     name = "sandbox"
 
-    def __init__(self, settings: Settings, *, slots: int) -> None:
-        super().__init__(settings, slots=slots)
+    def __init__(
+        self, settings: Settings, *, slots: int, options: Mapping[str, Any] | None = None
+    ) -> None:
+        super().__init__(settings, slots=slots, options=options)
         self.limits = SandboxLimits.from_settings(settings)
         self._live: set[subprocess.Popen[bytes]] = set()
         self._lock = threading.Lock()
