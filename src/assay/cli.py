@@ -94,7 +94,7 @@ def cli() -> None:
 @store_option
 @modules_option
 @click.option("--concurrency", type=click.IntRange(min=1), help="Jobs run at once (default 10).")
-@click.option("--executor", help="Default executor for jobs that name none (default inline).")
+@click.option("--executor", help="Default executor for jobs that name none (default process).")
 @click.option(
     "--log-level",
     default="INFO",

@@ -13,6 +13,7 @@ Rules this module keeps:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import threading
@@ -118,6 +119,12 @@ class JobStore:
         name = engine.dialect.name
         self.dialect = "mysql" if name in ("mysql", "mariadb") else name
         self._now = sa.literal_column(_NOW_SQL[self.dialect], sa.BigInteger)
+        # SQLite has one writer at a time and its busy handler retries on a sleep schedule, so
+        # a thread waiting for the write lock can starve behind a busy claim loop. Within one
+        # process, writers queue on this lock instead (other processes still use the handler).
+        self._writer: contextlib.AbstractContextManager[Any] = (
+            threading.Lock() if self.dialect == "sqlite" else contextlib.nullcontext()
+        )
         owned = (
             jobs.c.id == sa.bindparam("b_id"),
             jobs.c.status == _RUNNING,
@@ -205,7 +212,10 @@ class JobStore:
         """Run ``body`` in one transaction, retrying deadlocks; translate driver errors."""
         for attempt in range(5):
             try:
-                with self.engine.connect() as conn:
+                with (
+                    self._writer if write else contextlib.nullcontext(),
+                    self.engine.connect() as conn,
+                ):
                     if not write:
                         conn.execution_options(**{BEGIN_MODE: "DEFERRED"})
                     with conn.begin():

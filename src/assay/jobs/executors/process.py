@@ -35,6 +35,7 @@ from multiprocessing.connection import Connection, wait
 from typing import Any
 
 from assay.config import Settings
+from assay.errors import ConfigError
 from assay.jobs.context import JobContext
 from assay.jobs.executors.base import (
     Cancelled,
@@ -88,8 +89,12 @@ class ProcessExecutor(Executor):
         # Effective only if this process has not started its forkserver yet; the children
         # import the job modules themselves in any case.
         self._mp.set_forkserver_preload(["assay", *self.settings.job_modules])
-        for _ in range(self.slots):
-            self._idle.put(self._spawn())
+        try:
+            for _ in range(self.slots):
+                self._idle.put(self._spawn())
+        except OSError as exc:  # e.g. the forkserver's socket path under a long TMPDIR
+            self.stop()
+            raise ConfigError(f"cannot start the process pool: {exc}") from exc
 
     def stop(self) -> None:
         with self._lock:
