@@ -54,6 +54,10 @@ class Settings(BaseSettings):
     sandbox_output_bytes: int = Field(2**20, gt=0)
     sandbox_result_bytes: int = Field(2**20, gt=0)
 
+    python_env_dir: str = "~/.assay/envs"
+    """Where the cached virtualenvs of ``@job(python_env=…)`` jobs live."""
+    python_env_create_timeout_s: float = Field(1800.0, gt=0)
+
     worker_concurrency: int = Field(10, ge=1)
     claim_batch_max: int = Field(100, ge=1)
     poll_interval_s: float = Field(0.1, gt=0)

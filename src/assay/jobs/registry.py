@@ -13,8 +13,8 @@ import importlib
 import inspect
 import json
 import threading
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import Any, Literal, TypeVar, overload
 
@@ -39,6 +39,9 @@ class JobSpec:
     max_retries: int = 0
     retry_on: tuple[type[BaseException], ...] = ()
     executor: str | None = None
+    python_env: Mapping[str, list[str]] | None = field(default=None, hash=False)
+    """Extra requirements the job runs with, in a cached virtualenv: ``{"pip": ["pkg==1.2"]}``
+    (see :mod:`assay.jobs.pyenv`)."""
 
     def bind(self, params: dict[str, Any] | None) -> dict[str, Any]:
         """Check that ``params`` bind to the function and are JSON; return them normalised."""
@@ -132,6 +135,7 @@ def job(
     max_retries: int = 0,
     retry_on: tuple[type[BaseException], ...] | type[BaseException] = (),
     executor: str | None = None,
+    python_env: Mapping[str, list[str]] | None = None,
     registry: Registry | None = None,
 ) -> Callable[[F], F]: ...
 def job(
@@ -146,6 +150,7 @@ def job(
     max_retries: int = 0,
     retry_on: tuple[type[BaseException], ...] | type[BaseException] = (),
     executor: str | None = None,
+    python_env: Mapping[str, list[str]] | None = None,
     registry: Registry | None = None,
 ) -> F | Callable[[F], F]:
     """Register a function as a named job. See DESIGN.md (Jobs) for each option."""
@@ -161,6 +166,7 @@ def job(
             max_retries=max_retries,
             retry_on=retry_on,
             executor=executor,
+            python_env=python_env,
         )
         (registry or REGISTRY).register(spec)
         func.__assay_job__ = spec  # type: ignore[attr-defined]
@@ -180,6 +186,7 @@ def _make_spec(
     max_retries: int,
     retry_on: tuple[type[BaseException], ...] | type[BaseException],
     executor: str | None,
+    python_env: Mapping[str, list[str]] | None = None,
 ) -> JobSpec:
     where = f"@job {name!r}"
     if not name or len(name) > 200:
@@ -217,4 +224,49 @@ def _make_spec(
         max_retries=max_retries,
         retry_on=retry_classes,
         executor=executor,
+        python_env=_check_python_env(where, python_env),
     )
+
+
+PYTHON_ENV_KEYS = ("pip",)
+"""The keys ``python_env`` accepts (more installers may come later)."""
+
+
+def _check_python_env(
+    where: str, python_env: Mapping[str, list[str]] | None
+) -> Mapping[str, list[str]] | None:
+    """Validate ``python_env`` at decoration time; return a private copy."""
+    if python_env is None:
+        return None
+    if not isinstance(python_env, Mapping):
+        raise ConfigError(
+            f'{where}: python_env must be a mapping like {{"pip": ["pkg==1.2"]}}, '
+            f"not {type(python_env).__name__}"
+        )
+    given: Mapping[Any, Any] = python_env  # checked at run time: callers may pass anything
+    checked: dict[str, list[str]] = {}
+    for key, value in given.items():
+        if key not in PYTHON_ENV_KEYS:
+            hint = difflib.get_close_matches(str(key), PYTHON_ENV_KEYS, n=1)
+            suffix = f"; did you mean {hint[0]!r}?" if hint else ""
+            accepted = ", ".join(repr(k) for k in PYTHON_ENV_KEYS)
+            raise ConfigError(
+                f"{where}: unknown python_env key {key!r}{suffix} (accepted: {accepted})"
+            )
+        if isinstance(value, str) or not isinstance(value, list | tuple):
+            raise ConfigError(
+                f"{where}: python_env[{key!r}] must be a list of requirement strings, not {value!r}"
+            )
+        for requirement in value:
+            if not isinstance(requirement, str) or not requirement.strip():
+                raise ConfigError(
+                    f"{where}: python_env[{key!r}] holds {requirement!r}; "
+                    "each entry must be a non-empty requirement string like 'pkg==1.2'"
+                )
+            if requirement.strip().startswith("-"):
+                raise ConfigError(
+                    f"{where}: python_env[{key!r}] holds the option {requirement!r}; "
+                    "only requirement strings are accepted, not installer options"
+                )
+        checked[key] = [requirement.strip() for requirement in value]
+    return checked

@@ -218,7 +218,7 @@ class Worker:
         self._pool.submit(self._execute, execution)
 
     def _executor_for(self, spec: JobSpec) -> Executor:
-        name = spec.executor or self._default_executor
+        name = "venv" if spec.python_env else (spec.executor or self._default_executor)
         executor = self._executors.get(name)
         if executor is None:
             executor = create_executor(name, self.settings, slots=self.concurrency)

@@ -19,6 +19,7 @@ from assay.jobs.executors.base import (
 from assay.jobs.executors.inline import InlineExecutor
 from assay.jobs.executors.process import ProcessExecutor
 from assay.jobs.executors.sandbox import SandboxExecutor
+from assay.jobs.executors.venv import VenvExecutor
 
 __all__ = [
     "Cancelled",
@@ -31,6 +32,7 @@ __all__ = [
     "Retry",
     "SandboxExecutor",
     "TimedOut",
+    "VenvExecutor",
     "available_executors",
     "check_executor",
     "create_executor",
@@ -41,6 +43,7 @@ _BUILTIN: dict[str, type[Executor]] = {
     InlineExecutor.name: InlineExecutor,
     ProcessExecutor.name: ProcessExecutor,
     SandboxExecutor.name: SandboxExecutor,
+    VenvExecutor.name: VenvExecutor,
 }
 ENTRY_POINT_GROUP = "assay.executors"
 

@@ -1,0 +1,60 @@
+"""Jobs for tests/test_python_env.py: they run in cached virtualenvs (``python_env``).
+
+``six`` is not installed in the worker's own environment, so a job that imports it proves it
+runs inside its env; two pins of it prove that envs are keyed by the requirement set.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+from assay import current_job, job
+
+SIX = "six==1.16.0"
+SIX_OLD = "six==1.15.0"
+MISSING = "assay-does-not-exist-pkg==9.9"
+
+
+class Flaky(Exception):
+    pass
+
+
+@job(name="venv_six", python_env={"pip": [SIX]}, executor="venv")
+def venv_six(tag: str = "") -> dict[str, str]:
+    import six
+
+    print(f"hello from {tag or 'venv_six'}")
+    return {"six": six.__version__, "prefix": sys.prefix, "tag": tag}
+
+
+@job(name="venv_six_old", python_env={"pip": [SIX_OLD]}, executor="venv")
+def venv_six_old() -> dict[str, str]:
+    import six
+
+    return {"six": six.__version__, "prefix": sys.prefix}
+
+
+@job(name="venv_missing", python_env={"pip": [MISSING]}, executor="venv")
+def venv_missing() -> None:
+    return None
+
+
+@job(name="venv_sleep", python_env={"pip": [SIX]}, executor="venv")
+def venv_sleep(path: str, seconds: float = 60.0) -> None:
+    """Reports progress, writes its pid (and a grandchild's) to ``path``, then sleeps."""
+    import subprocess
+
+    grandchild = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    current_job().progress(1, 10, "started")
+    with open(path, "w") as fh:
+        fh.write(f"{os.getpid()} {grandchild.pid}\n")
+    time.sleep(seconds)
+
+
+@job(name="venv_raise", python_env={"pip": [SIX]}, executor="venv", retry_on=Flaky, max_retries=1)
+def venv_raise(transient: bool) -> None:
+    if transient:
+        raise Flaky("try again")
+    raise ValueError("bad input")
