@@ -21,7 +21,7 @@ class Flaky(Exception):
     pass
 
 
-@job(name="venv_six", python_env={"pip": [SIX]}, executor="venv")
+@job(name="venv_six", python_env={"pip": [SIX]})
 def venv_six(tag: str = "") -> dict[str, str]:
     import six
 
@@ -29,19 +29,19 @@ def venv_six(tag: str = "") -> dict[str, str]:
     return {"six": six.__version__, "prefix": sys.prefix, "tag": tag}
 
 
-@job(name="venv_six_old", python_env={"pip": [SIX_OLD]}, executor="venv")
+@job(name="venv_six_old", python_env={"pip": [SIX_OLD]})
 def venv_six_old() -> dict[str, str]:
     import six
 
     return {"six": six.__version__, "prefix": sys.prefix}
 
 
-@job(name="venv_missing", python_env={"pip": [MISSING]}, executor="venv")
+@job(name="venv_missing", python_env={"pip": [MISSING]})
 def venv_missing() -> None:
     return None
 
 
-@job(name="venv_sleep", python_env={"pip": [SIX]}, executor="venv")
+@job(name="venv_sleep", python_env={"pip": [SIX]})
 def venv_sleep(path: str, seconds: float = 60.0) -> None:
     """Reports progress, writes its pid (and a grandchild's) to ``path``, then sleeps."""
     import subprocess
@@ -53,7 +53,7 @@ def venv_sleep(path: str, seconds: float = 60.0) -> None:
     time.sleep(seconds)
 
 
-@job(name="venv_raise", python_env={"pip": [SIX]}, executor="venv", retry_on=Flaky, max_retries=1)
+@job(name="venv_raise", python_env={"pip": [SIX]}, retry_on=Flaky, max_retries=1)
 def venv_raise(transient: bool) -> None:
     if transient:
         raise Flaky("try again")

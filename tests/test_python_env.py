@@ -270,3 +270,12 @@ def test_python_env_is_kept_on_the_spec() -> None:
     job(name="env_ok", python_env={"pip": [" six==1.16.0 "]}, registry=registry)(fn)
     assert registry.get("env_ok").python_env == {"pip": ["six==1.16.0"]}
     hash(registry.get("env_ok"))  # specs stay hashable
+
+
+def test_python_env_jobs_cannot_name_another_executor() -> None:
+    def fn() -> None:
+        return None
+
+    with pytest.raises(ConfigError, match="run on the 'venv' executor, not 'sandbox'"):
+        job(name="env_sb", python_env={"pip": [SIX]}, executor="sandbox", registry=Registry())(fn)
+    job(name="env_venv", python_env={"pip": [SIX]}, executor="venv", registry=Registry())(fn)

@@ -214,6 +214,8 @@ def _make_spec(
                 hint = difflib.get_close_matches(param, known, n=1)
                 suffix = f"; did you mean {hint[0]!r}?" if hint else ""
                 raise ConfigError(f"{where}: exclusive names unknown parameter {param!r}{suffix}")
+    if python_env is not None and executor not in (None, "venv"):
+        raise ConfigError(f"{where}: python_env jobs run on the 'venv' executor, not {executor!r}")
     return JobSpec(
         name=name,
         fn=func,
