@@ -1,0 +1,168 @@
+"""The ``ray`` executor against a real local Ray instance (started once for this module).
+
+Needs the ``ray`` extra (``pip install 'assay[ray]'``; ``make test`` installs it, so CI runs
+these). Without it the module is skipped with the reason.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import assay
+from assay import ConfigError, JobStatus
+from assay.jobs.backend import Backend
+from assay.jobs.executors import available_executors, create_executor
+from conftest import FAST, TESTS_DIR, running_worker, wait_until
+
+ray = pytest.importorskip("ray", reason="the ray extra is not installed: pip install 'assay[ray]'")
+
+from assay.jobs.executors.ray import RayExecutor  # noqa: E402
+from jobmods_remote import RAY_JOBS  # noqa: E402
+
+RAY_OPTIONS: dict[str, Any] = {
+    "address": "local",
+    # The job module lives in tests/; Ray workers find it through the task's runtime_env.
+    "runtime_env": {"env_vars": {"PYTHONPATH": str(TESTS_DIR)}},
+    "init_options": {
+        "num_cpus": 2,
+        "object_store_memory": 100 * 1024 * 1024,
+        "include_dashboard": False,
+        "log_to_driver": False,
+    },
+}
+SETTINGS = {**FAST, "job_modules": [], "executor_options": {"ray": RAY_OPTIONS}}
+RAY_PROCESS_NAMES = ("raylet", "gcs_server", "ray::", "dashboard", "default_worker", "plasma")
+
+
+def _ray_pids() -> set[int]:
+    """Ray processes (raylet, GCS, Ray workers, ...) descended from this test process: the
+    local instance started here, not any other Ray on the machine."""
+    parents: dict[int, int] = {}
+    cmdlines: dict[int, str] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text().rsplit(") ", 1)[1].split()
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="ignore")
+        except (OSError, IndexError):
+            continue
+        if stat[0] != "Z":  # a zombie is dead for our purposes
+            parents[int(entry.name)] = int(stat[1])
+            cmdlines[int(entry.name)] = cmdline
+
+    def ours(pid: int) -> bool:
+        seen = set()
+        while pid > 1 and pid not in seen:
+            if pid == os.getpid():
+                return True
+            seen.add(pid)
+            pid = parents.get(pid, 0)
+        return False
+
+    return {
+        pid
+        for pid, cmdline in cmdlines.items()
+        if pid != os.getpid() and any(n in cmdline for n in RAY_PROCESS_NAMES) and ours(pid)
+    }
+
+
+@pytest.fixture(scope="module")
+def ray_instance() -> Iterator[None]:
+    """One local Ray instance for the module, started and stopped by a RayExecutor (the path
+    ``address="local"`` takes in production); the tests' workers reuse the connection."""
+    owner = RayExecutor(assay.load_settings(), slots=1, options=RAY_OPTIONS)
+    owner.start()
+    try:
+        assert ray.is_initialized()
+        assert _ray_pids(), "the local Ray instance runs under this process"
+        yield
+    finally:
+        owner.stop()
+        assert not ray.is_initialized()
+        # No raylet, GCS or Ray worker process is left behind.
+        wait_until(lambda: not _ray_pids(), timeout=30, interval=0.2)
+
+
+@pytest.fixture
+def ray_backend(ray_instance: None, tmp_path: Path) -> Iterator[Backend]:
+    with assay.connect(f"sqlite:///{tmp_path / 'assay.db'}", **SETTINGS) as b:
+        b.registry = RAY_JOBS
+        yield b
+
+
+def test_plugin_is_registered_and_declares_its_options() -> None:
+    assert "ray" in available_executors()
+    settings = assay.load_settings(executor_options={"ray": {"adress": "auto"}})
+    with pytest.raises(
+        ConfigError, match="unknown option 'adress' for executor 'ray'; did you mean 'address'"
+    ):
+        create_executor("ray", settings, slots=1)
+
+
+def test_job_runs_as_a_ray_task(ray_backend: Backend) -> None:
+    with running_worker(ray_backend, concurrency=2):
+        done = ray_backend.wait(ray_backend.submit("r_where", {"x": 21}).id, timeout=60)
+    assert done.status == JobStatus.SUCCEEDED, done.error
+    assert done.result["double"] == 42
+    assert done.result["attempt"] == 1
+    # It ran in a Ray worker process, not in the assay worker.
+    assert done.result["pid"] != os.getpid()
+    assert done.result["pid"] in _ray_pids()
+    assert done.log_tail is not None
+    assert "running x=21" in done.log_tail
+
+
+def test_exception_fails_the_job_with_its_traceback(ray_backend: Backend) -> None:
+    with running_worker(ray_backend, concurrency=2):
+        done = ray_backend.wait(ray_backend.submit("r_boom", {"message": "kaboom"}).id, timeout=60)
+    assert done.status == JobStatus.FAILED
+    assert done.error is not None
+    assert "Traceback" in done.error
+    assert "ValueError: kaboom" in done.error
+    assert "jobmods_remote.py" in done.error
+
+
+def test_retry_on_is_retried_by_assay(ray_backend: Backend, tmp_path: Path) -> None:
+    path = tmp_path / "attempts.txt"
+    with running_worker(ray_backend, concurrency=2):
+        job = ray_backend.submit("r_flaky", {"path": str(path), "fail_times": 1})
+        done = ray_backend.wait(job.id, timeout=60)
+    assert done.status == JobStatus.SUCCEEDED, done.error
+    assert done.result == 2
+    assert done.attempt == 2
+    lines = path.read_text().splitlines()
+    assert [line.split(" pid ")[0] for line in lines] == ["attempt 1", "attempt 2"]
+
+
+def test_cancel_stops_the_ray_task(ray_backend: Backend, tmp_path: Path) -> None:
+    path = tmp_path / "sleep.txt"
+    with running_worker(ray_backend, concurrency=2):
+        job = ray_backend.submit("r_sleep", {"path": str(path), "seconds": 30})
+        wait_until(path.exists, timeout=30)
+        task_pid = int(path.read_text().split()[1])
+        ray_backend.cancel(job.id)
+        done = ray_backend.wait(job.id, timeout=30)
+        assert done.status == JobStatus.CANCELED
+        # Ray's forced cancel killed the Ray worker process that was running the task, so the
+        # task can never reach its "finished" line.
+        wait_until(lambda: task_pid not in _ray_pids(), timeout=15)
+    assert path.read_text().splitlines() == [f"started {task_pid}"]
+
+
+def test_timeout_stops_the_ray_task(ray_backend: Backend, tmp_path: Path) -> None:
+    path = tmp_path / "slow.txt"
+    with running_worker(ray_backend, concurrency=2):
+        job = ray_backend.submit("r_slow", {"path": str(path)})
+        wait_until(path.exists, timeout=30)
+        task_pid = int(path.read_text().split()[1])
+        done = ray_backend.wait(job.id, timeout=60)
+        assert done.status == JobStatus.TIMEOUT
+        assert done.error is not None
+        wait_until(lambda: task_pid not in _ray_pids(), timeout=15)
+    assert path.read_text().splitlines() == [f"started {task_pid}"]
