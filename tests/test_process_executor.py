@@ -78,7 +78,7 @@ def test_cancel_and_timeout_kill_the_whole_process_group(sqlite_backend, tmp_pat
 
 @pytest.mark.parametrize(
     ("how", "expected"),
-    [("exit", "exited with code 3"), ("segv", "SIGSEGV"), ("kill", "SIGKILL")],
+    [("exit", "exit status 3"), ("segv", "killed by SIGSEGV"), ("kill", "killed by SIGKILL")],
 )
 def test_a_dying_process_fails_the_job_with_a_clear_error(sqlite_backend, how, expected):
     with running_worker(sqlite_backend, concurrency=1):

@@ -8,6 +8,9 @@ an executor that can stop code by force (a process) does so when the flag is set
 from __future__ import annotations
 
 import abc
+import contextlib
+import os
+import signal
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -16,7 +19,18 @@ from assay.config import Settings
 from assay.jobs.context import JobContext
 from assay.jobs.registry import JobSpec
 
-__all__ = ["Cancelled", "Completed", "Executor", "Failed", "Outcome", "Retry", "TimedOut"]
+__all__ = [
+    "Cancelled",
+    "Completed",
+    "Executor",
+    "Failed",
+    "Outcome",
+    "Retry",
+    "TimedOut",
+    "describe_exit",
+    "kill_group",
+    "stopped",
+]
 
 
 @dataclass(frozen=True)
@@ -48,6 +62,29 @@ class TimedOut:
 
 
 Outcome = Completed | Failed | Retry | Cancelled | TimedOut
+
+
+def stopped(ctx: JobContext) -> Outcome:
+    """The outcome of a job the worker told to stop: TimedOut past its deadline, else
+    Cancelled."""
+    reason = ctx.cancel_reason or "cancelled"
+    return TimedOut(reason) if ctx.timed_out else Cancelled(reason)
+
+
+def kill_group(pid: int) -> None:
+    """SIGKILL the process group led by ``pid`` (a child started in its own session)."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)
+
+
+def describe_exit(code: int | None) -> str:
+    """'exit status 3', 'killed by SIGSEGV' — from a returncode / exitcode."""
+    if code is None or code >= 0:
+        return f"exit status {code}"
+    try:
+        return f"killed by {signal.Signals(-code).name}"
+    except ValueError:
+        return f"killed by signal {-code}"
 
 
 class Executor(abc.ABC):

@@ -44,13 +44,13 @@ from assay.config import Settings
 from assay.errors import ConfigError
 from assay.jobs.context import LOG_TAIL_CHARS, JobContext
 from assay.jobs.executors.base import (
-    Cancelled,
     Completed,
     Executor,
     Failed,
     Outcome,
     Retry,
     TimedOut,
+    stopped,
 )
 from assay.jobs.model import Job, JobStatus
 from assay.jobs.registry import JobSpec
@@ -165,8 +165,7 @@ class KubernetesExecutor(Executor):
         while True:
             if ctx.cancelled:
                 self._delete(namespace, name)
-                reason = ctx.cancel_reason or "cancelled"
-                return TimedOut(reason) if ctx.timed_out else Cancelled(reason)
+                return stopped(ctx)
             try:
                 k8s_job = batch.read_namespaced_job_status(name, namespace)
                 phase = map_status(serialize(k8s_job.status) or {})

@@ -38,13 +38,14 @@ from assay.config import Settings
 from assay.errors import ConfigError
 from assay.jobs.context import JobContext
 from assay.jobs.executors.base import (
-    Cancelled,
     Completed,
     Executor,
     Failed,
     Outcome,
     Retry,
-    TimedOut,
+    describe_exit,
+    kill_group,
+    stopped,
 )
 from assay.jobs.model import Job
 from assay.jobs.registry import REGISTRY, JobSpec
@@ -121,8 +122,7 @@ class ProcessExecutor(Executor):
         return child
 
     def _kill(self, child: _Child) -> None:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(child.pid, signal.SIGKILL)
+        kill_group(child.pid)
         with contextlib.suppress(ProcessLookupError):
             child.process.kill()
         child.process.join(timeout=5)
@@ -173,8 +173,7 @@ class ProcessExecutor(Executor):
         while True:
             if ctx.cancelled:
                 self._kill(child)
-                reason = ctx.cancel_reason or "cancelled"
-                return (TimedOut(reason) if ctx.timed_out else Cancelled(reason)), False
+                return stopped(ctx), False
             ready = wait([child.conn, child.process.sentinel], timeout=_POLL_S)
             if not ready:
                 continue
@@ -210,14 +209,7 @@ def _outcome(status: str, payload: str) -> Outcome:
 
 
 def _died(spec: JobSpec, exitcode: int | None) -> str:
-    if exitcode is not None and exitcode < 0:
-        try:
-            how = f"killed by signal {signal.Signals(-exitcode).name}"
-        except ValueError:
-            how = f"killed by signal {-exitcode}"
-    else:
-        how = f"exited with code {exitcode}"
-    return f"the process running job {spec.name!r} died ({how})"
+    return f"the process running job {spec.name!r} died ({describe_exit(exitcode)})"
 
 
 # -- the pool process -----------------------------------------------------------------------------

@@ -31,13 +31,12 @@ from assay.config import Settings
 from assay.errors import ConfigError
 from assay.jobs.context import LOG_TAIL_CHARS, JobContext
 from assay.jobs.executors.base import (
-    Cancelled,
     Completed,
     Executor,
     Failed,
     Outcome,
     Retry,
-    TimedOut,
+    stopped,
 )
 from assay.jobs.model import Job
 from assay.jobs.registry import JobSpec
@@ -138,12 +137,11 @@ class RayExecutor(Executor):
             return Failed(f"cannot submit job {spec.name!r} to Ray:\n{traceback.format_exc()}")
         while True:
             if ctx.cancelled:
-                reason = ctx.cancel_reason or "cancelled"
                 ray.cancel(ref, force=True, recursive=True)
                 done, _ = ray.wait([ref], timeout=_CANCEL_GRACE_S)
                 if not done:
                     log.warning("ray.cancel_unconfirmed job=%s after %ss", job.id, _CANCEL_GRACE_S)
-                return TimedOut(reason) if ctx.timed_out else Cancelled(reason)
+                return stopped(ctx)
             done, _ = ray.wait([ref], timeout=_POLL_S)
             if done:
                 break

@@ -17,7 +17,6 @@ result must be one JSON object of the expected shape, within the size cap.
 from __future__ import annotations
 
 import codecs
-import contextlib
 import json
 import logging
 import math
@@ -38,13 +37,15 @@ from typing import Any
 from assay.config import Settings
 from assay.jobs.context import JobContext
 from assay.jobs.executors.base import (
-    Cancelled,
     Completed,
     Executor,
     Failed,
     Outcome,
     Retry,
     TimedOut,
+    describe_exit,
+    kill_group,
+    stopped,
 )
 from assay.jobs.registry import JobSpec
 
@@ -127,7 +128,7 @@ class SandboxExecutor(Executor):
         with self._lock:
             live = list(self._live)
         for proc in live:
-            _kill_group(proc)
+            kill_group(proc.pid)
 
     def run(self, spec: JobSpec, ctx: JobContext) -> Outcome:
         try:
@@ -203,7 +204,7 @@ class SandboxExecutor(Executor):
                 outcome = self._collect(proc, proc.stdout.fileno(), read_fd, spec, ctx)
             except _Stop as stop:
                 outcome = stop.outcome
-            _kill_group(proc)  # the leader is not reaped yet, so its group id cannot be reused
+            kill_group(proc.pid)  # the leader is not reaped yet, so its group id cannot be reused
             proc.wait()
             proc.stdout.close()
             return outcome
@@ -233,8 +234,7 @@ class SandboxExecutor(Executor):
         try:
             while sel.get_map():
                 if ctx.cancelled:
-                    reason = ctx.cancel_reason or "canceled"
-                    raise _Stop(TimedOut(reason) if ctx.timed_out else Cancelled(reason))
+                    raise _Stop(stopped(ctx))
                 now = time.monotonic()
                 if now >= wall_end:
                     raise _Stop(TimedOut(f"sandbox wall-clock limit of {limits.wall_s:g}s"))
@@ -350,24 +350,14 @@ def _read_roots(sys_path: list[str]) -> list[str]:
     return [*sorted(roots), *_SYSTEM_READ_ROOTS, *_DEVICES]
 
 
-def _kill_group(proc: subprocess.Popen[bytes]) -> None:
-    """SIGKILL the child's session (its group id is its pid: start_new_session)."""
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signal.SIGKILL)
+_SIGNAL_HINTS = {
+    -signal.SIGXCPU: "CPU time limit reached",
+    -signal.SIGKILL: "killed: CPU or memory limit, or the OOM killer",
+    -signal.SIGXFSZ: "file size limit reached",
+    -signal.SIGSEGV: "crashed, possibly out of memory",
+}
 
 
 def _describe(code: int) -> str:
-    if code >= 0:
-        return f"exit status {code}"
-    try:
-        sig = signal.Signals(-code)
-    except ValueError:
-        return f"killed by signal {-code}"
-    hints = {
-        signal.SIGXCPU: "CPU time limit reached",
-        signal.SIGKILL: "killed: CPU or memory limit, or the OOM killer",
-        signal.SIGXFSZ: "file size limit reached",
-        signal.SIGSEGV: "crashed, possibly out of memory",
-    }
-    hint = hints.get(sig)
-    return f"killed by {sig.name}" + (f": {hint}" if hint else "")
+    hint = _SIGNAL_HINTS.get(code)
+    return describe_exit(code) + (f": {hint}" if hint else "")

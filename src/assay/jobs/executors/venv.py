@@ -21,7 +21,6 @@ import json
 import os
 import pickle
 import selectors
-import signal
 import subprocess
 import sys
 import threading
@@ -34,13 +33,14 @@ from assay.config import Settings
 from assay.jobs import pyenv
 from assay.jobs.context import JobContext
 from assay.jobs.executors.base import (
-    Cancelled,
     Completed,
     Executor,
     Failed,
     Outcome,
     Retry,
-    TimedOut,
+    describe_exit,
+    kill_group,
+    stopped,
 )
 from assay.jobs.registry import JobSpec
 
@@ -74,7 +74,7 @@ class VenvExecutor(Executor):
         with self._lock:
             live = list(self._live)
         for proc in live:
-            _kill_group(proc)
+            kill_group(proc.pid)
 
     def run(self, spec: JobSpec, ctx: JobContext) -> Outcome:
         module = getattr(spec.fn, "__module__", None)
@@ -94,13 +94,13 @@ class VenvExecutor(Executor):
                 timeout_s=self.settings.python_env_create_timeout_s,
             )
         except pyenv.PythonEnvInterrupted:
-            return _stopped(ctx)
+            return stopped(ctx)
         except pyenv.PythonEnvError as exc:
             return Failed(f"venv: job {spec.name!r}: {exc}")
         except OSError as exc:
             return Failed(f"venv: job {spec.name!r}: cannot prepare the python env: {exc}")
         if ctx.cancelled:
-            return _stopped(ctx)
+            return stopped(ctx)
         return self._run_in(env, module, spec, ctx)
 
     def _run_in(self, env: Path, module: str, spec: JobSpec, ctx: JobContext) -> Outcome:
@@ -138,7 +138,7 @@ class VenvExecutor(Executor):
                 outcome = self._collect(proc, proc.stdout.fileno(), read_fd, spec, ctx)
             except _Stop as stop:
                 outcome = stop.outcome
-            _kill_group(proc)  # the leader is not reaped yet, so its group id cannot be reused
+            kill_group(proc.pid)  # the leader is not reaped yet, so its group id cannot be reused
             proc.wait()
             with contextlib.suppress(OSError):
                 proc.stdin.close()
@@ -167,7 +167,7 @@ class VenvExecutor(Executor):
         try:
             while sel.get_map():
                 if ctx.cancelled:
-                    raise _Stop(_stopped(ctx))
+                    raise _Stop(stopped(ctx))
                 if final is not None and time.monotonic() - final_at > _EXIT_GRACE_S:
                     break  # the result is in; do not wait for stray output
                 for key, _ in sel.select(_POLL_S):
@@ -192,7 +192,7 @@ class VenvExecutor(Executor):
             code = proc.wait(timeout=_EXIT_GRACE_S)
         except subprocess.TimeoutExpired:
             return Failed(f"venv: job {spec.name!r} closed its result pipe without a result")
-        how = _how(code)
+        how = describe_exit(code)
         return Failed(f"venv: the process of job {spec.name!r} ended without a result ({how})")
 
 
@@ -212,23 +212,3 @@ def _message(line: bytes, spec: JobSpec, ctx: JobContext) -> Outcome | None:
         error = str(message.get("error"))
         return Retry(error) if message.get("transient") else Failed(error)
     return Failed(f"venv: job {spec.name!r} sent an unexpected message: {line[:200]!r}")
-
-
-def _stopped(ctx: JobContext) -> Outcome:
-    reason = ctx.cancel_reason or "cancelled"
-    return TimedOut(reason) if ctx.timed_out else Cancelled(reason)
-
-
-def _kill_group(proc: subprocess.Popen[bytes]) -> None:
-    """SIGKILL the child's session (its group id is its pid: start_new_session)."""
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signal.SIGKILL)
-
-
-def _how(code: int) -> str:
-    if code >= 0:
-        return f"exit status {code}"
-    try:
-        return f"killed by {signal.Signals(-code).name}"
-    except ValueError:
-        return f"killed by signal {-code}"
