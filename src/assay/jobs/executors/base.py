@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import json
 import os
 import signal
+import traceback
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -27,8 +29,10 @@ __all__ = [
     "Outcome",
     "Retry",
     "TimedOut",
+    "call_job",
     "describe_exit",
     "kill_group",
+    "outcome_of",
     "stopped",
 ]
 
@@ -62,6 +66,36 @@ class TimedOut:
 
 
 Outcome = Completed | Failed | Retry | Cancelled | TimedOut
+
+
+def call_job(
+    fn: Any, ctx: JobContext, retry_on: tuple[type[BaseException], ...]
+) -> tuple[str, str]:
+    """Run ``fn(**ctx.job.params)`` with ``ctx`` as ``current_job()``, where the outcome has to
+    cross a process boundary: ``("ok", result JSON)``, or ``("retry" | "fail", traceback)``;
+    exceptions in ``retry_on`` are transient. :func:`outcome_of` turns it back into an Outcome."""
+    token = ctx.activate()
+    try:
+        result = fn(**ctx.job.params)
+    except Exception as exc:
+        return ("retry" if isinstance(exc, retry_on) else "fail"), traceback.format_exc()
+    except BaseException:  # SystemExit, KeyboardInterrupt raised by the job itself
+        return "fail", traceback.format_exc()
+    finally:
+        ctx.deactivate(token)
+    try:
+        return "ok", json.dumps(result)
+    except (TypeError, ValueError) as exc:
+        return "fail", f"the result of job {ctx.job.name!r} is not JSON-serialisable: {exc}"
+
+
+def outcome_of(status: str, payload: str) -> Outcome:
+    """The Outcome of a :func:`call_job` result."""
+    if status == "ok":
+        return Completed(json.loads(payload))
+    if status == "retry":
+        return Retry(payload)
+    return Failed(payload)
 
 
 def stopped(ctx: JobContext) -> Outcome:

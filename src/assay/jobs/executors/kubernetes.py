@@ -50,6 +50,7 @@ from assay.jobs.executors.base import (
     Outcome,
     Retry,
     TimedOut,
+    call_job,
     stopped,
 )
 from assay.jobs.model import Job, JobStatus
@@ -446,26 +447,12 @@ def main(environ: Mapping[str, str] | None = None) -> int:
         worker_id=None,
         progress=None,
     )
-    ctx = JobContext(job)
-    token = ctx.activate()
-    try:
-        result = target(**params)
-    except Exception as exc:
-        status = "retry" if isinstance(exc, retry_on) else "fail"
-        _emit({"status": status, "error": traceback.format_exc()}, path)
-        return 1
-    except BaseException:
-        _emit({"status": "fail", "error": traceback.format_exc()}, path)
-        return 1
-    finally:
-        ctx.deactivate(token)
-    try:
-        document = {"status": "ok", "result": json.loads(json.dumps(result))}
-    except (TypeError, ValueError) as exc:
-        _emit({"status": "fail", "error": f"the result of job {name!r} is not JSON: {exc}"}, path)
-        return 1
-    _emit(document, path)
-    return 0
+    status, payload = call_job(target, JobContext(job), retry_on)
+    if status == "ok":
+        _emit({"status": "ok", "result": json.loads(payload)}, path)
+        return 0
+    _emit({"status": status, "error": payload}, path)
+    return 1
 
 
 if __name__ == "__main__":

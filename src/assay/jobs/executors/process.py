@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import importlib
 import io
-import json
 import logging
 import multiprocessing
 import os
@@ -38,13 +37,13 @@ from assay.config import Settings
 from assay.errors import ConfigError
 from assay.jobs.context import JobContext
 from assay.jobs.executors.base import (
-    Completed,
     Executor,
     Failed,
     Outcome,
-    Retry,
+    call_job,
     describe_exit,
     kill_group,
+    outcome_of,
     stopped,
 )
 from assay.jobs.model import Job
@@ -197,15 +196,7 @@ class ProcessExecutor(Executor):
                 too_big = rss_bytes > self.settings.process_max_rss_mb * 1024 * 1024
                 if too_big:
                     log.info("process.recycled pid=%s rss_mb=%.0f", child.pid, rss_bytes / 2**20)
-                return _outcome(status, payload), not too_big
-
-
-def _outcome(status: str, payload: str) -> Outcome:
-    if status == "ok":
-        return Completed(json.loads(payload))
-    if status == "retry":
-        return Retry(payload)
-    return Failed(payload)
+                return outcome_of(status, payload), not too_big
 
 
 def _died(spec: JobSpec, exitcode: int | None) -> str:
@@ -334,17 +325,4 @@ def _run_job(name: str, module: str, job: Job, send: Any) -> tuple[str, str]:
         spec = _resolve(name, module)
     except Exception:
         return "fail", f"cannot load job {name!r} in the pool process:\n{traceback.format_exc()}"
-    ctx = _ChildContext(job, send)
-    token = ctx.activate()
-    try:
-        result = spec.fn(**job.params)
-    except Exception as exc:
-        return ("retry" if isinstance(exc, spec.retry_on) else "fail"), traceback.format_exc()
-    except BaseException:  # SystemExit, KeyboardInterrupt raised by the job itself
-        return "fail", traceback.format_exc()
-    finally:
-        ctx.deactivate(token)
-    try:
-        return "ok", json.dumps(result)
-    except (TypeError, ValueError) as exc:
-        return "fail", f"the result of job {name!r} is not JSON-serialisable: {exc}"
+    return call_job(spec.fn, _ChildContext(job, send), spec.retry_on)

@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import importlib
 import io
-import json
 import logging
 import threading
 import traceback
@@ -31,11 +30,11 @@ from assay.config import Settings
 from assay.errors import ConfigError
 from assay.jobs.context import LOG_TAIL_CHARS, JobContext
 from assay.jobs.executors.base import (
-    Completed,
     Executor,
     Failed,
     Outcome,
-    Retry,
+    call_job,
+    outcome_of,
     stopped,
 )
 from assay.jobs.model import Job
@@ -156,11 +155,7 @@ class RayExecutor(Executor):
         except Exception as exc:
             return Failed(f"job {spec.name!r} failed on Ray: {type(exc).__name__}: {exc}")
         ctx.append_log(output)
-        if status == "ok":
-            return Completed(json.loads(payload))
-        if status == "retry":
-            return Retry(payload)
-        return Failed(payload)
+        return outcome_of(status, payload)
 
 
 class _TaskContext(JobContext):
@@ -189,17 +184,4 @@ def _call(
             f"cannot load job {job.name!r} ({module}.{qualname}) on the Ray worker:\n"
             f"{traceback.format_exc()}"
         )
-    ctx = _TaskContext(job)
-    token = ctx.activate()
-    try:
-        result = target(**job.params)
-    except Exception as exc:
-        return ("retry" if isinstance(exc, retry_on) else "fail"), traceback.format_exc()
-    except BaseException:  # SystemExit, KeyboardInterrupt raised by the job itself
-        return "fail", traceback.format_exc()
-    finally:
-        ctx.deactivate(token)
-    try:
-        return "ok", json.dumps(result)
-    except (TypeError, ValueError) as exc:
-        return "fail", f"the result of job {job.name!r} is not JSON-serialisable: {exc}"
+    return call_job(target, _TaskContext(job), retry_on)
