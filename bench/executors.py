@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import shutil
 import signal
@@ -34,9 +33,14 @@ import sqlalchemy as sa
 from rich.console import Console
 from rich.table import Table
 
-from assay import Backend, StoreError, connect, load_settings
+from assay import Backend, load_settings
 from assay.jobs.executors import create_executor
-from jobs import DEFAULT_URIS, ENV_URIS, Store, Unreachable, machine_info, opened, percentile
+from jobs import (
+    ENV_URIS,
+    Store,
+    percentile,
+    run_benchmark,
+)
 
 console = Console(width=None if sys.stdout.isatty() else 180)
 
@@ -125,7 +129,7 @@ class WorkerProc:
 
 
 def open_backend(uri: str) -> Backend:
-    return connect(uri, job_modules=[JOBS_MODULE], maintenance=False)
+    return Backend(load_settings(store_uri=uri, job_modules=[JOBS_MODULE], maintenance=False))
 
 
 def unfinished(backend: Backend) -> int:
@@ -547,43 +551,18 @@ def bench_store(store: Store, executors: list[str], sizes: Sizes) -> dict[str, A
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     sizes = sizes_from(args)
-    kinds = [k.strip() for k in args.stores.split(",") if k.strip()]
     executors = [e.strip() for e in args.executors.split(",") if e.strip()]
-    unknown = [k for k in kinds if k not in DEFAULT_URIS] + [
-        e for e in executors if e not in EXECUTORS
-    ]
+    unknown = [e for e in executors if e not in EXECUTORS]
     if unknown:
-        console.print(f"[red]unknown store(s) or executor(s): {', '.join(unknown)}[/]")
+        console.print(f"[red]unknown executor(s): {', '.join(unknown)}[/]")
         return 2
-    uris = dict(DEFAULT_URIS)
-    uris["postgresql"] = args.pg_uri or uris["postgresql"]
-    uris["mysql"] = args.mysql_uri or uris["mysql"]
-
-    started = time.monotonic()
-    results: dict[str, Any] = {
-        "sizes": sizes.__dict__,
-        "load_average": {"before": os.getloadavg()},
-        "stores": {},
-    }
-    seen: dict[str, Store] = {}
-    for kind in kinds:
-        with tempfile.TemporaryDirectory(prefix=f"assay-bench-exec-{kind}-") as tmp:
-            try:
-                with opened(kind, uris[kind], Path(tmp)) as store:
-                    seen[kind] = store
-                    results["stores"][kind] = bench_store(store, executors, sizes)
-            except (Unreachable, StoreError) as exc:
-                reason = str(exc).splitlines()[0]
-                console.print(f"[yellow]skipping {kind}: {reason}[/]")
-                results["stores"][kind] = {"skipped": reason}
-    results["load_average"]["after"] = os.getloadavg()
-    results["machine"] = machine_info(seen)
-    results["elapsed_s"] = time.monotonic() - started
-    print_table(results)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2, default=str) + "\n")
-    console.print(f"wrote {args.out} in {results['elapsed_s']:.0f}s")
-    return 0
+    return run_benchmark(
+        args,
+        sizes.__dict__,
+        lambda store: bench_store(store, executors, sizes),
+        print_table,
+        name="exec",
+    )
 
 
 if __name__ == "__main__":

@@ -35,7 +35,7 @@ import sqlalchemy as sa
 from rich.console import Console
 from rich.table import Table
 
-from assay import Backend, StoreError, connect
+from assay import Backend, StoreError, load_settings
 
 # Wide enough for the table when the output is piped to a file or a CI log.
 console = Console(width=None if sys.stdout.isatty() else 160)
@@ -134,7 +134,7 @@ class Store:
 
 
 def open_backend(uri: str) -> Backend:
-    return connect(uri, job_modules=["assay.examples"], maintenance=False)
+    return Backend(load_settings(store_uri=uri, job_modules=["assay.examples"], maintenance=False))
 
 
 def scalar_row(backend: Backend, sql: str, **params: Any) -> tuple[Any, ...]:
@@ -576,9 +576,19 @@ def opened(kind: str, uri: str, tmp: Path) -> Iterator[Store]:
         store.close()
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    sizes = sizes_from(args)
+def run_benchmark(
+    args: argparse.Namespace,
+    sizes: dict[str, Any],
+    bench_store: Callable[[Store], dict[str, Any]],
+    print_table: Callable[[dict[str, Any]], None],
+    *,
+    name: str,
+    machine: Callable[[dict[str, Store]], dict[str, Any]] = machine_info,
+) -> int:
+    """What every benchmark's ``main`` does once its options are checked: run ``bench_store``
+    on each store of ``--stores`` (a new temp dir each; a store that cannot be reached is
+    skipped, and said so), then print the table and write the JSON, with the load average
+    before and after and the machine. Returns the exit code."""
     kinds = [k.strip() for k in args.stores.split(",") if k.strip()]
     unknown = [k for k in kinds if k not in DEFAULT_URIS]
     if unknown:
@@ -590,29 +600,41 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     started = time.monotonic()
     results: dict[str, Any] = {
-        "sizes": sizes.__dict__,
+        "sizes": sizes,
         "load_average": {"before": os.getloadavg()},
         "stores": {},
     }
     seen: dict[str, Store] = {}
     for kind in kinds:
-        with tempfile.TemporaryDirectory(prefix=f"assay-bench-{kind}-") as tmp:
+        with tempfile.TemporaryDirectory(prefix=f"assay-bench-{name}-{kind}-") as tmp:
             try:
                 with opened(kind, uris[kind], Path(tmp)) as store:
                     seen[kind] = store
-                    results["stores"][kind] = bench_store(store, sizes, console.log)
+                    results["stores"][kind] = bench_store(store)
             except (Unreachable, StoreError) as exc:
                 reason = str(exc).splitlines()[0]
                 console.print(f"[yellow]skipping {kind}: {reason}[/]")
                 results["stores"][kind] = {"skipped": reason}
     results["load_average"]["after"] = os.getloadavg()
-    results["machine"] = machine_info(seen)
+    results["machine"] = machine(seen)
     results["elapsed_s"] = time.monotonic() - started
     print_table(results)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2, default=str) + "\n")
     console.print(f"wrote {args.out} in {results['elapsed_s']:.0f}s")
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    sizes = sizes_from(args)
+    return run_benchmark(
+        args,
+        sizes.__dict__,
+        lambda store: bench_store(store, sizes, console.log),
+        print_table,
+        name="jobs",
+    )
 
 
 if __name__ == "__main__":

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -18,6 +20,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import sqlalchemy as sa
 
@@ -73,6 +76,7 @@ JOB_KEYS = [
     "worker_id",
     "progress",
     "log_tail",
+    "owner",
 ]
 
 
@@ -118,9 +122,14 @@ def mysql_database() -> Iterator[str]:
 @pytest.fixture(params=["sqlite", "postgresql", "mysql"])
 def store_uri(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """A store URI with an empty, migrated schema, on each of the three databases."""
-    if request.param == "sqlite":
+    return empty_store(request, str(request.param), tmp_path)
+
+
+def empty_store(request: pytest.FixtureRequest, kind: str, tmp_path: Path) -> str:
+    """A store URI of ``kind`` ("sqlite", "postgresql", "mysql") with an empty schema."""
+    if kind == "sqlite":
         return f"sqlite:///{tmp_path / 'assay.db'}"
-    fixture = {"postgresql": "pg_database", "mysql": "mysql_database"}[request.param]
+    fixture = {"postgresql": "pg_database", "mysql": "mysql_database"}[kind]
     uri: str = request.getfixturevalue(fixture)
     engine = sa.create_engine(uri)
     assay.db.upgrade(engine)
@@ -210,3 +219,103 @@ def worker_processes(tmp_path: Path) -> Iterator[WorkerProcesses]:
         yield procs
     finally:
         procs.close()
+
+
+def free_port() -> int:
+    with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class ServerProcess:
+    """One real `assay server` (uvicorn) on a free port, as a subprocess."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], url: str, log_path: Path) -> None:
+        self.proc = proc
+        self.url = url
+        self.log_path = log_path
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def logs(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_healthy(self, timeout: float = 60) -> None:
+        def healthy() -> bool:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"server exited {self.proc.returncode}:\n{self.logs()}")
+            try:
+                return httpx.get(f"{self.url}/health", timeout=2).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        try:
+            wait_until(healthy, timeout=timeout, interval=0.05)
+        except AssertionError as exc:
+            raise AssertionError(f"server not healthy: {exc}\n{self.logs()[-5000:]}") from None
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        return self.proc.wait(timeout=timeout)
+
+
+class Servers:
+    """Starts `assay server` processes for a test and kills whatever is left at the end."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.tmp_path = tmp_path
+        self.started: list[ServerProcess] = []
+
+    def start(
+        self, store_uri: str, *args: str, wait: bool = True, **settings: Any
+    ) -> ServerProcess:
+        port = free_port()
+        log_path = self.tmp_path / f"server-{len(self.started)}.log"
+        with open(log_path, "wb") as log:
+            proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "assay",
+                    "server",
+                    "--store",
+                    store_uri,
+                    "--port",
+                    str(port),
+                    *args,
+                ],
+                env=fast_env(**settings),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        server = ServerProcess(proc, f"http://127.0.0.1:{port}", log_path)
+        self.started.append(server)
+        if wait:
+            server.wait_healthy()
+        return server
+
+    def close(self) -> None:
+        for server in self.started:
+            if server.proc.poll() is None:
+                server.proc.kill()
+            server.proc.wait(timeout=10)
+
+
+@pytest.fixture
+def servers(tmp_path: Path) -> Iterator[Servers]:
+    """Real `assay server` processes: ``servers.start(store_uri, "--workers", "1")``."""
+    started = Servers(tmp_path)
+    try:
+        yield started
+    finally:
+        started.close()
+
+
+@pytest.fixture
+def server(servers: Servers, store_uri: str) -> ServerProcess:
+    """One real server (one worker loop, FAST settings, tests' job modules) on each store."""
+    return servers.start(store_uri)

@@ -100,3 +100,14 @@ def t_progress(steps: int, gate: str) -> int:
 @job(name="t_capped", max_workers=1)
 def t_capped(seconds: float, path: str) -> None:
     t_sleep(seconds, path)
+
+
+@job(name="t_nul")
+def t_nul(lone: bool = False) -> str:
+    """Fails with text no database stores as it is: a NUL byte (PostgreSQL), a lone surrogate."""
+    raise ValueError("bad \x00 byte" + ("\ud800" if lone else ""))
+
+
+@job(name="t_bad_result")
+def t_bad_result() -> object:
+    return {"x": float("nan")}

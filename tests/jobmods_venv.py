@@ -1,6 +1,6 @@
 """Jobs for tests/test_python_env.py: they run in cached virtualenvs (``python_env``).
 
-``six`` is not installed in the worker's own environment, so a job that imports it proves it
+``tomli_w`` is not installed in the worker's own environment, so a job that imports it proves it
 runs inside its env; two pins of it prove that envs are keyed by the requirement set.
 """
 
@@ -12,8 +12,8 @@ import time
 
 from assay import current_job, job
 
-SIX = "six==1.16.0"
-SIX_OLD = "six==1.15.0"
+PKG = "tomli-w==1.1.0"
+PKG_OLD = "tomli-w==1.0.0"
 MISSING = "assay-does-not-exist-pkg==9.9"
 
 
@@ -21,19 +21,19 @@ class Flaky(Exception):
     pass
 
 
-@job(name="venv_six", python_env={"pip": [SIX]})
-def venv_six(tag: str = "") -> dict[str, str]:
-    import six
+@job(name="venv_pkg", python_env={"pip": [PKG]})
+def venv_pkg(tag: str = "") -> dict[str, str]:
+    import tomli_w
 
-    print(f"hello from {tag or 'venv_six'}")
-    return {"six": six.__version__, "prefix": sys.prefix, "tag": tag}
+    print(f"hello from {tag or 'venv_pkg'}")
+    return {"version": tomli_w.__version__, "prefix": sys.prefix, "tag": tag}
 
 
-@job(name="venv_six_old", python_env={"pip": [SIX_OLD]})
-def venv_six_old() -> dict[str, str]:
-    import six
+@job(name="venv_pkg_old", python_env={"pip": [PKG_OLD]})
+def venv_pkg_old() -> dict[str, str]:
+    import tomli_w
 
-    return {"six": six.__version__, "prefix": sys.prefix}
+    return {"version": tomli_w.__version__, "prefix": sys.prefix}
 
 
 @job(name="venv_missing", python_env={"pip": [MISSING]})
@@ -41,7 +41,7 @@ def venv_missing() -> None:
     return None
 
 
-@job(name="venv_sleep", python_env={"pip": [SIX]})
+@job(name="venv_sleep", python_env={"pip": [PKG]})
 def venv_sleep(path: str, seconds: float = 60.0) -> None:
     """Reports progress, writes its pid (and a grandchild's) to ``path``, then sleeps."""
     import subprocess
@@ -53,7 +53,7 @@ def venv_sleep(path: str, seconds: float = 60.0) -> None:
     time.sleep(seconds)
 
 
-@job(name="venv_raise", python_env={"pip": [SIX]}, retry_on=Flaky, max_retries=1)
+@job(name="venv_raise", python_env={"pip": [PKG]}, retry_on=Flaky, max_retries=1)
 def venv_raise(transient: bool) -> None:
     if transient:
         raise Flaky("try again")

@@ -15,8 +15,14 @@ from assay.jobs.registry import REGISTRY, Registry
 from conftest import FAST, JOB_KEYS, running_worker
 
 PUBLIC = {
+    "FlushError",
+    "InvalidFilterError",
+    "RequestTooLargeError",
+    "UnsupportedMediaTypeError",
     "AssayError",
+    "AuthenticationError",
     "Backend",
+    "Client",
     "ConfigError",
     "ConflictError",
     "InvalidParamsError",
@@ -28,6 +34,7 @@ PUBLIC = {
     "JobStatus",
     "MigrationError",
     "NotFoundError",
+    "PermissionDeniedError",
     "Progress",
     "Settings",
     "StoreError",
@@ -39,6 +46,9 @@ PUBLIC = {
     "current_job",
     "job",
     "load_settings",
+    "periodic",
+    "trace",
+    "tracing",
 }
 
 ISO_Z = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?Z$")

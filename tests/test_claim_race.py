@@ -18,8 +18,8 @@ from jobmods_race import claim_until_empty
 
 pytestmark = pytest.mark.slow
 
-N_JOBS = 2000
-N_PROCS = 8
+N_JOBS = 1000
+N_PROCS = 5
 
 
 def _status_counts(engine: sa.Engine) -> Counter[str]:
@@ -110,7 +110,7 @@ def test_store_claims_take_each_exclusive_lock_once(backend, store_uri):
     submitted = backend.submit_many("t_exclusive_queue", params)
     assert {j.status for j in submitted} == {JobStatus.PENDING}
 
-    claimed = _run_claimers(store_uri, ["t_exclusive_queue"], [1, 2, 3, 5, 8, 13, 21, 50])
+    claimed = _run_claimers(store_uri, ["t_exclusive_queue"], [1, 3, 8, 21, 50])
     all_ids = [job_id for ids in claimed.values() for job_id in ids]
     assert len(all_ids) == len(set(all_ids)), "a job was claimed twice"
 
@@ -143,7 +143,7 @@ def test_store_skip_duplicates_racing_in_claim(backend, store_uri):
         )
         conn.execute(job_locks.delete())
 
-    claimed = _run_claimers(store_uri, ["t_exclusive"], [1, 2, 3, 5, 8, 13, 21, 50])
+    claimed = _run_claimers(store_uri, ["t_exclusive"], [1, 3, 8, 21, 50])
     all_ids = [job_id for got in claimed.values() for job_id in got]
     assert len(all_ids) == len(set(all_ids)), "a job was claimed twice"
 

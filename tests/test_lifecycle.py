@@ -523,3 +523,16 @@ def test_search_filters_and_pages(backend):
 def test_search_rejects_bad_input(backend, kwargs):
     with pytest.raises(InvalidRequestError):
         backend.search(**kwargs)
+
+
+def test_errors_with_nul_bytes_and_lone_surrogates_are_stored(backend):
+    """Such text once left a job RUNNING for good on PostgreSQL (its finish kept failing)."""
+    with running_worker(backend):
+        jobs = [backend.submit("t_nul"), backend.submit("t_nul", {"lone": True})]
+        done = [backend.wait(j.id, timeout=30) for j in jobs]
+        bad = backend.wait(backend.submit("t_bad_result").id, timeout=30)
+    for job_ in done:
+        assert job_.status == JobStatus.FAILED
+        assert "bad \ufffd byte" in (job_.error or "")
+    assert bad.status == JobStatus.FAILED
+    assert "NaN" in (bad.error or "")

@@ -23,7 +23,33 @@ from assay.jobs.model import JobStatus
 from assay.jobs.store import JobStore, NewJob
 from conftest import fast_env, server_database
 
-TABLES = {"jobs", "job_locks", "leader_leases"}
+TABLES = {
+    "jobs",
+    "job_locks",
+    "leader_leases",
+    "api_tokens",
+    "secrets",
+    "schedules",
+    # 0003: experiment tracking
+    "experiments",
+    "experiment_tags",
+    "runs",
+    "run_params",
+    "run_metrics",
+    "run_tags",
+    "run_inputs",
+    # 0004: traces
+    "traces",
+    "trace_metadata",
+    "trace_tags",
+    "spans",
+    "assessments",
+    # 0005: online scoring
+    "scorers",
+    "scoring_tasks",
+    # 0006: job attempts
+    "job_attempts",
+}
 
 
 @pytest.fixture(params=["sqlite", "postgresql", "mysql"])
@@ -54,6 +80,24 @@ def test_upgrade_from_empty_yields_the_models(empty_uri):
         upgrade(engine)
         assert current_revision(engine) == head_revision()
         assert is_current(engine)
+        assert _tables(engine) == TABLES | {"alembic_version"}
+        assert _drift(engine) == []
+    finally:
+        engine.dispose()
+
+
+def test_every_migration_downgrades_and_upgrades_again(empty_uri):
+    from alembic import command
+
+    from assay.db.migrate import _config
+
+    engine = create_engine(empty_uri)
+    try:
+        upgrade(engine)
+        with engine.begin() as conn:
+            command.downgrade(_config(conn), "base")
+        assert _tables(engine) <= {"alembic_version"}
+        upgrade(engine)
         assert _tables(engine) == TABLES | {"alembic_version"}
         assert _drift(engine) == []
     finally:

@@ -1,6 +1,6 @@
 """``@job(python_env={"pip": [...]})``: jobs in cached virtualenvs (the ``venv`` executor).
 
-Envs are real (pip from PyPI, ``six`` which the worker's own env does not have) and cost about
+Envs are real (pip from PyPI, ``tomli_w`` which the worker's own env does not have) and cost about
 2 s each to create, so tests share them through a session-scoped env dir; tests about creation
 itself (the lock, the count) use a fresh dir. Most tests use SQLite; one runs on all three DBs.
 """
@@ -26,7 +26,7 @@ from assay.jobs import pyenv
 from assay.jobs.backend import Backend
 from assay.jobs.registry import Registry, job
 from conftest import FAST, running_worker, wait_until
-from jobmods_venv import MISSING, SIX, SIX_OLD
+from jobmods_venv import MISSING, PKG, PKG_OLD
 
 
 def venv_settings(env_dir: Path, **extra: Any) -> dict[str, Any]:
@@ -40,9 +40,9 @@ def env_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def six_env(env_dir: Path) -> Path:
-    """The env of ``six==1.16.0``, created up front so timing tests do not pay for it."""
-    return pyenv.ensure_env([SIX], env_dir)
+def pkg_env(env_dir: Path) -> Path:
+    """The env of ``tomli-w==1.1.0``, created up front so timing tests do not pay for it."""
+    return pyenv.ensure_env([PKG], env_dir)
 
 
 @pytest.fixture
@@ -73,21 +73,21 @@ def pids(path: Path) -> list[int]:
     return [int(p) for p in path.read_text().split()] if path.exists() else []
 
 
-def test_the_worker_itself_does_not_have_six() -> None:
-    assert importlib.util.find_spec("six") is None  # else the tests below prove nothing
+def test_the_worker_itself_does_not_have_tomli_w() -> None:
+    assert importlib.util.find_spec("tomli_w") is None  # else the tests below prove nothing
 
 
 def test_job_runs_in_its_env_which_is_created_once_and_reused(
     sqlite_backend: Backend, env_dir: Path
 ) -> None:
     with running_worker(sqlite_backend, concurrency=2):
-        first = sqlite_backend.wait(sqlite_backend.submit("venv_six", {"tag": "a"}).id, 60)
-        second = sqlite_backend.wait(sqlite_backend.submit("venv_six", {"tag": "b"}).id, 60)
+        first = sqlite_backend.wait(sqlite_backend.submit("venv_pkg", {"tag": "a"}).id, 60)
+        second = sqlite_backend.wait(sqlite_backend.submit("venv_pkg", {"tag": "b"}).id, 60)
     assert first.status == second.status == JobStatus.SUCCEEDED, (first.error, second.error)
-    expected_prefix = str((env_dir / pyenv.env_key([SIX])).resolve())
-    assert first.result == {"six": "1.16.0", "prefix": expected_prefix, "tag": "a"}
-    assert second.result == {"six": "1.16.0", "prefix": expected_prefix, "tag": "b"}
-    assert pyenv.creations(env_dir, [SIX]) == 1
+    expected_prefix = str((env_dir / pyenv.env_key([PKG])).resolve())
+    assert first.result == {"version": "1.1.0", "prefix": expected_prefix, "tag": "a"}
+    assert second.result == {"version": "1.1.0", "prefix": expected_prefix, "tag": "b"}
+    assert pyenv.creations(env_dir, [PKG]) == 1
     assert second.log_tail is not None
     assert "hello from b" in second.log_tail
     assert "creating python env" not in second.log_tail
@@ -95,24 +95,24 @@ def test_job_runs_in_its_env_which_is_created_once_and_reused(
 
 def test_envs_are_keyed_by_the_requirement_set(sqlite_backend: Backend, env_dir: Path) -> None:
     with running_worker(sqlite_backend, concurrency=2):
-        new = sqlite_backend.wait(sqlite_backend.submit("venv_six").id, 60)
-        old = sqlite_backend.wait(sqlite_backend.submit("venv_six_old").id, 60)
+        new = sqlite_backend.wait(sqlite_backend.submit("venv_pkg").id, 60)
+        old = sqlite_backend.wait(sqlite_backend.submit("venv_pkg_old").id, 60)
     assert new.status == old.status == JobStatus.SUCCEEDED, (new.error, old.error)
-    assert new.result["six"] == "1.16.0"
-    assert old.result["six"] == "1.15.0"
+    assert new.result["version"] == "1.1.0"
+    assert old.result["version"] == "1.0.0"
     assert new.result["prefix"] != old.result["prefix"]
-    assert pyenv.creations(env_dir, [SIX]) == 1
-    assert pyenv.creations(env_dir, [SIX_OLD]) == 1
+    assert pyenv.creations(env_dir, [PKG]) == 1
+    assert pyenv.creations(env_dir, [PKG_OLD]) == 1
     # Spelling does not matter; the set does.
-    assert pyenv.env_key([" Six == 1.16.0", SIX]) == pyenv.env_key([SIX])
-    assert pyenv.env_key([SIX, "tomli-w"]) != pyenv.env_key([SIX])
+    assert pyenv.env_key([" Tomli-W == 1.1.0", PKG]) == pyenv.env_key([PKG])
+    assert pyenv.env_key([PKG, "attrs"]) != pyenv.env_key([PKG])
 
 
 def test_concurrent_threads_create_the_env_once_and_a_half_env_is_rebuilt(
     tmp_path: Path,
 ) -> None:
     env_dir = tmp_path / "envs"
-    leftover = env_dir / pyenv.env_key([SIX])
+    leftover = env_dir / pyenv.env_key([PKG])
     (leftover / "bin").mkdir(parents=True)  # a crash mid-creation: no ready marker
     (leftover / "junk").write_text("half")
     barrier = threading.Barrier(4)
@@ -122,7 +122,7 @@ def test_concurrent_threads_create_the_env_once_and_a_half_env_is_rebuilt(
     def create() -> None:
         barrier.wait()
         try:
-            results.append(pyenv.ensure_env([SIX], env_dir))
+            results.append(pyenv.ensure_env([PKG], env_dir))
         except BaseException as exc:
             errors.append(exc)
 
@@ -134,7 +134,7 @@ def test_concurrent_threads_create_the_env_once_and_a_half_env_is_rebuilt(
     assert not errors
     assert len(results) == 4
     assert len(set(results)) == 1
-    assert pyenv.creations(env_dir, [SIX]) == 1
+    assert pyenv.creations(env_dir, [PKG]) == 1
     assert not (leftover / "junk").exists()
     assert (leftover / pyenv.READY_MARKER).exists()
 
@@ -143,7 +143,7 @@ def test_two_worker_processes_create_the_env_once(tmp_path: Path, worker_process
     env_dir = tmp_path / "fresh-envs"
     store_uri = f"sqlite:///{tmp_path / 'assay.db'}"
     with assay.connect(store_uri, **venv_settings(env_dir)) as backend:
-        jobs = [backend.submit("venv_six", {"tag": str(i)}) for i in range(2)]
+        jobs = [backend.submit("venv_pkg", {"tag": str(i)}) for i in range(2)]
         for _ in range(2):
             worker_processes.start(
                 store_uri,
@@ -155,7 +155,7 @@ def test_two_worker_processes_create_the_env_once(tmp_path: Path, worker_process
         done = [backend.wait(j.id, timeout=90) for j in jobs]
     assert all(j.status == JobStatus.SUCCEEDED for j in done), [j.error for j in done]
     assert done[0].worker_id != done[1].worker_id, "both ran on one worker: no race tested"
-    assert pyenv.creations(env_dir, [SIX]) == 1
+    assert pyenv.creations(env_dir, [PKG]) == 1
     created = [j for j in done if "creating python env" in (j.log_tail or "")]
     assert len(created) == 1  # the other worker waited on the lock and reused the env
 
@@ -178,10 +178,10 @@ def test_a_bad_requirement_fails_the_job_with_pips_error(
 
 @pytest.mark.parametrize("end", ["cancel", "timeout"])
 def test_cancel_and_timeout_kill_the_job_and_its_children(
-    sqlite_backend: Backend, six_env: Path, tmp_path: Path, end: str
+    sqlite_backend: Backend, pkg_env: Path, tmp_path: Path, end: str
 ) -> None:
     pid_file = tmp_path / "pids"
-    timeout = 3.0 if end == "timeout" else None
+    timeout = 8.0 if end == "timeout" else None  # room for a slow start on a busy box
     with running_worker(sqlite_backend, concurrency=2):
         job_ = sqlite_backend.submit("venv_sleep", {"path": str(pid_file)}, timeout=timeout)
         wait_until(lambda: len(pids(pid_file)) == 2, timeout=20)
@@ -202,7 +202,7 @@ def test_cancel_and_timeout_kill_the_job_and_its_children(
 
 
 def test_the_job_dies_with_a_killed_worker(
-    tmp_path: Path, env_dir: Path, six_env: Path, worker_processes: Any
+    tmp_path: Path, env_dir: Path, pkg_env: Path, worker_processes: Any
 ) -> None:
     """The child's stdin is its lifeline: a SIGKILLed worker takes the job's group with it."""
     pid_file = tmp_path / "pids"
@@ -218,7 +218,7 @@ def test_the_job_dies_with_a_killed_worker(
         wait_until(lambda: not alive(child) and not alive(grandchild), timeout=10)
 
 
-def test_errors_are_classified_by_retry_on(sqlite_backend: Backend, six_env: Path) -> None:
+def test_errors_are_classified_by_retry_on(sqlite_backend: Backend, pkg_env: Path) -> None:
     with running_worker(sqlite_backend, concurrency=2):
         transient = sqlite_backend.submit("venv_raise", {"transient": True})
         permanent = sqlite_backend.submit("venv_raise", {"transient": False})
@@ -234,24 +234,24 @@ def test_errors_are_classified_by_retry_on(sqlite_backend: Backend, six_env: Pat
     assert "ValueError: bad input" in bad.error
 
 
-def test_end_to_end_on_every_store(store_uri: str, env_dir: Path, six_env: Path) -> None:
+def test_end_to_end_on_every_store(store_uri: str, env_dir: Path, pkg_env: Path) -> None:
     with assay.connect(store_uri, **venv_settings(env_dir)) as backend:
-        done = run(backend, "venv_six", {"tag": "db"})
+        done = run(backend, "venv_pkg", {"tag": "db"})
     assert done.status == JobStatus.SUCCEEDED, done.error
-    assert done.result["six"] == "1.16.0"
-    assert pyenv.creations(env_dir, [SIX]) == 1
+    assert done.result["version"] == "1.1.0"
+    assert pyenv.creations(env_dir, [PKG]) == 1
 
 
 @pytest.mark.parametrize(
     ("python_env", "message"),
     [
-        ({"pips": ["six"]}, "unknown python_env key 'pips'; did you mean 'pip'?"),
-        ({"conda": ["six"]}, "unknown python_env key 'conda'"),
-        ({"pip": "six==1.16.0"}, "must be a list of requirement strings"),
+        ({"pips": ["version"]}, "unknown python_env key 'pips'; did you mean 'pip'?"),
+        ({"conda": ["version"]}, "unknown python_env key 'conda'"),
+        ({"pip": "tomli-w==1.1.0"}, "must be a list of requirement strings"),
         ({"pip": [""]}, "non-empty requirement string"),
         ({"pip": [3]}, "non-empty requirement string"),
         ({"pip": ["--index-url=http://x"]}, "only requirement strings are accepted"),
-        (["six"], "python_env must be a mapping"),
+        (["version"], "python_env must be a mapping"),
     ],
 )
 def test_python_env_is_validated_at_decoration(python_env: Any, message: str) -> None:
@@ -267,8 +267,8 @@ def test_python_env_is_kept_on_the_spec() -> None:
         return None
 
     registry = Registry()
-    job(name="env_ok", python_env={"pip": [" six==1.16.0 "]}, registry=registry)(fn)
-    assert registry.get("env_ok").python_env == {"pip": ["six==1.16.0"]}
+    job(name="env_ok", python_env={"pip": [" tomli-w==1.1.0 "]}, registry=registry)(fn)
+    assert registry.get("env_ok").python_env == {"pip": ["tomli-w==1.1.0"]}
     hash(registry.get("env_ok"))  # specs stay hashable
 
 
@@ -277,5 +277,5 @@ def test_python_env_jobs_cannot_name_another_executor() -> None:
         return None
 
     with pytest.raises(ConfigError, match="run on the 'venv' executor, not 'sandbox'"):
-        job(name="env_sb", python_env={"pip": [SIX]}, executor="sandbox", registry=Registry())(fn)
-    job(name="env_venv", python_env={"pip": [SIX]}, executor="venv", registry=Registry())(fn)
+        job(name="env_sb", python_env={"pip": [PKG]}, executor="sandbox", registry=Registry())(fn)
+    job(name="env_venv", python_env={"pip": [PKG]}, executor="venv", registry=Registry())(fn)

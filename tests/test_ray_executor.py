@@ -24,6 +24,9 @@ ray = pytest.importorskip("ray", reason="the ray extra is not installed: pip ins
 from assay.jobs.executors.ray import RayExecutor  # noqa: E402
 from jobmods_remote import RAY_JOBS  # noqa: E402
 
+# One xdist worker runs this whole module (its fixture is expensive and shared).
+pytestmark = pytest.mark.xdist_group("ray")
+
 RAY_OPTIONS: dict[str, Any] = {
     "address": "local",
     # The job module lives in tests/; Ray workers find it through the task's runtime_env.

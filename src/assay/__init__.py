@@ -1,17 +1,25 @@
 """assay: a durable job backend and online-scoring engine for LLM and ML platforms."""
 
+from assay import tracing
+from assay.client import Client
 from assay.config import Settings, load_settings
 from assay.errors import (
     AssayError,
+    AuthenticationError,
     ConfigError,
     ConflictError,
+    FlushError,
+    InvalidFilterError,
     InvalidParamsError,
     InvalidRequestError,
     JobCancelled,
     MigrationError,
     NotFoundError,
+    PermissionDeniedError,
+    RequestTooLargeError,
     StoreError,
     UnknownJobError,
+    UnsupportedMediaTypeError,
     WaitTimeoutError,
 )
 from assay.jobs import (
@@ -26,14 +34,20 @@ from assay.jobs import (
     current_job,
     job,
 )
+from assay.jobs.periodic import periodic
+from assay.tracing import trace
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AssayError",
+    "AuthenticationError",
     "Backend",
+    "Client",
     "ConfigError",
     "ConflictError",
+    "FlushError",
+    "InvalidFilterError",
     "InvalidParamsError",
     "InvalidRequestError",
     "Job",
@@ -43,10 +57,13 @@ __all__ = [
     "JobStatus",
     "MigrationError",
     "NotFoundError",
+    "PermissionDeniedError",
     "Progress",
+    "RequestTooLargeError",
     "Settings",
     "StoreError",
     "UnknownJobError",
+    "UnsupportedMediaTypeError",
     "WaitTimeoutError",
     "Worker",
     "__version__",
@@ -54,4 +71,7 @@ __all__ = [
     "current_job",
     "job",
     "load_settings",
+    "periodic",
+    "trace",
+    "tracing",
 ]

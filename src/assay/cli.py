@@ -6,14 +6,18 @@ errors (unknown job, bad params, bad options). Errors print one line, never a tr
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import faulthandler
 import json
 import logging
 import re
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from datetime import datetime
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import click
 from rich.console import Console
@@ -21,9 +25,27 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from assay.config import Settings, load_settings
-from assay.errors import AssayError, ConfigError, InvalidRequestError, NotFoundError
-from assay.jobs.backend import Backend
-from assay.jobs.model import Job, JobStatus
+from assay.errors import (
+    AssayError,
+    ConfigError,
+    InvalidRequestError,
+    MigrationError,
+    NotFoundError,
+)
+from assay.jobs.backend import Backend, JobsAPI
+from assay.jobs.model import Job, JobStatus, ms_to_datetime
+from assay.scoring import jobs as scoring_jobs
+from assay.scoring.scorers import (
+    Scorer,
+    backfill_scorer,
+    delete_scorer,
+    list_scorers,
+    set_scorer_status,
+)
+from assay.server.tokens import TokenRole, TokenStore
+
+if TYPE_CHECKING:
+    from assay.client import Client
 
 __all__ = ["main", "parse_duration"]
 
@@ -116,7 +138,9 @@ def worker(
     settings = _settings(
         store_uri, job_modules, worker_concurrency=concurrency, default_executor=executor
     )
+    faulthandler.register(signal.SIGUSR1)  # `kill -USR1 <pid>` prints every thread's stack
     with Backend(settings) as backend:
+        scoring_jobs.install(backend.registry)
         w = backend.worker()
         signals = {"count": 0}
 
@@ -133,12 +157,152 @@ def worker(
         w.run()
 
 
+# -- server ------------------------------------------------------------------------------------
+
+
+@cli.command()
+@store_option
+@modules_option
+@click.option("--host", help="Address to listen on (default 127.0.0.1).")
+@click.option("--port", type=click.IntRange(0, 65535), help="Port (default 8400).")
+@click.option(
+    "--workers",
+    type=click.IntRange(min=0),
+    help="Worker loops in this process (default 1; 0 for an API-only replica).",
+)
+@click.option("--concurrency", type=click.IntRange(min=1), help="Jobs each worker loop runs.")
+@click.option(
+    "--auth/--no-auth",
+    default=None,
+    help="Require API tokens (default: required unless listening on loopback only).",
+)
+@click.option(
+    "--allow-custom-scorers",
+    is_flag=True,
+    default=None,
+    help="Accept custom code scorers (run in the sandbox executor only).",
+)
+@click.option(
+    "--log-level",
+    default="INFO",
+    show_default=True,
+    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+)
+def server(
+    store_uri: str | None,
+    job_modules: tuple[str, ...],
+    host: str | None,
+    port: int | None,
+    workers: int | None,
+    concurrency: int | None,
+    auth: bool | None,
+    allow_custom_scorers: bool | None,
+    log_level: str,
+) -> None:
+    """Serve the REST API, run worker loops and the leader services until SIGTERM/SIGINT."""
+    import uvicorn
+
+    from assay.server.app import create_app
+
+    logging.basicConfig(
+        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    settings = _settings(
+        store_uri,
+        job_modules,
+        host=host,
+        port=port,
+        server_workers=workers,
+        worker_concurrency=concurrency,
+        auth=auth,
+        allow_custom_scorers=allow_custom_scorers,
+    )
+    app = create_app(settings)
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=log_level.lower(),
+        timeout_graceful_shutdown=int(settings.shutdown_grace_s) + 5,
+    )
+
+
+# -- demo --------------------------------------------------------------------------------------
+
+
+@cli.command()
+@store_option
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=8400,
+    show_default=True,
+    help="Port to serve on (a free one if taken; 0: any free port).",
+)
+@click.option(
+    "--traces", type=click.IntRange(min=1), default=300, show_default=True, help="Traces to send."
+)
+@click.option("--no-serve", is_flag=True, help="Exit after the summary instead of serving.")
+def demo(store_uri: str | None, port: int, traces: int, no_serve: bool) -> None:
+    """Online scoring end to end, offline: a server, a stand-in judge, a simulated app's
+    traces, and what each scorer found."""
+    from assay.demo import run_demo
+
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    run_demo(store_uri=store_uri, port=port, traces=traces, serve=not no_serve)
+
+
 # -- jobs --------------------------------------------------------------------------------------
 
 
 @cli.group(cls=_Group)
 def jobs() -> None:
-    """Submit, inspect, cancel and prune jobs."""
+    """Submit, inspect, cancel and prune jobs (in a store, or on a server with --server)."""
+
+
+server_option = click.option(
+    "--server",
+    "server_url",
+    envvar="ASSAY_SERVER_URL",
+    help="URL of an assay server to use instead of a store, e.g. http://127.0.0.1:8400.",
+)
+token_option = click.option(
+    "--token", envvar="ASSAY_TOKEN", help="API token for --server (also ASSAY_TOKEN)."
+)
+
+
+def _open_jobs(
+    store_uri: str | None,
+    server_url: str | None,
+    token: str | None,
+    job_modules: tuple[str, ...] = (),
+) -> JobsAPI:
+    """A client of ``server_url`` or a backend on ``store_uri``.
+
+    A store and a server both given the same way (both options, or both environment
+    variables) is a usage error; otherwise the command line wins over the environment.
+    """
+    ctx = click.get_current_context()
+
+    def given(param: str) -> bool:
+        return ctx.get_parameter_source(param) is click.core.ParameterSource.COMMANDLINE
+
+    if server_url and store_uri:
+        if given("server_url") == given("store_uri"):
+            where = "options" if given("server_url") else "ASSAY_SERVER_URL and ASSAY_STORE_URI"
+            raise ConfigError(f"give a store or a server, not both ({where})")
+        if given("store_uri"):
+            server_url = None
+    if not server_url:
+        if token and given("token"):
+            raise ConfigError("--token applies to --server only")
+        return Backend(_settings(store_uri, job_modules))
+    if job_modules:
+        raise ConfigError("--jobs-module applies to --store only: a server imports its own")
+    from assay.client import Client
+
+    return Client(server_url, token)
 
 
 @jobs.command("submit")
@@ -147,6 +311,8 @@ def jobs() -> None:
 @click.option("--timeout", type=float, help="Seconds before the job is timed out.")
 @click.option("--wait", is_flag=True, help="Wait for the job, showing progress.")
 @store_option
+@server_option
+@token_option
 @modules_option
 def jobs_submit(
     name: str,
@@ -154,22 +320,24 @@ def jobs_submit(
     timeout: float | None,
     wait: bool,
     store_uri: str | None,
+    server_url: str | None,
+    token: str | None,
     job_modules: tuple[str, ...],
 ) -> None:
     """Submit job NAME."""
     values = dict(_parse_param(p) for p in params)
-    with Backend(_settings(store_uri, job_modules)) as backend:
-        job = backend.submit(name, values, timeout=timeout)
+    with _open_jobs(store_uri, server_url, token, job_modules) as api:
+        job = api.submit(name, values, timeout=timeout)
         if not wait:
             click.echo(job.id)
             return
         click.echo(f"submitted {job.id}", err=True)
-        final = _wait_with_progress(backend, job)
+        final = _wait_with_progress(api, job)
         _print_job(final)
         sys.exit(0 if final.status == JobStatus.SUCCEEDED else 1)
 
 
-def _wait_with_progress(backend: Backend, job: Job) -> Job:
+def _wait_with_progress(api: JobsAPI, job: Job) -> Job:
     console = Console(stderr=True)
     columns = (
         TextColumn("{task.fields[status]:<9}"),
@@ -199,7 +367,7 @@ def _wait_with_progress(backend: Backend, job: Job) -> Job:
                 counts=counts,
             )
 
-        return backend.wait(job.id, poll_s=0.1, on_update=update)
+        return api.wait(job.id, poll_s=0.2, on_update=update)
 
 
 @jobs.command("list")
@@ -209,6 +377,8 @@ def _wait_with_progress(backend: Backend, job: Job) -> Job:
 @click.option("--page-token", help="Token printed by the previous page.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @store_option
+@server_option
+@token_option
 def jobs_list(
     name: tuple[str, ...],
     status: tuple[str, ...],
@@ -216,10 +386,12 @@ def jobs_list(
     page_token: str | None,
     as_json: bool,
     store_uri: str | None,
+    server_url: str | None,
+    token: str | None,
 ) -> None:
     """List jobs, newest first."""
-    with Backend(_settings(store_uri)) as backend:
-        page = backend.search(name=name, status=status, limit=limit, page_token=page_token)
+    with _open_jobs(store_uri, server_url, token) as api:
+        page = api.search(name=name, status=status, limit=limit, page_token=page_token)
     if as_json:
         out = {"jobs": [j.to_dict() for j in page.jobs], "next_page_token": page.next_page_token}
         click.echo(json.dumps(out, indent=2))
@@ -238,19 +410,27 @@ def jobs_list(
 @jobs.command("show")
 @click.argument("job_id")
 @store_option
-def jobs_show(job_id: str, store_uri: str | None) -> None:
+@server_option
+@token_option
+def jobs_show(
+    job_id: str, store_uri: str | None, server_url: str | None, token: str | None
+) -> None:
     """Show one job as JSON."""
-    with Backend(_settings(store_uri)) as backend:
-        _print_job(backend.get(job_id))
+    with _open_jobs(store_uri, server_url, token) as api:
+        _print_job(api.get(job_id))
 
 
 @jobs.command("cancel")
 @click.argument("job_id")
 @store_option
-def jobs_cancel(job_id: str, store_uri: str | None) -> None:
+@server_option
+@token_option
+def jobs_cancel(
+    job_id: str, store_uri: str | None, server_url: str | None, token: str | None
+) -> None:
     """Cancel a pending or running job."""
-    with Backend(_settings(store_uri)) as backend:
-        job = backend.cancel(job_id)
+    with _open_jobs(store_uri, server_url, token) as api:
+        job = api.cancel(job_id)
     click.echo(f"{job.id} {job.status.value}")
 
 
@@ -269,6 +449,291 @@ def jobs_prune(older_than: str, store_uri: str | None) -> None:
 
 def _print_job(job: Job) -> None:
     click.echo(json.dumps(job.to_dict(), indent=2, default=str))
+
+
+# -- scorers -----------------------------------------------------------------------------------
+
+
+@cli.group(cls=_Group)
+def scorers() -> None:
+    """Register, list, pause, resume, backfill and remove the online scorers of an experiment
+    (in a store, or on a server with --server)."""
+
+
+def _scorers_target(
+    store_uri: str | None, server_url: str | None, token: str | None
+) -> Client | Backend:
+    """The server client or store backend of the options, chosen as for ``assay jobs``."""
+    # _open_jobs makes exactly a Client (for a server) or a Backend (for a store).
+    return cast("Client | Backend", _open_jobs(store_uri, server_url, token))
+
+
+def _definition(text: str | None, path: str | None) -> dict[str, Any]:
+    """The scorer definition of --definition or --definition-file: one JSON object."""
+    if text is not None and path is not None:
+        raise InvalidRequestError("give --definition or --definition-file, not both")
+    source, where = (text, "--definition") if path is None else (_read(path), path)
+    if source is None:
+        return {}
+    try:
+        value = json.loads(source)
+    except ValueError as exc:
+        raise InvalidRequestError(f"{where} is not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise InvalidRequestError(f"{where} must be a JSON object, not {type(value).__name__}")
+    return value
+
+
+def _read(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except OSError as exc:
+        raise InvalidRequestError(f"cannot read --definition-file {path}: {exc.strerror}") from None
+
+
+def _millis(text: str) -> int:
+    """Epoch milliseconds, or an ISO-8601 time with a zone (e.g. 2026-11-23T00:00Z)."""
+    if text.strip().isdigit():
+        return int(text)
+    try:
+        when = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise InvalidRequestError(
+            f"{text!r} is neither epoch milliseconds nor an ISO-8601 time"
+        ) from None
+    if when.tzinfo is None:
+        raise InvalidRequestError(f"{text!r} needs a time zone (e.g. 2026-11-23T00:00Z)")
+    return round(when.timestamp() * 1000)
+
+
+def _echo_change(data: dict[str, Any]) -> None:
+    click.echo(json.dumps(data))
+
+
+@scorers.command("list")
+@click.argument("experiment_id")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@store_option
+@server_option
+@token_option
+def scorers_list(
+    experiment_id: str,
+    as_json: bool,
+    store_uri: str | None,
+    server_url: str | None,
+    token: str | None,
+) -> None:
+    """List the scorers of EXPERIMENT_ID."""
+    with _scorers_target(store_uri, server_url, token) as api:
+        found = list_scorers(experiment_id, target=api)
+    if as_json:
+        click.echo(json.dumps([dataclasses.asdict(s) for s in found], indent=2))
+        return
+    table = Table("name", "kind", "level", "version", "sample", "filter", "status", "reason")
+    for s in found:
+        table.add_row(
+            s.name,
+            s.kind,
+            s.level,
+            str(s.version),
+            f"{s.sample_rate:g}",
+            s.filter_string or "",
+            s.status,
+            s.status_reason or "",
+        )
+    Console().print(table)
+
+
+@scorers.command("add")
+@click.argument("experiment_id")
+@click.argument("name")
+@click.option("--kind", required=True, help="llm_judge, custom or a heuristic (e.g. keywords).")
+@click.option("--definition", "definition_json", help="The definition as a JSON object.")
+@click.option("--definition-file", help="A file holding the definition as a JSON object.")
+@click.option("--level", type=click.Choice(["trace", "session"]), default="trace")
+@click.option("--sample-rate", type=float, default=1.0, show_default=True)
+@click.option("--filter", "filter_string", help="Only traces matching this filter string.")
+@store_option
+@server_option
+@token_option
+def scorers_add(
+    experiment_id: str,
+    name: str,
+    kind: str,
+    definition_json: str | None,
+    definition_file: str | None,
+    level: str,
+    sample_rate: float,
+    filter_string: str | None,
+    store_uri: str | None,
+    server_url: str | None,
+    token: str | None,
+) -> None:
+    """Register scorer NAME on EXPERIMENT_ID (replacing, and resuming, one of that name)."""
+    scorer = Scorer(name, kind, _definition(definition_json, definition_file), level)
+    with _scorers_target(store_uri, server_url, token) as api:
+        added = scorer.register(
+            experiment_id, sample_rate=sample_rate, filter_string=filter_string, target=api
+        )
+    _echo_change(dataclasses.asdict(added))
+
+
+def _set_status(
+    experiment_id: str, name: str, status: str, options: tuple[str | None, str | None, str | None]
+) -> None:
+    with _scorers_target(*options) as api:
+        changed = set_scorer_status(experiment_id, name, status, target=api)
+    _echo_change(dataclasses.asdict(changed))
+
+
+@scorers.command("pause")
+@click.argument("experiment_id")
+@click.argument("name")
+@store_option
+@server_option
+@token_option
+def scorers_pause(
+    experiment_id: str, name: str, store_uri: str | None, server_url: str | None, token: str | None
+) -> None:
+    """Pause scorer NAME: traces keep being queued, and are scored once it is resumed."""
+    _set_status(experiment_id, name, "PAUSED", (store_uri, server_url, token))
+
+
+@scorers.command("resume")
+@click.argument("experiment_id")
+@click.argument("name")
+@store_option
+@server_option
+@token_option
+def scorers_resume(
+    experiment_id: str, name: str, store_uri: str | None, server_url: str | None, token: str | None
+) -> None:
+    """Resume scorer NAME; it catches up on what was queued while paused."""
+    _set_status(experiment_id, name, "ACTIVE", (store_uri, server_url, token))
+
+
+@scorers.command("remove")
+@click.argument("experiment_id")
+@click.argument("name")
+@store_option
+@server_option
+@token_option
+def scorers_remove(
+    experiment_id: str, name: str, store_uri: str | None, server_url: str | None, token: str | None
+) -> None:
+    """Delete scorer NAME and what it has queued; its assessments stay."""
+    with _scorers_target(store_uri, server_url, token) as api:
+        delete_scorer(experiment_id, name, target=api)
+    _echo_change({"experiment_id": experiment_id, "name": name, "deleted": True})
+
+
+@scorers.command("backfill")
+@click.argument("experiment_id")
+@click.argument("name")
+@click.option("--start", required=True, help="Epoch ms or ISO-8601 time (inclusive).")
+@click.option("--end", required=True, help="Epoch ms or ISO-8601 time (exclusive).")
+@click.option("--dry-run", is_flag=True, help="Only count the traces (and a judge's tokens).")
+@store_option
+@server_option
+@token_option
+def scorers_backfill(
+    experiment_id: str,
+    name: str,
+    start: str,
+    end: str,
+    dry_run: bool,
+    store_uri: str | None,
+    server_url: str | None,
+    token: str | None,
+) -> None:
+    """Score the past traces of EXPERIMENT_ID started in [--start, --end) with scorer NAME."""
+    start_ms, end_ms = _millis(start), _millis(end)
+    with _scorers_target(store_uri, server_url, token) as api:
+        out = backfill_scorer(
+            experiment_id, name, start_ms=start_ms, end_ms=end_ms, dry_run=dry_run, target=api
+        )
+    _echo_change({"experiment_id": experiment_id, "name": name, **out})
+
+
+# -- tokens ------------------------------------------------------------------------------------
+
+
+@cli.group(cls=_Group)
+def tokens() -> None:
+    """Create, list and revoke API tokens (directly in the store: this is how the first admin
+    token is made)."""
+
+
+@contextlib.contextmanager
+def _token_store(store_uri: str | None) -> Iterator[TokenStore]:
+    from assay.db.engine import create_engine
+    from assay.db.migrate import is_current, upgrade
+
+    settings = load_settings(store_uri=store_uri)
+    engine = create_engine(settings.store_uri)
+    try:
+        if settings.auto_migrate:
+            upgrade(engine)
+        elif not is_current(engine):
+            raise MigrationError("the store schema is not current: run `assay db upgrade`")
+        yield TokenStore(engine)
+    finally:
+        engine.dispose()
+
+
+def _when(ms: int | None) -> str:
+    when = ms_to_datetime(ms)
+    return when.isoformat(timespec="seconds").replace("+00:00", "Z") if when else ""
+
+
+@tokens.command("create")
+@click.option("--role", required=True, type=click.Choice(["admin", "user"]))
+@click.option("--subject", required=True, help="Who the token is for; owns the jobs it submits.")
+@click.option("--expires", help="Lifetime, e.g. 30d or 12h (default: until revoked).")
+@store_option
+def tokens_create(role: str, subject: str, expires: str | None, store_uri: str | None) -> None:
+    """Create a token and print it once (only its hash is stored)."""
+    expires_in_s = parse_duration(expires) if expires else None
+    role_name: TokenRole = "admin" if role == "admin" else "user"
+    with _token_store(store_uri) as store:
+        row, plaintext = store.create(subject, role_name, expires_in_s=expires_in_s)
+    until = f", expires {_when(row.expires_at_ms)}" if row.expires_at_ms else ""
+    click.echo(
+        f"token {row.id} for {row.subject} ({row.role}{until}); "
+        "it is shown only once, store it now",
+        err=True,
+    )
+    click.echo(plaintext)
+
+
+@tokens.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@store_option
+def tokens_list(as_json: bool, store_uri: str | None) -> None:
+    """List tokens (never the tokens themselves)."""
+    with _token_store(store_uri) as store:
+        rows = store.list_tokens()
+    if as_json:
+        click.echo(json.dumps([dataclasses.asdict(r) for r in rows], indent=2))
+        return
+    cells = [("id", "subject", "role", "created", "expires", "revoked")]
+    for r in rows:
+        times = (_when(r.created_at_ms), _when(r.expires_at_ms), _when(r.revoked_at_ms))
+        cells.append((r.id, r.subject, r.role, *times))
+    widths = [max(len(row[i]) for row in cells) for i in range(len(cells[0]))]
+    for row in cells:
+        click.echo("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+
+
+@tokens.command("revoke")
+@click.argument("token_id")
+@store_option
+def tokens_revoke(token_id: str, store_uri: str | None) -> None:
+    """Revoke a token; every server refuses it from its next request."""
+    with _token_store(store_uri) as store:
+        row = store.revoke(token_id)
+    click.echo(f"revoked {row.id} ({row.subject})")
 
 
 # -- db ----------------------------------------------------------------------------------------

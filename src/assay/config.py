@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from assay.errors import ConfigError
@@ -83,7 +83,63 @@ class Settings(BaseSettings):
     job_retention_s: float = Field(7 * 24 * 3600.0, gt=0)
     """Finished jobs older than this are deleted by the leader's pruner."""
     maintenance: bool = True
-    """Whether this process competes for leadership and runs the rescuer and pruner."""
+    """Whether this process competes for leadership and runs the rescuer, pruner and
+    scheduler."""
+
+    max_params_bytes: int = Field(1 * 2**20, gt=0)
+    """Largest JSON-encoded params one job may be submitted with."""
+    max_result_bytes: int = Field(8 * 2**20, gt=0)
+    """Largest JSON-encoded result a job may return; a bigger one fails the job."""
+
+    host: str = "127.0.0.1"
+    """``assay server`` listens here..."""
+    port: int = Field(8400, ge=0, le=65535)
+    """...on this port."""
+    server_workers: int = Field(1, ge=0)
+    """Worker loops the server runs in its own process (0: an API-only replica)."""
+    max_request_bytes: int = Field(16 * 2**20, gt=0)
+    """Requests with a larger body are refused with 413 before they are read."""
+    auth: bool | None = None
+    """Require API tokens (``Authorization: Bearer``) on every API request. None: required
+    unless the server listens on a loopback address only (the local quickstart)."""
+    job_token_ttl_s: float = Field(3600.0, gt=0)
+    """Lifetime of the token each running job gets to call the API back (capped by the job's
+    timeout)."""
+    public_url: str | None = None
+    """The API's address as running jobs should call it (``current_job().api_url``,
+    ``ASSAY_API_URL``). Default in ``assay server``: its own host and port."""
+
+    # Online scoring.
+    scoring_interval_s: float = Field(1.0, gt=0)
+    """How often the leader looks for experiments with traces or sessions due for scoring."""
+    scoring_batch_size: int = Field(200, ge=1)
+    """Ledger rows one scoring job claims (and commits) at a time."""
+    scoring_concurrency: int = Field(16, ge=1)
+    """Judge (and custom scorer) calls one scoring job runs at once."""
+    scoring_lease_s: float = Field(120.0, gt=0)
+    """A claimed batch is someone else's to retry after this long (its job died or stalled)."""
+    scoring_job_budget_s: float = Field(60.0, gt=0)
+    """A scoring job stops claiming after this long and lets the leader start the next one."""
+    scoring_retry_max_age_s: float = Field(3600.0, gt=0)
+    """A trace whose judge keeps failing is retried (with backoff) until it is this old, then
+    marked failed with the last error."""
+    session_idle_s: float = Field(300.0, gt=0)
+    """A session is scored once no trace of it arrived for this long."""
+    allow_custom_scorers: bool = False
+    """Accept custom code scorers (they run in the ``sandbox`` executor only)."""
+    backfill_max_traces: int = Field(100_000, ge=1)
+    """The most traces one backfill request may queue."""
+    judge_base_url: str = "https://api.openai.com/v1"
+    """The OpenAI-compatible endpoint LLM judges call."""
+    judge_api_key: SecretStr | None = None
+    """Its API key (never stored in a scorer definition)."""
+    judge_model: str = "gpt-4o-mini"
+    """The model a judge uses unless its definition names one."""
+    judge_timeout_s: float = Field(30.0, gt=0)
+    """One judge request's timeout."""
+    judge_max_retry_s: float = Field(30.0, ge=0)
+    """How long one judge call keeps retrying 429s, 5xx and timeouts before the trace is put
+    back in the ledger for later."""
 
     @field_validator("job_modules", mode="before")
     @classmethod

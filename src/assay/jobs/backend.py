@@ -8,27 +8,71 @@ import json
 import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import Any, Protocol, Self
 
 from assay.config import Settings, load_settings
 from assay.db.engine import create_engine
 from assay.db.migrate import is_current, upgrade
 from assay.errors import (
     ConfigError,
+    InvalidParamsError,
     InvalidRequestError,
     MigrationError,
     NotFoundError,
     WaitTimeoutError,
 )
 from assay.jobs.executors import check_executor
-from assay.jobs.model import Job, JobPage, JobStatus
+from assay.jobs.model import Attempt, Job, JobPage, JobStatus
 from assay.jobs.registry import REGISTRY, JobSpec, Registry
 from assay.jobs.store import JobStore, NewJob
 from assay.jobs.worker import Worker
 
-__all__ = ["Backend", "connect"]
+__all__ = ["Backend", "JobsAPI", "connect", "wait_for"]
 
 MAX_PAGE = 1000
+
+
+class JobsAPI(Protocol):
+    """What :func:`connect` returns: a :class:`Backend` on a store, or an
+    :class:`assay.client.Client` of a server. Both have these methods and raise the same errors."""
+
+    def __enter__(self) -> Self: ...
+    def __exit__(self, *exc: object) -> None: ...
+    def close(self) -> None: ...
+    def submit(
+        self,
+        name: str | Callable[..., Any],
+        params: dict[str, Any] | None = None,
+        *,
+        timeout: float | None = None,
+    ) -> Job: ...
+    def submit_many(
+        self,
+        name: str | Callable[..., Any],
+        params_list: Iterable[dict[str, Any]],
+        *,
+        timeout: float | None = None,
+    ) -> list[Job]: ...
+    def get(self, job_id: str) -> Job: ...
+    def attempts(self, job_id: str) -> list[Attempt]: ...
+    def search(
+        self,
+        *,
+        name: str | Sequence[str] | None = None,
+        status: str | JobStatus | Sequence[str | JobStatus] | None = None,
+        owner: str | None = None,
+        limit: int = 100,
+        page_token: str | None = None,
+    ) -> JobPage: ...
+    def cancel(self, job_id: str) -> Job: ...
+    def wait(
+        self,
+        job_id: str,
+        timeout: float | None = None,
+        *,
+        poll_s: float = ...,
+        on_update: Callable[[Job], None] | None = None,
+    ) -> Job: ...
 
 
 class Backend:
@@ -63,9 +107,10 @@ class Backend:
         params: dict[str, Any] | None = None,
         *,
         timeout: float | None = None,
+        owner: str | None = None,
     ) -> Job:
         """Queue one job; unknown names and params that do not bind fail here, not later."""
-        return self.submit_many(name, [params or {}], timeout=timeout)[0]
+        return self.submit_many(name, [params or {}], timeout=timeout, owner=owner)[0]
 
     def submit_many(
         self,
@@ -73,6 +118,7 @@ class Backend:
         params_list: Iterable[dict[str, Any]],
         *,
         timeout: float | None = None,
+        owner: str | None = None,
     ) -> list[Job]:
         """Queue many jobs of one name in one transaction."""
         spec = self._spec(name)
@@ -87,6 +133,12 @@ class Backend:
         new_jobs = []
         for params in params_list:
             bound = spec.bind(params)
+            size = len(json.dumps(bound))
+            if size > self.settings.max_params_bytes:
+                raise InvalidParamsError(
+                    f"params of job {spec.name!r} are {size} bytes of JSON, over the "
+                    f"{self.settings.max_params_bytes}-byte limit (max_params_bytes)"
+                )
             new_jobs.append(
                 NewJob(
                     id=str(uuid.uuid4()),
@@ -96,6 +148,7 @@ class Backend:
                     timeout_s=timeout_s,
                     lock_key=spec.lock_key(bound),
                     on_conflict=spec.on_conflict,
+                    owner=owner,
                 )
             )
         jobs = self.store.jobs_insert(new_jobs)
@@ -109,22 +162,30 @@ class Backend:
             raise NotFoundError(f"job {job_id!r} not found")
         return job
 
+    def attempts(self, job_id: str) -> list[Attempt]:
+        """The job's ended executions, first to last: its attempt history."""
+        self.get(job_id)
+        return self.store.job_attempts(job_id)
+
     def search(
         self,
         *,
         name: str | Sequence[str] | None = None,
         status: str | JobStatus | Sequence[str | JobStatus] | None = None,
+        owner: str | None = None,
         limit: int = 100,
         page_token: str | None = None,
     ) -> JobPage:
-        """Jobs newest first, filtered by name(s) and status(es), one page at a time."""
+        """Jobs newest first, filtered by name(s), status(es) and owner, one page at a time."""
         if not 1 <= limit <= MAX_PAGE:
             raise InvalidRequestError(f"limit must be between 1 and {MAX_PAGE}, not {limit}")
         names = [name] if isinstance(name, str) else list(name or [])
         raw_statuses = [status] if isinstance(status, str) else list(status or [])
         statuses = [_parse_status(s) for s in raw_statuses]
         before = _decode_token(page_token) if page_token else None
-        jobs = self.store.jobs_search(names=names, statuses=statuses, limit=limit, before=before)
+        jobs = self.store.jobs_search(
+            names=names, statuses=statuses, owner=owner, limit=limit, before=before
+        )
         token = None
         if len(jobs) == limit:
             last = jobs[-1]
@@ -147,16 +208,7 @@ class Backend:
         on_update: Callable[[Job], None] | None = None,
     ) -> Job:
         """Block until the job is finished; ``on_update`` sees every poll (for progress)."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            job = self.get(job_id)
-            if on_update is not None:
-                on_update(job)
-            if job.status.is_terminal:
-                return job
-            if deadline is not None and time.monotonic() >= deadline:
-                raise WaitTimeoutError(f"job {job_id} still {job.status} after {timeout}s")
-            time.sleep(poll_s)
+        return wait_for(self.get, job_id, timeout, poll_s=poll_s, on_update=on_update)
 
     def prune(self, older_than_s: float) -> int:
         """Delete jobs that finished more than ``older_than_s`` seconds ago."""
@@ -164,9 +216,9 @@ class Backend:
             raise InvalidRequestError("older_than must not be negative")
         return self.store.jobs_prune(older_than_s)
 
-    def worker(self, **kwargs: Any) -> Worker:
+    def worker(self, *, settings: Settings | None = None, **kwargs: Any) -> Worker:
         """A worker on this store that is woken at once by this backend's submits."""
-        worker = Worker(self.store, self.settings, registry=self.registry, **kwargs)
+        worker = Worker(self.store, settings or self.settings, registry=self.registry, **kwargs)
         self._local_workers.append(worker)
         return worker
 
@@ -179,11 +231,27 @@ class Backend:
         return self.registry.get(name)
 
 
-def connect(store_uri: str | None = None, **settings: Any) -> Backend:
-    """Open a backend on ``store_uri`` (default: ``ASSAY_STORE_URI`` or ~/.assay/assay.db).
+_CLIENT_OPTIONS = ("token", "timeout", "transport")
 
-    Other keyword arguments override :class:`~assay.config.Settings` fields.
+
+def connect(store_uri: str | None = None, **settings: Any) -> JobsAPI:
+    """Open jobs on ``store_uri``: a :class:`Backend` on a store (default: ``ASSAY_STORE_URI``
+    or ~/.assay/assay.db), or an :class:`assay.client.Client` for an ``http://`` or
+    ``https://`` server URL.
+
+    For a store, keyword arguments override :class:`~assay.config.Settings` fields; for a
+    server they are the client's (``token``, ``timeout``, ``transport``).
     """
+    if store_uri is not None and store_uri.lower().startswith(("http://", "https://")):
+        from assay.client import Client
+
+        unknown = sorted(set(settings) - set(_CLIENT_OPTIONS))
+        if unknown:
+            raise ConfigError(
+                f"unknown option {unknown[0]!r} for a server URL "
+                f"(a client takes {', '.join(_CLIENT_OPTIONS)})"
+            )
+        return Client(store_uri, **settings)
     return Backend(load_settings(store_uri=store_uri, **settings))
 
 
@@ -202,6 +270,32 @@ def _encode_token(created_ms: int, job_id: str) -> str:
 def _decode_token(token: str) -> tuple[int, str]:
     try:
         created, job_id = json.loads(base64.urlsafe_b64decode(token.encode()))
-        return int(created), str(job_id)
-    except (ValueError, TypeError, binascii.Error):
+        created_ms, last_id = int(created), str(job_id)
+        # The database refuses a bound past BIGINT, and PostgreSQL any text with a NUL byte.
+        if not 0 <= created_ms < 2**63 or "\x00" in last_id:
+            raise ValueError(token)
+        return created_ms, last_id
+    except (ValueError, TypeError, OverflowError, binascii.Error):
         raise InvalidRequestError(f"invalid page_token {token!r}") from None
+
+
+def wait_for(
+    get: Callable[[str], Job],
+    job_id: str,
+    timeout: float | None,
+    *,
+    poll_s: float,
+    on_update: Callable[[Job], None] | None = None,
+) -> Job:
+    """Poll ``get(job_id)`` until the job is finished (the ``wait`` of the direct backend and
+    of the HTTP client); :class:`WaitTimeoutError` after ``timeout`` seconds."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        job = get(job_id)
+        if on_update is not None:
+            on_update(job)
+        if job.status.is_terminal:
+            return job
+        if deadline is not None and time.monotonic() >= deadline:
+            raise WaitTimeoutError(f"job {job_id} still {job.status} after {timeout}s")
+        time.sleep(poll_s)

@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import threading
 from contextvars import ContextVar
+from typing import TYPE_CHECKING
 
 from assay.errors import AssayError, JobCancelled
 from assay.jobs.model import Job, Progress
+
+if TYPE_CHECKING:
+    from assay.config import Settings
+    from assay.jobs.store import JobStore
 
 __all__ = ["LOG_TAIL_CHARS", "JobContext", "current_job"]
 
@@ -22,10 +27,29 @@ class JobContext:
     Cancellation and timeouts set :attr:`cancelled`; code that runs in the worker process (the
     ``inline`` executor) should call :meth:`check_cancelled` at safe points. Progress is kept in
     memory and written to the store by the worker at its next cancel poll.
+
+    :attr:`api_token` is this execution's job token for calling the API back (it may read its
+    own job and use the scopes its ``@job(token_scopes=...)`` names, until it expires);
+    :attr:`api_url` is where the API is, when the worker knows it.
+
+    :attr:`store` and :attr:`settings` are the worker's, for assay's own inline jobs (online
+    scoring) that work on the database directly; None outside a worker.
     """
 
-    def __init__(self, job: Job) -> None:
+    def __init__(
+        self,
+        job: Job,
+        *,
+        api_token: str | None = None,
+        api_url: str | None = None,
+        store: JobStore | None = None,
+        settings: Settings | None = None,
+    ) -> None:
         self.job = job
+        self.api_token = api_token
+        self.api_url = api_url
+        self.store = store
+        self.settings = settings
         self._cancel = threading.Event()
         self._reason: str | None = None
         self._timed_out = False
@@ -42,6 +66,11 @@ class JobContext:
     @property
     def attempt(self) -> int:
         return self.job.attempt
+
+    def api_env(self) -> dict[str, str]:
+        """``ASSAY_API_TOKEN`` and ``ASSAY_API_URL`` (those that are set), for a job's process."""
+        env = {"ASSAY_API_TOKEN": self.api_token, "ASSAY_API_URL": self.api_url}
+        return {key: value for key, value in env.items() if value is not None}
 
     @property
     def cancelled(self) -> bool:

@@ -40,6 +40,27 @@ def ms_to_datetime(ms: int | None) -> datetime | None:
 
 
 @dataclass(frozen=True)
+class Attempt:
+    """One ended execution of a job. ``status`` is the status the job ended with, or RETRIED
+    (failed, re-queued for another attempt), LOST (its worker's lease expired) or HANDED_BACK
+    (its worker shut down first)."""
+
+    attempt: int
+    worker_id: str | None
+    status: str
+    error: str | None
+    started_at: datetime | None
+    finished_at: datetime
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        for key in ("started_at", "finished_at"):
+            value = data[key]
+            data[key] = value.isoformat().replace("+00:00", "Z") if value else None
+        return data
+
+
+@dataclass(frozen=True)
 class Job:
     """A job as stored. Times are UTC; ``timeout`` is in seconds."""
 
@@ -59,6 +80,8 @@ class Job:
     progress: Progress | None
     log_tail: str | None = None
     lock_key: str | None = None
+    owner: str | None = None
+    """Who submitted it (the API token's subject); None for the system and direct callers."""
 
     def to_dict(self) -> dict[str, Any]:
         """The public JSON shape of a job (DESIGN.md), times as ISO-8601 UTC."""

@@ -13,12 +13,21 @@ import importlib
 import inspect
 import json
 import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
-from typing import Any, Literal, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 
 from assay.errors import ConfigError, InvalidParamsError, UnknownJobError
+from assay.jobs.payload import dumps_plain
+
+if TYPE_CHECKING:
+    from assay.config import Settings
+    from assay.jobs.periodic import Schedule
+    from assay.jobs.services import Service
+    from assay.jobs.store import JobStore
+
+    ServiceFactory = Callable[[JobStore, Settings], Service]
 
 __all__ = ["REGISTRY", "JobSpec", "Registry", "job"]
 
@@ -42,6 +51,11 @@ class JobSpec:
     python_env: Mapping[str, list[str]] | None = field(default=None, hash=False)
     """Extra requirements the job runs with, in a cached virtualenv: ``{"pip": ["pkg==1.2"]}``
     (see :mod:`assay.jobs.pyenv`)."""
+    public: bool = False
+    """Whether API tokens with the ``user`` role may submit it (admins always may)."""
+    token_scopes: tuple[str, ...] = ()
+    """Params whose values scope the job's API token: ``("experiment_id",)`` lets a running
+    job use the API on ``experiment_id:<its value>`` only."""
 
     def bind(self, params: dict[str, Any] | None) -> dict[str, Any]:
         """Check that ``params`` bind to the function and are JSON; return them normalised."""
@@ -51,11 +65,9 @@ class JobSpec:
         except TypeError as exc:
             raise InvalidParamsError(f"invalid params for job {self.name!r}: {exc}") from exc
         try:
-            return dict(json.loads(json.dumps(params)))
-        except (TypeError, ValueError) as exc:
-            raise InvalidParamsError(
-                f"params of job {self.name!r} are not JSON-serialisable: {exc}"
-            ) from exc
+            return dict(json.loads(dumps_plain(params, f"params of job {self.name!r}")))
+        except ValueError as exc:
+            raise InvalidParamsError(str(exc)) from None
 
     def lock_key(self, params: dict[str, Any]) -> str | None:
         """The exclusivity key: the job name plus a hash of the selected params."""
@@ -68,10 +80,13 @@ class JobSpec:
 
 
 class Registry:
-    """Job names to specs. Thread-safe; registering a name twice with another function fails."""
+    """Job names to specs, and the ``@periodic`` schedules. Thread-safe; registering a name
+    twice with another function (or a schedule name with another schedule) fails."""
 
     def __init__(self) -> None:
         self._specs: dict[str, JobSpec] = {}
+        self._schedules: dict[str, Schedule] = {}
+        self._services: dict[str, ServiceFactory] = {}
         self._lock = threading.Lock()
 
     def register(self, spec: JobSpec) -> None:
@@ -99,6 +114,41 @@ class Registry:
     @property
     def names(self) -> list[str]:
         return sorted(self._specs)
+
+    def register_schedule(self, schedule: Schedule) -> None:
+        with self._lock:
+            # Names are compared without case, as MySQL's default collation compares them.
+            existing = next(
+                (s for s in self._schedules.values() if s.name.lower() == schedule.name.lower()),
+                None,
+            )
+            if existing is not None and existing != schedule and existing.source != schedule.source:
+                raise ConfigError(
+                    f"schedule name {schedule.name!r} is registered twice: {existing.source} "
+                    f"({existing.describe()}) and {schedule.source} ({schedule.describe()}); "
+                    "tell them apart with @periodic(name=...)"
+                )
+            if existing is not None:
+                del self._schedules[existing.name]
+            self._schedules[schedule.name] = schedule
+
+    @property
+    def schedules(self) -> list[Schedule]:
+        """The registered schedules, by name."""
+        with self._lock:
+            return [self._schedules[name] for name in sorted(self._schedules)]
+
+    def register_service(self, name: str, factory: ServiceFactory) -> None:
+        """A leader-only service (see :mod:`assay.jobs.services`) that every leadership using
+        this registry runs, made by ``factory(store, settings)``; registering a name again
+        replaces it."""
+        with self._lock:
+            self._services[name] = factory
+
+    @property
+    def services(self) -> list[ServiceFactory]:
+        with self._lock:
+            return [self._services[name] for name in sorted(self._services)]
 
     def load(self, modules: Iterable[str] = (), *, entry_point_group: str = "assay.jobs") -> None:
         """Import job modules named in settings and those advertised by installed packages."""
@@ -136,6 +186,8 @@ def job(
     retry_on: tuple[type[BaseException], ...] | type[BaseException] = (),
     executor: str | None = None,
     python_env: Mapping[str, list[str]] | None = None,
+    public: bool = False,
+    token_scopes: Sequence[str] = (),
     registry: Registry | None = None,
 ) -> Callable[[F], F]: ...
 def job(
@@ -151,6 +203,8 @@ def job(
     retry_on: tuple[type[BaseException], ...] | type[BaseException] = (),
     executor: str | None = None,
     python_env: Mapping[str, list[str]] | None = None,
+    public: bool = False,
+    token_scopes: Sequence[str] = (),
     registry: Registry | None = None,
 ) -> F | Callable[[F], F]:
     """Register a function as a named job. See DESIGN.md (Jobs) for each option."""
@@ -167,6 +221,8 @@ def job(
             retry_on=retry_on,
             executor=executor,
             python_env=python_env,
+            public=public,
+            token_scopes=token_scopes,
         )
         (registry or REGISTRY).register(spec)
         func.__assay_job__ = spec  # type: ignore[attr-defined]
@@ -187,6 +243,8 @@ def _make_spec(
     retry_on: tuple[type[BaseException], ...] | type[BaseException],
     executor: str | None,
     python_env: Mapping[str, list[str]] | None = None,
+    public: bool = False,
+    token_scopes: Sequence[str] = (),
 ) -> JobSpec:
     where = f"@job {name!r}"
     if not name or len(name) > 200:
@@ -208,12 +266,10 @@ def _make_spec(
         exclusive_value = exclusive
     else:
         exclusive_value = tuple(exclusive)
-        known = list(inspect.signature(func).parameters)
-        for param in exclusive_value:
-            if param not in known:
-                hint = difflib.get_close_matches(param, known, n=1)
-                suffix = f"; did you mean {hint[0]!r}?" if hint else ""
-                raise ConfigError(f"{where}: exclusive names unknown parameter {param!r}{suffix}")
+        _check_param_names(where, "exclusive", func, exclusive_value)
+    if isinstance(token_scopes, str):
+        raise ConfigError(f"{where}: token_scopes must be a list of parameter names")
+    _check_param_names(where, "token_scopes", func, tuple(token_scopes))
     if python_env is not None and executor not in (None, "venv"):
         raise ConfigError(f"{where}: python_env jobs run on the 'venv' executor, not {executor!r}")
     return JobSpec(
@@ -227,7 +283,20 @@ def _make_spec(
         retry_on=retry_classes,
         executor=executor,
         python_env=_check_python_env(where, python_env),
+        public=bool(public),
+        token_scopes=tuple(token_scopes),
     )
+
+
+def _check_param_names(
+    where: str, option: str, func: Callable[..., Any], names: tuple[str, ...]
+) -> None:
+    known = list(inspect.signature(func).parameters)
+    for param in names:
+        if param not in known:
+            hint = difflib.get_close_matches(param, known, n=1)
+            suffix = f"; did you mean {hint[0]!r}?" if hint else ""
+            raise ConfigError(f"{where}: {option} names unknown parameter {param!r}{suffix}")
 
 
 PYTHON_ENV_KEYS = ("pip",)

@@ -13,24 +13,32 @@ Rules this module keeps:
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import threading
-import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import mysql, postgresql, sqlite
 
-from assay.db.engine import BEGIN_MODE
-from assay.db.tables import job_locks, jobs, leader_leases
-from assay.errors import StoreError
-from assay.jobs.model import TERMINAL_STATUSES, Job, JobStatus, Progress, ms_to_datetime
+from assay.db.base import SqlStore
+from assay.db.tables import job_attempts, job_locks, jobs, leader_leases, schedules
+from assay.jobs.metrics import JobMetrics
+from assay.jobs.model import TERMINAL_STATUSES, Attempt, Job, JobStatus, Progress, ms_to_datetime
 
-__all__ = ["Finish", "JobStore", "NewJob", "RescueResult", "RunningState"]
+__all__ = [
+    "COALESCE",
+    "Finish",
+    "Fired",
+    "JobStats",
+    "JobStore",
+    "NewJob",
+    "QueueStats",
+    "RescueResult",
+    "RunningState",
+]
 
 log = logging.getLogger("assay.store")
 T = TypeVar("T")
@@ -39,6 +47,13 @@ _PENDING = JobStatus.PENDING.value
 _RUNNING = JobStatus.RUNNING.value
 _CHUNK = 500
 _NOTIFY_CHANNEL = "assay_jobs"
+# Attempt record statuses besides the job statuses an execution can end with.
+RETRIED, LOST, HANDED_BACK = "RETRIED", "LOST", "HANDED_BACK"
+COALESCE = "coalesce"
+"""The scheduler's internal ``on_conflict`` policy: like ``skip``, but a job whose key is held is
+dropped (nothing is stored) instead of being stored CANCELED."""
+# Policies whose jobs hold their lock key from submit (while PENDING), not only while running.
+_HOLD_AT_SUBMIT = ("skip", COALESCE)
 # A pending skip-policy job holds its lock this long at most (the claim then renews it with
 # the lease; cancel releases it). Past it, a new duplicate may take the key over, and the stale
 # job is skipped when it is claimed: still exactly one of them runs.
@@ -46,13 +61,6 @@ _PENDING_LOCK_TTL_MS = 7 * 24 * 3600 * 1000
 # An execution's lock outlives its lease by this much, so the rescuer always sees the lease
 # expire first and can hand the lock on to the re-queued job instead of finding it gone.
 _LOCK_MARGIN_MS = 1000
-
-# The database clock in epoch milliseconds, stable within one statement.
-_NOW_SQL = {
-    "sqlite": "CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)",
-    "postgresql": "CAST(EXTRACT(EPOCH FROM statement_timestamp()) * 1000 AS BIGINT)",
-    "mysql": "CAST(UNIX_TIMESTAMP(NOW(3)) * 1000 AS SIGNED)",
-}
 
 
 @dataclass(frozen=True)
@@ -64,6 +72,8 @@ class NewJob:
     timeout_s: float
     lock_key: str | None = None
     on_conflict: str = "skip"
+    """``skip``, ``queue`` or (scheduler only) :data:`COALESCE`."""
+    owner: str | None = None
 
 
 @dataclass(frozen=True)
@@ -90,9 +100,41 @@ class RunningState:
 
 
 @dataclass(frozen=True)
+class Fired:
+    """What :meth:`JobStore.schedule_fire` did with one slot of a schedule."""
+
+    claimed: bool
+    """False: the slot was no longer due (another scheduler fired it); nothing was done."""
+    job: Job | None = None
+    """The job submitted; None when the slot was claimed but coalesced."""
+    holder: str | None = None
+    """When coalesced: the job holding the schedule's lock key."""
+
+
+@dataclass(frozen=True)
 class RescueResult:
     requeued: list[str]
     failed: list[str]
+    names: dict[str, str]
+    """Job names by id (of every job in ``requeued`` and ``failed``)."""
+
+
+@dataclass(frozen=True)
+class QueueStats:
+    """The runnable PENDING jobs (run_at has passed) of one name."""
+
+    depth: int
+    oldest_age_s: float
+    waiting_for_lock: int
+    """Of them, queue-policy jobs whose lock key another job holds."""
+
+
+@dataclass(frozen=True)
+class JobStats:
+    """What the metrics read from the database at scrape time."""
+
+    counts: dict[tuple[str, JobStatus], int]
+    queues: dict[str, QueueStats]
 
 
 def _chunks(items: Sequence[T], size: int = _CHUNK) -> Iterable[Sequence[T]]:
@@ -100,31 +142,13 @@ def _chunks(items: Sequence[T], size: int = _CHUNK) -> Iterable[Sequence[T]]:
         yield items[start : start + size]
 
 
-def _is_transient(exc: sa.exc.DBAPIError) -> bool:
-    orig = exc.orig
-    sqlstate = getattr(orig, "sqlstate", None)
-    if sqlstate in ("40001", "40P01", "55P03"):
-        return True
-    args = getattr(orig, "args", ())
-    if args and args[0] in (1205, 1213):  # MySQL lock wait timeout, deadlock
-        return True
-    return "database is locked" in str(orig)
-
-
-class JobStore:
+class JobStore(SqlStore):
     """Typed access to the job tables of one database."""
 
     def __init__(self, engine: sa.Engine) -> None:
-        self.engine = engine
-        name = engine.dialect.name
-        self.dialect = "mysql" if name in ("mysql", "mariadb") else name
-        self._now = sa.literal_column(_NOW_SQL[self.dialect], sa.BigInteger)
-        # SQLite has one writer at a time and its busy handler retries on a sleep schedule, so
-        # a thread waiting for the write lock can starve behind a busy claim loop. Within one
-        # process, writers queue on this lock instead (other processes still use the handler).
-        self._writer: contextlib.AbstractContextManager[Any] = (
-            threading.Lock() if self.dialect == "sqlite" else contextlib.nullcontext()
-        )
+        super().__init__(engine)
+        self.metrics = JobMetrics(self)
+        """What this process's users of the store did (claims, ends, rescues, conflicts)."""
         owned = (
             jobs.c.id == sa.bindparam("b_id"),
             jobs.c.status == _RUNNING,
@@ -145,6 +169,33 @@ class JobStore:
         )
         # Statements on the hot path are built once (SQLAlchemy then reuses their compiled form).
         self._claim_query = self._build_claim_query()
+        self._insert_attempts = job_attempts.insert().values(finished_at_ms=self._now)
+        # One row per ended execution, read from the job row before the update that ends it.
+        self._record_attempt = job_attempts.insert().from_select(
+            [
+                "job_id",
+                "attempt",
+                "worker_id",
+                "status",
+                "error",
+                "started_at_ms",
+                "finished_at_ms",
+            ],
+            sa.select(
+                jobs.c.id,
+                jobs.c.attempt,
+                jobs.c.worker_id,
+                sa.bindparam("a_status", type_=sa.String),
+                sa.bindparam("a_error", type_=sa.Text),
+                jobs.c.started_at_ms,
+                self._now,
+            ).where(
+                jobs.c.id == sa.bindparam("a_id"),
+                jobs.c.status == _RUNNING,
+                jobs.c.worker_id == sa.bindparam("a_worker"),
+                jobs.c.attempt == sa.bindparam("a_attempt"),
+            ),
+        )
         self._start_stmt = (
             jobs.update()
             .where(jobs.c.id.in_(sa.bindparam("ids", expanding=True)), jobs.c.status == _PENDING)
@@ -178,7 +229,8 @@ class JobStore:
         - ``status = PENDING AND run_at <= now ORDER BY run_at`` walks ix_jobs_status_run_at, so
           the cost does not grow with the number of finished jobs.
         - Queue-policy jobs whose lock is held (and live) are left out here so a long queue of
-          them cannot fill every batch; skip-policy ones are taken so the claim can cancel them.
+          them cannot fill every batch; skip- and coalesce-policy ones (which hold their own
+          key while pending) are taken, so the claim can cancel them if they lost it.
           This filter is only an optimisation: the lock insert in the same transaction is the
           real guard.
         - ``FOR UPDATE SKIP LOCKED`` (PostgreSQL, MariaDB/MySQL) lets concurrent claimers take
@@ -193,13 +245,18 @@ class JobStore:
         )
         return (
             sa.select(
-                jobs.c.id, jobs.c.lock_key, jobs.c.on_conflict, jobs.c.run_at_ms, jobs.c.attempt
+                jobs.c.id,
+                jobs.c.name,
+                jobs.c.lock_key,
+                jobs.c.on_conflict,
+                jobs.c.run_at_ms,
+                jobs.c.attempt,
             )
             .where(
                 jobs.c.status == _PENDING,
                 jobs.c.run_at_ms <= self._now,
                 jobs.c.name.in_(sa.bindparam("names", expanding=True)),
-                sa.or_(jobs.c.lock_key.is_(None), jobs.c.on_conflict == "skip", ~held),
+                sa.or_(jobs.c.lock_key.is_(None), jobs.c.on_conflict.in_(_HOLD_AT_SUBMIT), ~held),
             )
             .order_by(jobs.c.run_at_ms)
             .limit(sa.bindparam("limit", type_=sa.Integer))
@@ -207,46 +264,6 @@ class JobStore:
         )
 
     # -- plumbing ------------------------------------------------------------------------------
-
-    def _tx(self, body: Callable[[sa.Connection], T], *, write: bool = True) -> T:
-        """Run ``body`` in one transaction, retrying deadlocks; translate driver errors."""
-        for attempt in range(5):
-            try:
-                with (
-                    self._writer if write else contextlib.nullcontext(),
-                    self.engine.connect() as conn,
-                ):
-                    if not write:
-                        conn.execution_options(**{BEGIN_MODE: "DEFERRED"})
-                    with conn.begin():
-                        return body(conn)
-            except sa.exc.DBAPIError as exc:
-                if (exc.connection_invalidated or _is_transient(exc)) and attempt < 4:
-                    time.sleep(0.005 * 2**attempt)
-                    continue
-                if exc.connection_invalidated or isinstance(exc, sa.exc.OperationalError):
-                    raise StoreError(f"the store is unreachable or failing: {exc.orig}") from exc
-                raise StoreError(f"store error: {exc.orig}") from exc
-        raise AssertionError("unreachable")
-
-    def _insert_if_absent(self, conn: sa.Connection, table: sa.Table, **values: Any) -> bool:
-        """INSERT one row unless its primary key exists; True if it was inserted.
-
-        PostgreSQL and SQLite report it through RETURNING (psycopg's rowcount for ON CONFLICT
-        DO NOTHING is not reliable through SQLAlchemy); MySQL's INSERT IGNORE through rowcount.
-        """
-        key = next(iter(table.primary_key.columns))
-        if self.dialect == "mysql":
-            stmt = mysql.insert(table).prefix_with("IGNORE").values(**values)
-            return bool(conn.execute(stmt).rowcount == 1)
-        dialect_insert = postgresql.insert if self.dialect == "postgresql" else sqlite.insert
-        returning = dialect_insert(table).values(**values).on_conflict_do_nothing().returning(key)
-        return conn.execute(returning).first() is not None
-
-    def now_ms(self) -> int:
-        return self._tx(
-            lambda conn: int(conn.execute(sa.select(self._now)).scalar_one()), write=False
-        )
 
     # -- reading -------------------------------------------------------------------------------
 
@@ -272,11 +289,14 @@ class JobStore:
         *,
         names: Sequence[str] = (),
         statuses: Sequence[JobStatus] = (),
+        owner: str | None = None,
         limit: int = 100,
         before: tuple[int, str] | None = None,
     ) -> list[Job]:
         """Newest first; ``before`` is the (created_at_ms, id) of the last job already seen."""
         query = sa.select(jobs)
+        if owner is not None:
+            query = query.where(jobs.c.owner == owner)
         if names:
             query = query.where(jobs.c.name.in_(list(names)))
         if statuses:
@@ -284,10 +304,12 @@ class JobStore:
         if before is not None:
             created, last_id = before
             query = query.where(
+                # The first bound lets the index seek; the second breaks ties on the same ms.
+                jobs.c.created_at_ms <= created,
                 sa.or_(
                     jobs.c.created_at_ms < created,
                     sa.and_(jobs.c.created_at_ms == created, jobs.c.id < last_id),
-                )
+                ),
             )
         query = query.order_by(jobs.c.created_at_ms.desc(), jobs.c.id.desc()).limit(limit)
         return self._tx(lambda conn: [_to_job(r) for r in conn.execute(query)], write=False)
@@ -305,6 +327,49 @@ class JobStore:
 
         return self._tx(body, write=False)
 
+    def jobs_stats(self) -> JobStats:
+        """Jobs by name and status, and the runnable queue of each name (for the metrics).
+
+        The count by status reads every row; the queue query walks ix_jobs_status_run_at.
+        """
+        held = (
+            sa.select(job_locks.c.lock_key)
+            .where(
+                job_locks.c.lock_key == jobs.c.lock_key,
+                job_locks.c.job_id != jobs.c.id,
+                job_locks.c.expires_at_ms > self._now,
+            )
+            .exists()
+        )
+        waiting = sa.and_(jobs.c.on_conflict == "queue", jobs.c.lock_key.is_not(None), held)
+        by_status = sa.select(jobs.c.name, jobs.c.status, sa.func.count().label("n")).group_by(
+            jobs.c.name, jobs.c.status
+        )
+        queues = (
+            sa.select(
+                jobs.c.name,
+                sa.func.count().label("depth"),
+                (self._now - sa.func.min(jobs.c.run_at_ms)).label("oldest_ms"),
+                sa.func.sum(sa.case((waiting, 1), else_=0)).label("waiting"),
+            )
+            .where(jobs.c.status == _PENDING, jobs.c.run_at_ms <= self._now)
+            .group_by(jobs.c.name)
+        )
+
+        def body(conn: sa.Connection) -> JobStats:
+            counts = {(r.name, JobStatus(r.status)): int(r.n) for r in conn.execute(by_status)}
+            stats = {
+                r.name: QueueStats(
+                    depth=int(r.depth),
+                    oldest_age_s=max(int(r.oldest_ms), 0) / 1000,
+                    waiting_for_lock=int(r.waiting or 0),
+                )
+                for r in conn.execute(queues)
+            }
+            return JobStats(counts, stats)
+
+        return self._tx(body, write=False)
+
     # -- submitting ----------------------------------------------------------------------------
 
     def jobs_insert(self, new_jobs: Sequence[NewJob]) -> list[Job]:
@@ -313,54 +378,60 @@ class JobStore:
         Under the ``skip`` policy a job takes its lock key here, at submit (held while it is
         pending, then by its execution): a job whose key is already held is stored CANCELED at
         once, naming the holder. The lock row's primary key makes this race-free: of two
-        submits racing for one key, exactly one inserts it.
+        submits racing for one key, exactly one inserts it. Under the scheduler's
+        :data:`COALESCE` policy such a job is not stored at all (and left out of the result).
         """
+        stored = self._tx(lambda conn: self._jobs_insert(conn, new_jobs))
+        policies = {new.id: new.on_conflict for new in new_jobs}
+        for job in stored:
+            if job.status == JobStatus.CANCELED:  # only a skipped duplicate is stored CANCELED
+                self.metrics.lock_conflict(job.name, policies[job.id])
+        return stored
 
-        def body(conn: sa.Connection) -> list[Job]:
-            rows: list[dict[str, Any]] = []
-            for new in new_jobs:
-                status, error = _PENDING, None
-                if new.lock_key and new.on_conflict == "skip":
-                    holder = self._lock_hold_for_pending(conn, new.lock_key, new.id)
-                    if holder is not None:
-                        status = JobStatus.CANCELED.value
-                        error = f"skipped: job {holder} holds lock {new.lock_key}"
-                rows.append(
-                    {
-                        "id": new.id,
-                        "name": new.name,
-                        "params": json.dumps(new.params),
-                        "status": status,
-                        "error": error,
-                        "attempt": 0,
-                        "max_retries": new.max_retries,
-                        "timeout_s": new.timeout_s,
-                        "lock_key": new.lock_key,
-                        "on_conflict": new.on_conflict,
-                    }
-                )
-            insert = jobs.insert().values(created_at_ms=self._now, run_at_ms=self._now)
-            returning = conn.dialect.insert_executemany_returning
-            stored: dict[str, Job] = {}
-            for batch in _chunks(rows):
-                if returning:  # PostgreSQL, SQLite: no second round trip to read them back
-                    result = conn.execute(insert.returning(*jobs.c), batch)
-                    stored.update((row.id, _to_job(row)) for row in result)
-                else:
-                    conn.execute(insert, batch)
-            finished = [r["id"] for r in rows if r["status"] != _PENDING]
-            for chunk in _chunks(finished):
-                conn.execute(
-                    jobs.update().where(jobs.c.id.in_(chunk)).values(finished_at_ms=self._now)
-                )
-            if self.dialect == "postgresql":
-                conn.execute(sa.select(sa.func.pg_notify(_NOTIFY_CHANNEL, "")))
-            skipped = set(finished)
-            reread = [r["id"] for r in rows if not returning or r["id"] in skipped]
-            stored.update((job.id, job) for job in self._select_jobs(conn, reread))
-            return [stored[r["id"]] for r in rows]
-
-        return self._tx(body)
+    def _jobs_insert(self, conn: sa.Connection, new_jobs: Sequence[NewJob]) -> list[Job]:
+        rows: list[dict[str, Any]] = []
+        for new in new_jobs:
+            status, error = _PENDING, None
+            if new.lock_key and new.on_conflict in _HOLD_AT_SUBMIT:
+                holder = self._lock_hold_for_pending(conn, new.lock_key, new.id)
+                if holder is not None and new.on_conflict == COALESCE:
+                    continue
+                if holder is not None:
+                    status = JobStatus.CANCELED.value
+                    error = f"skipped: job {holder} holds lock {new.lock_key}"
+            rows.append(
+                {
+                    "id": new.id,
+                    "name": new.name,
+                    "params": json.dumps(new.params),
+                    "status": status,
+                    "error": error,
+                    "attempt": 0,
+                    "max_retries": new.max_retries,
+                    "timeout_s": new.timeout_s,
+                    "lock_key": new.lock_key,
+                    "on_conflict": new.on_conflict,
+                    "owner": new.owner,
+                }
+            )
+        insert = jobs.insert().values(created_at_ms=self._now, run_at_ms=self._now)
+        returning = conn.dialect.insert_executemany_returning
+        stored: dict[str, Job] = {}
+        for batch in _chunks(rows):
+            if returning:  # PostgreSQL, SQLite: no second round trip to read them back
+                result = conn.execute(insert.returning(*jobs.c), batch)
+                stored.update((row.id, _to_job(row)) for row in result)
+            else:
+                conn.execute(insert, batch)
+        finished = [r["id"] for r in rows if r["status"] != _PENDING]
+        for chunk in _chunks(finished):
+            conn.execute(jobs.update().where(jobs.c.id.in_(chunk)).values(finished_at_ms=self._now))
+        if self.dialect == "postgresql":
+            conn.execute(sa.select(sa.func.pg_notify(_NOTIFY_CHANNEL, "")))
+        skipped = set(finished)
+        reread = [r["id"] for r in rows if not returning or r["id"] in skipped]
+        stored.update((job.id, job) for job in self._select_jobs(conn, reread))
+        return [stored[r["id"]] for r in rows]
 
     # -- claiming ------------------------------------------------------------------------------
 
@@ -384,8 +455,13 @@ class JobStore:
         if limit <= 0 or not names:
             return []
         ttl_ms = int(lease_ttl_s * 1000)
+        # For the metrics, filled by the transaction that commits (a retried one starts over).
+        run_at_ms: dict[str, int] = {}
+        conflicts: list[tuple[str, str]] = []
 
         def body(conn: sa.Connection) -> list[Job]:
+            run_at_ms.clear()
+            conflicts.clear()
             # Uncapped names share one query; each capped name gets its own with its own limit,
             # so a backlog of one capped name cannot starve the rest of this batch.
             groups: list[tuple[list[str], int]] = [([n for n in names if n not in capped], limit)]
@@ -404,10 +480,12 @@ class JobStore:
                 if row.lock_key is None or self._lock_acquire(conn, row, ttl_ms)
             }
             claimed = [row for row in candidates if row.id in acquired]
+            run_at_ms.update((row.id, row.run_at_ms) for row in claimed)
+            conflicts.extend((r.name, r.on_conflict) for r in candidates if r.id not in acquired)
             skipped = [
                 (row.id, row.lock_key)
                 for row in candidates
-                if row.id not in acquired and row.on_conflict == "skip"
+                if row.id not in acquired and row.on_conflict in _HOLD_AT_SUBMIT
             ]
             for job_id, key in skipped:
                 conn.execute(
@@ -430,7 +508,11 @@ class JobStore:
             by_id = {row.id: _to_job(row) for row in started}
             return [by_id[i] for i in ids if i in by_id]
 
-        return self._tx(body)
+        claimed = self._tx(body)
+        self.metrics.claimed(claimed, run_at_ms)
+        for name, on_conflict in conflicts:
+            self.metrics.lock_conflict(name, on_conflict)
+        return claimed
 
     def _lock_take(
         self, conn: sa.Connection, key: str, job_id: str, attempt: int, ttl_ms: int
@@ -478,15 +560,18 @@ class JobStore:
 
         def body(conn: sa.Connection) -> list[bool]:
             owners: dict[str, tuple[str | None, int]] = {}
+            started: dict[str, int | None] = {}
             ids = sorted({f.job_id for f in finishes})
             for chunk in _chunks(ids):
                 query = (
-                    sa.select(jobs.c.id, jobs.c.worker_id, jobs.c.attempt)
+                    sa.select(jobs.c.id, jobs.c.worker_id, jobs.c.attempt, jobs.c.started_at_ms)
                     .where(jobs.c.id.in_(chunk), jobs.c.status == _RUNNING)
                     .order_by(jobs.c.id)
                     .with_for_update()
                 )
-                owners.update((r.id, (r.worker_id, r.attempt)) for r in conn.execute(query))
+                for r in conn.execute(query):
+                    owners[r.id] = (r.worker_id, r.attempt)
+                    started[r.id] = r.started_at_ms
             applied = [owners.get(f.job_id) == (f.worker_id, f.attempt) for f in finishes]
             done: list[dict[str, Any]] = []
             retry: list[dict[str, Any]] = []
@@ -497,14 +582,18 @@ class JobStore:
                     "b_id": f.job_id,
                     "b_worker": f.worker_id,
                     "b_attempt": f.attempt,
-                    "b_error": f.error,
-                    "b_log": f.log_tail,
+                    "b_error": _storable(f.error),
+                    "b_log": _storable(f.log_tail),
                 }
                 if f.status == JobStatus.PENDING:
                     retry.append({**params, "b_delay": int(f.retry_delay_s * 1000)})
                 else:
                     result = None if f.result is None else json.dumps(f.result)
                     done.append({**params, "b_status": f.status.value, "b_result": result})
+            ended = [_ended(p, p["b_status"], started) for p in done]
+            ended += [_ended(p, RETRIED, started) for p in retry]
+            if ended:  # one multi-row INSERT: the owners' rows were read above
+                conn.execute(self._insert_attempts, ended)
             if done:
                 conn.execute(self._finish_stmt, done)
             if retry:
@@ -537,7 +626,7 @@ class JobStore:
         """Executions whose job went back to PENDING (retry, rescue, hand-back): a skip-policy
         job keeps its key as a pending hold, so a duplicate submitted meanwhile is skipped
         instead of displacing it. (Queue-policy locks are then released by the caller.)"""
-        skip_jobs = sa.select(jobs.c.id).where(jobs.c.on_conflict == "skip")
+        skip_jobs = sa.select(jobs.c.id).where(jobs.c.on_conflict.in_(_HOLD_AT_SUBMIT))
         for chunk in _chunks(sorted(set(executions))):
             conn.execute(
                 job_locks.update()
@@ -592,7 +681,7 @@ class JobStore:
                 if progress is not None:
                     values["progress"] = json.dumps(progress.__dict__)
                 if log_tail is not None:
-                    values["log_tail"] = log_tail
+                    values["log_tail"] = _storable(log_tail)
                 conn.execute(
                     jobs.update()
                     .where(
@@ -612,6 +701,8 @@ class JobStore:
         def body(conn: sa.Connection) -> list[str]:
             handed: list[str] = []
             for job_id, attempt in executions:
+                reason = f"handed back by worker {worker_id} at shutdown"
+                self._record_ended(conn, job_id, attempt, HANDED_BACK, reason, worker_id)
                 result = conn.execute(
                     jobs.update()
                     .where(
@@ -626,7 +717,7 @@ class JobStore:
                         started_at_ms=None,
                         lease_expires_at_ms=None,
                         run_at_ms=self._now,
-                        error=f"handed back by worker {worker_id} at shutdown",
+                        error=reason,
                     )
                 )
                 if result.rowcount == 1:
@@ -637,14 +728,54 @@ class JobStore:
 
         return self._tx(body) if executions else []
 
+    def _record_ended(
+        self,
+        conn: sa.Connection,
+        job_id: str,
+        attempt: int,
+        status: str,
+        error: str,
+        worker_id: str | None,
+    ) -> None:
+        """Record the end of one execution, if it still owns its RUNNING job."""
+        params = {"a_id": job_id, "a_status": status, "a_error": error}
+        conn.execute(self._record_attempt, {**params, "a_worker": worker_id, "a_attempt": attempt})
+
+    def job_attempts(self, job_id: str) -> list[Attempt]:
+        """The ended executions of a job, first to last (the running one is on the job)."""
+        query = (
+            sa.select(job_attempts)
+            .where(job_attempts.c.job_id == job_id)
+            .order_by(job_attempts.c.attempt)
+        )
+        rows = self._tx(lambda conn: conn.execute(query).all(), write=False)
+        return [
+            Attempt(
+                attempt=row.attempt,
+                worker_id=row.worker_id,
+                status=row.status,
+                error=row.error,
+                started_at=ms_to_datetime(row.started_at_ms),
+                finished_at=_when(row.finished_at_ms),
+            )
+            for row in rows
+        ]
+
     def job_cancel(self, job_id: str, reason: str = "canceled by request") -> Job | None:
         """Cancel a PENDING or RUNNING job at once. A running job's worker notices within its
         cancel poll and stops the code; its lock is released when the code has stopped."""
 
         def body(conn: sa.Connection) -> Job | None:
             before = conn.execute(
-                sa.select(jobs.c.status).where(jobs.c.id == job_id).with_for_update()
-            ).scalar_one_or_none()
+                sa.select(jobs.c.status, jobs.c.worker_id, jobs.c.attempt)
+                .where(jobs.c.id == job_id)
+                .with_for_update()
+            ).first()
+            if before is not None and before.status == _RUNNING:
+                self._record_ended(
+                    conn, job_id, before.attempt, JobStatus.CANCELED.value, reason, before.worker_id
+                )
+            before = None if before is None else before.status
             if before in (_PENDING, _RUNNING):
                 conn.execute(
                     jobs.update()
@@ -672,7 +803,9 @@ class JobStore:
         def body(conn: sa.Connection) -> RescueResult:
             expired = (jobs.c.status == _RUNNING, jobs.c.lease_expires_at_ms < self._now)
             rows = conn.execute(
-                sa.select(jobs.c.id, jobs.c.attempt, jobs.c.max_retries, jobs.c.worker_id)
+                sa.select(
+                    jobs.c.id, jobs.c.name, jobs.c.attempt, jobs.c.max_retries, jobs.c.worker_id
+                )
                 .where(*expired)
                 .limit(limit)
                 .with_for_update(skip_locked=True)
@@ -697,6 +830,7 @@ class JobStore:
                     }
                     target = failed
                 values.update(worker_id=None, lease_expires_at_ms=None)
+                self._record_ended(conn, row.id, row.attempt, LOST, lost, row.worker_id)
                 result = conn.execute(
                     jobs.update().where(jobs.c.id == row.id, *expired).values(**values)
                 )
@@ -707,7 +841,7 @@ class JobStore:
             )
             self._locks_release(conn, [(r.id, r.attempt) for r in rows])
             conn.execute(job_locks.delete().where(job_locks.c.expires_at_ms < self._now))
-            return RescueResult(requeued, failed)
+            return RescueResult(requeued, failed, {r.id: r.name for r in rows})
 
         return self._tx(body)
 
@@ -730,6 +864,7 @@ class JobStore:
             ).scalars()
             chunk = list(ids)
             if chunk:
+                conn.execute(job_attempts.delete().where(job_attempts.c.job_id.in_(chunk)))
                 conn.execute(jobs.delete().where(jobs.c.id.in_(chunk)))
             return len(chunk)
 
@@ -772,6 +907,65 @@ class JobStore:
                 )
             )
         )
+
+    # -- schedules -----------------------------------------------------------------------------
+
+    def schedules_next_run(self, names: Sequence[str]) -> dict[str, int]:
+        """The stored next fire time of each schedule that has a row."""
+
+        def body(conn: sa.Connection) -> dict[str, int]:
+            out: dict[str, int] = {}
+            for chunk in _chunks(names):
+                query = sa.select(schedules.c.name, schedules.c.next_run_at_ms).where(
+                    schedules.c.name.in_(chunk)
+                )
+                out.update((row.name, int(row.next_run_at_ms)) for row in conn.execute(query))
+            return out
+
+        return self._tx(body, write=False)
+
+    def schedule_create(self, name: str, next_run_at_ms: int) -> bool:
+        """Start a schedule's row unless it exists (another scheduler may have started it)."""
+        return self._tx(
+            lambda conn: self._insert_if_absent(
+                conn, schedules, name=name, next_run_at_ms=next_run_at_ms
+            )
+        )
+
+    def schedule_move(self, name: str, old_ms: int, new_ms: int) -> bool:
+        """Set a schedule's next fire time, only if it is still ``old_ms``."""
+        return self._tx(lambda conn: self._schedule_advance(conn, name, old_ms, new_ms))
+
+    def schedule_fire(self, name: str, due_ms: int, next_ms: int, new_job: NewJob) -> Fired:
+        """Claim the slot ``due_ms`` of a schedule and submit its job, in one transaction.
+
+        The claim is ``UPDATE ... SET next = :next WHERE name = :name AND next = :due``: of two
+        schedulers firing one slot (two leaders overlapping at a failover) exactly one updates
+        the row, so a slot fires at most once, and the job is stored only with the claim. The
+        job is submitted under :data:`COALESCE`: while its lock key is held (the previous job
+        of the schedule is still pending or running) the slot passes and nothing is stored.
+        """
+
+        def body(conn: sa.Connection) -> Fired:
+            if not self._schedule_advance(conn, name, due_ms, next_ms):
+                return Fired(claimed=False)
+            stored = self._jobs_insert(conn, [new_job])
+            if stored:
+                return Fired(claimed=True, job=stored[0])
+            holder = conn.execute(
+                sa.select(job_locks.c.job_id).where(job_locks.c.lock_key == new_job.lock_key)
+            ).scalar_one_or_none()
+            return Fired(claimed=True, holder=holder)
+
+        return self._tx(body)
+
+    def _schedule_advance(self, conn: sa.Connection, name: str, old_ms: int, new_ms: int) -> bool:
+        moved = conn.execute(
+            schedules.update()
+            .where(schedules.c.name == name, schedules.c.next_run_at_ms == old_ms)
+            .values(next_run_at_ms=new_ms)
+        )
+        return bool(moved.rowcount == 1)
 
     # -- wake-ups ------------------------------------------------------------------------------
 
@@ -830,6 +1024,32 @@ class JobStore:
             raw.close()
 
 
+def _ended(params: dict[str, Any], status: str, started: dict[str, int | None]) -> dict[str, Any]:
+    """The attempt record of one applied finish."""
+    return {
+        "job_id": params["b_id"],
+        "worker_id": params["b_worker"],
+        "attempt": params["b_attempt"],
+        "status": status,
+        "error": params["b_error"],
+        "started_at_ms": started[params["b_id"]],
+    }
+
+
+def _when(ms: int) -> datetime:
+    when = ms_to_datetime(ms)
+    assert when is not None
+    return when
+
+
+def _storable(text: str | None) -> str | None:
+    """Text from job code (errors, output) as every database stores it: PostgreSQL refuses NUL
+    and no database takes a lone surrogate."""
+    if text is None:
+        return None
+    return text.replace("\x00", "\ufffd").encode("utf-8", "replace").decode("utf-8")
+
+
 def _to_job(row: Any) -> Job:
     progress = json.loads(row.progress) if row.progress else None
     created = ms_to_datetime(row.created_at_ms)
@@ -851,4 +1071,5 @@ def _to_job(row: Any) -> Job:
         progress=Progress(**progress) if progress else None,
         log_tail=row.log_tail,
         lock_key=row.lock_key,
+        owner=row.owner,
     )

@@ -43,9 +43,11 @@ from assay.jobs.executors import (
     create_executor,
 )
 from assay.jobs.model import Job, JobStatus
+from assay.jobs.payload import dumps_plain
 from assay.jobs.registry import REGISTRY, JobSpec, Registry
-from assay.jobs.services import Leadership, Pruner, Rescuer
+from assay.jobs.services import Leadership, maintenance
 from assay.jobs.store import Finish, JobStore
+from assay.jobs.tokens import JobTokens, SecretStore
 
 __all__ = ["Worker", "retry_delay_s"]
 
@@ -111,17 +113,10 @@ class Worker:
         self._completions: queue.Queue[_Execution | None] = queue.Queue()
         self._pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="assay-job")
         self._threads: list[threading.Thread] = []
+        self._job_tokens = JobTokens(SecretStore(store.engine))
         self._leadership: Leadership | None = None
         if settings.maintenance:
-            self._leadership = Leadership(
-                store,
-                self.id,
-                ttl_s=settings.leader_ttl_s,
-                services=[
-                    Rescuer(store, settings.rescue_interval_s, settings.rescue_min_attempts),
-                    Pruner(store, settings.prune_interval_s, settings.job_retention_s),
-                ],
-            )
+            self._leadership = maintenance(store, settings, self.id, registry)
 
     # -- public --------------------------------------------------------------------------------
 
@@ -208,7 +203,13 @@ class Worker:
         execution = _Execution(
             job=job,
             spec=spec,
-            ctx=JobContext(job),
+            ctx=JobContext(
+                job,
+                api_token=self._job_tokens.mint_for(job, spec, self.settings.job_token_ttl_s),
+                api_url=self.settings.public_url,
+                store=self.store,
+                settings=self.settings,
+            ),
             deadline=time.monotonic() + job.timeout,
         )
         with self._lock:
@@ -227,10 +228,12 @@ class Worker:
 
     def _execute(self, execution: _Execution) -> None:
         executor = self._executor_for(execution.spec)
+        started = time.monotonic()
         try:
             outcome = executor.run(execution.spec, execution.ctx)
         except BaseException:
             outcome = Failed(f"executor {executor.name!r} crashed:\n{traceback.format_exc()}")
+        self.store.metrics.ran(execution.job.name, time.monotonic() - started)
         execution.outcome = outcome
         with self._lock:
             execution.done = True
@@ -241,10 +244,24 @@ class Worker:
 
     # -- completing ----------------------------------------------------------------------------
 
+    def _result_problem(self, value: object) -> str | None:
+        """Why a job's return value cannot be stored, or None."""
+        try:
+            size = len(dumps_plain(value, "the job's result").encode())
+        except ValueError as exc:
+            return str(exc)
+        limit = self.settings.max_result_bytes
+        if size > limit:
+            return f"result is {size} bytes of JSON, over the {limit}-byte limit (max_result_bytes)"
+        return None
+
     def _finish_for(self, execution: _Execution) -> Finish:
         job, outcome = execution.job, execution.outcome
         result, delay = None, 0.0
+        error: str | None
         match outcome:
+            case Completed(value) if (problem := self._result_problem(value)) is not None:
+                status, error = JobStatus.FAILED, problem
             case Completed(value):
                 status, result, error = JobStatus.SUCCEEDED, value, None
             case Retry(error) if job.attempt <= job.max_retries:
@@ -308,6 +325,8 @@ class Worker:
                 self._executing.pop(execution.key, None)
             self._idle.notify_all()
         for execution, finish, ok in zip(batch, finishes, applied, strict=True):
+            if ok:
+                self.store.metrics.finished(execution.job.name, finish.status)
             log.log(
                 logging.DEBUG if ok else logging.INFO,
                 "job.finished id=%s status=%s applied=%s",
@@ -360,7 +379,10 @@ class Worker:
                     release_lock=False,  # the code may still be running; its lock stays
                 )
             )
-        self.store.jobs_finish(finishes)
+        applied = self.store.jobs_finish(finishes)
+        for e, ok in zip(expired, applied, strict=True):
+            if ok:
+                self.store.metrics.finished(e.job.name, JobStatus.TIMEOUT)
 
     def _check_ownership(self, live: list[_Execution]) -> None:
         if not live:

@@ -78,7 +78,8 @@ def main() -> int:
                 report = {"completed": completed, "total": total, "message": message}
                 send({"type": "progress", **report})
 
-    ctx = _Context(job)
+    env = os.environ
+    ctx = _Context(job, api_token=env.get("ASSAY_API_TOKEN"), api_url=env.get("ASSAY_API_URL"))
     ctx.activate()
     try:
         result = spec.fn(**job.params)

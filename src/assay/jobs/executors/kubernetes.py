@@ -7,7 +7,9 @@ per execution of an assay job, through the official ``kubernetes`` client.
   ``ttlSecondsAfterFinished`` for cleanup, CPU and memory requests = limits. The job travels in
   environment variables: ``ASSAY_JOB_ID``, ``ASSAY_JOB_NAME``, ``ASSAY_JOB_ATTEMPT``,
   ``ASSAY_JOB_PARAMS`` (JSON), ``ASSAY_JOB_MODULE`` and ``ASSAY_JOB_FUNCTION`` (where the
-  function lives: the image must contain assay and the job module).
+  function lives: the image must contain assay and the job module), and the execution's job
+  token and the API's address (``ASSAY_API_TOKEN``, ``ASSAY_API_URL``; readable by whoever may
+  read Jobs in the namespace, and short-lived).
 - The result convention: the entry point (``python -m assay.jobs.executors.kubernetes``) writes
   one JSON object to the container's termination message (``/dev/termination-log``):
   ``{"status": "ok", "result": ...}`` or ``{"status": "fail" | "retry", "error": "traceback"}``.
@@ -152,7 +154,7 @@ class KubernetesExecutor(Executor):
         if batch is None or core is None:
             return Failed("the kubernetes executor is not started (or already stopped)")
         namespace = self.config["namespace"]
-        manifest = build_manifest(ctx.job, spec, self.config)
+        manifest = build_manifest(ctx.job, spec, self.config, api_env=ctx.api_env())
         name = manifest["metadata"]["name"]
         try:
             batch.create_namespaced_job(namespace, manifest)
@@ -259,7 +261,13 @@ def job_resource_name(job: Job) -> str:
     return f"assay-{prefix}-{job.attempt}"
 
 
-def build_manifest(job: Job, spec: JobSpec, options: Mapping[str, Any]) -> dict[str, Any]:
+def build_manifest(
+    job: Job,
+    spec: JobSpec,
+    options: Mapping[str, Any],
+    *,
+    api_env: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
     """The ``batch/v1`` Job that runs one execution of ``job``."""
     labels = {
         **dict(options.get("labels") or {}),
@@ -278,6 +286,7 @@ def build_manifest(job: Job, spec: JobSpec, options: Mapping[str, Any]) -> dict[
         "ASSAY_JOB_PARAMS": json.dumps(job.params),
         "ASSAY_JOB_MODULE": spec.fn.__module__,
         "ASSAY_JOB_FUNCTION": spec.fn.__qualname__,
+        **dict(api_env or {}),
     }
     container: dict[str, Any] = {
         "name": "job",
@@ -447,7 +456,8 @@ def main(environ: Mapping[str, str] | None = None) -> int:
         worker_id=None,
         progress=None,
     )
-    status, payload = call_job(target, JobContext(job), retry_on)
+    ctx = JobContext(job, api_token=env.get("ASSAY_API_TOKEN"), api_url=env.get("ASSAY_API_URL"))
+    status, payload = call_job(target, ctx, retry_on)
     if status == "ok":
         _emit({"status": "ok", "result": json.loads(payload)}, path)
         return 0

@@ -164,7 +164,7 @@ class ProcessExecutor(Executor):
     def _run_on(self, child: _Child, spec: JobSpec, ctx: JobContext) -> tuple[Outcome, bool]:
         """Run one job on ``child``; returns the outcome and whether the process may be reused."""
         try:
-            child.conn.send(("run", spec.name, spec.fn.__module__, ctx.job))
+            child.conn.send(("run", spec.name, spec.fn.__module__, ctx.job, ctx.api_env()))
         except OSError as exc:
             return Failed(
                 f"the pool process was gone before job {spec.name!r} started: {exc}"
@@ -209,8 +209,10 @@ def _died(spec: JobSpec, exitcode: int | None) -> str:
 class _ChildContext(JobContext):
     """The job's context inside a pool process: progress goes to the parent (throttled)."""
 
-    def __init__(self, job: Job, send: Any) -> None:
-        super().__init__(job)
+    def __init__(self, job: Job, send: Any, api_env: dict[str, str]) -> None:
+        super().__init__(
+            job, api_token=api_env.get("ASSAY_API_TOKEN"), api_url=api_env.get("ASSAY_API_URL")
+        )
         self._send = send
         self._last_sent = 0.0
 
@@ -312,17 +314,29 @@ def _child_main(conn: Connection, lifeline: Connection, job_modules: list[str]) 
             return
         if message[0] == "stop":
             return
-        _, name, module, job = message
-        status, payload = _run_job(name, module, job, send)
+        _, name, module, job, api_env = message
+        status, payload = _run_job(name, module, job, send, api_env)
         sys.stdout.flush()
         sys.stderr.flush()
         pump.drain()
         send(("done", status, payload, _rss_bytes()))
 
 
-def _run_job(name: str, module: str, job: Job, send: Any) -> tuple[str, str]:
+def _run_job(
+    name: str, module: str, job: Job, send: Any, api_env: dict[str, str]
+) -> tuple[str, str]:
     try:
         spec = _resolve(name, module)
     except Exception:
         return "fail", f"cannot load job {name!r} in the pool process:\n{traceback.format_exc()}"
-    return call_job(spec.fn, _ChildContext(job, send), spec.retry_on)
+    # The job's token and the API's address, also for programs the job starts; this process
+    # runs one job at a time, so its environment is the job's.
+    before = {key: os.environ.pop(key, None) for key in ("ASSAY_API_TOKEN", "ASSAY_API_URL")}
+    os.environ.update(api_env)
+    try:
+        return call_job(spec.fn, _ChildContext(job, send, api_env), spec.retry_on)
+    finally:
+        for key, value in before.items():
+            os.environ.pop(key, None)
+            if value is not None:
+                os.environ[key] = value

@@ -120,6 +120,7 @@ class VenvExecutor(Executor):
                 stderr=subprocess.STDOUT,
                 pass_fds=(write_fd,),
                 start_new_session=True,
+                env={**os.environ, **ctx.api_env()},
             )
         except OSError as exc:
             os.close(read_fd)

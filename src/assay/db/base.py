@@ -1,0 +1,126 @@
+"""What every store shares: the dialect, the database clock and one transaction helper.
+
+The job, token, tracking and trace stores each own the SQL of their tables and inherit this
+plumbing, so they agree on time, on retries and on how driver errors become
+:class:`~assay.errors.StoreError`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+import weakref
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import mysql, postgresql, sqlite
+
+from assay.db.engine import BEGIN_MODE
+from assay.errors import StoreError
+
+__all__ = ["NOW_SQL", "SqlStore", "is_transient"]
+
+T = TypeVar("T")
+
+NOW_SQL = {
+    "sqlite": "CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)",
+    "postgresql": "CAST(EXTRACT(EPOCH FROM statement_timestamp()) * 1000 AS BIGINT)",
+    "mysql": "CAST(UNIX_TIMESTAMP(NOW(3)) * 1000 AS SIGNED)",
+}
+"""The database clock in epoch milliseconds, stable within one statement."""
+
+# SQLite has one writer at a time and its busy handler retries on a sleep schedule, so a thread
+# waiting for the write lock can starve behind a busy claim loop. Within one process, writers
+# of every store on one engine queue on this lock instead (other processes use the handler).
+_WRITERS: weakref.WeakKeyDictionary[sa.Engine, threading.Lock] = weakref.WeakKeyDictionary()
+_WRITERS_LOCK = threading.Lock()
+
+
+def is_transient(exc: sa.exc.DBAPIError) -> bool:
+    """A deadlock, serialisation failure or lock timeout: the transaction may simply be retried."""
+    orig = exc.orig
+    if getattr(orig, "sqlstate", None) in ("40001", "40P01", "55P03"):
+        return True
+    args = getattr(orig, "args", ())
+    if args and args[0] in (1205, 1213):  # MySQL lock wait timeout, deadlock
+        return True
+    return "database is locked" in str(orig)
+
+
+class SqlStore:
+    """Base of the stores: ``dialect`` ("sqlite", "postgresql" or "mysql"), ``_now`` (the DB
+    clock as a SQL expression) and :meth:`_tx`."""
+
+    def __init__(self, engine: sa.Engine) -> None:
+        self.engine = engine
+        name = engine.dialect.name
+        self.dialect = "mysql" if name in ("mysql", "mariadb") else name
+        self._now = sa.literal_column(NOW_SQL[self.dialect], sa.BigInteger)
+        self._writer: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
+        if self.dialect == "sqlite":
+            with _WRITERS_LOCK:
+                self._writer = _WRITERS.setdefault(engine, threading.Lock())
+
+    def _tx(self, body: Callable[[sa.Connection], T], *, write: bool = True) -> T:
+        """Run ``body`` in one transaction, retrying deadlocks; translate driver errors."""
+        for attempt in range(5):
+            try:
+                with (
+                    self._writer if write else contextlib.nullcontext(),
+                    self.engine.connect() as conn,
+                ):
+                    if not write:
+                        conn.execution_options(**{BEGIN_MODE: "DEFERRED"})
+                    with conn.begin():
+                        return body(conn)
+            except sa.exc.DBAPIError as exc:
+                if (exc.connection_invalidated or is_transient(exc)) and attempt < 4:
+                    time.sleep(0.005 * 2**attempt)
+                    continue
+                if exc.connection_invalidated or isinstance(exc, sa.exc.OperationalError):
+                    raise StoreError(f"the store is unreachable or failing: {exc.orig}") from exc
+                raise StoreError(f"store error: {exc.orig}") from exc
+        raise AssertionError("unreachable")
+
+    def _insert(self, table: sa.Table) -> Any:
+        """The dialect's INSERT, for ON CONFLICT / ON DUPLICATE KEY clauses."""
+        dialect_insert = {"postgresql": postgresql.insert, "mysql": mysql.insert}
+        return dialect_insert.get(self.dialect, sqlite.insert)(table)
+
+    def _upsert_statement(
+        self, table: sa.Table, keys: Sequence[str], updates: Sequence[str]
+    ) -> Any:
+        """INSERT a row (or, executed with a list, each row of it); where one conflicts on
+        ``keys``, update ``updates`` from it instead (with no ``updates``: leave the existing
+        row as it is). Built once: executed with a list of rows it is one prepared executemany,
+        never a statement compiled again for every request."""
+        stmt = self._insert(table)
+        if self.dialect == "mysql":
+            changes = {c: stmt.inserted[c] for c in updates} or {keys[0]: table.c[keys[0]]}
+            return stmt.on_duplicate_key_update(changes)
+        if not updates:
+            return stmt.on_conflict_do_nothing(index_elements=list(keys))
+        return stmt.on_conflict_do_update(
+            index_elements=list(keys), set_={c: stmt.excluded[c] for c in updates}
+        )
+
+    def _insert_if_absent(self, conn: sa.Connection, table: sa.Table, **values: Any) -> bool:
+        """INSERT one row unless its primary key exists; True if it was inserted.
+
+        PostgreSQL and SQLite report it through RETURNING (psycopg's rowcount for ON CONFLICT
+        DO NOTHING is not reliable through SQLAlchemy); MySQL's INSERT IGNORE through rowcount.
+        """
+        if self.dialect == "mysql":
+            stmt = mysql.insert(table).prefix_with("IGNORE").values(**values)
+            return bool(conn.execute(stmt).rowcount == 1)
+        key = next(iter(table.primary_key.columns))
+        returning = self._insert(table).values(**values).on_conflict_do_nothing().returning(key)
+        return conn.execute(returning).first() is not None
+
+    def now_ms(self) -> int:
+        """The database clock."""
+        return self._tx(
+            lambda conn: int(conn.execute(sa.select(self._now)).scalar_one()), write=False
+        )

@@ -1,0 +1,448 @@
+"""The scoring processor: claims due ledger rows of one experiment, scores them, commits.
+
+One call of :meth:`ScoringEngine.run` is one online-scoring job (see :mod:`.jobs`): it loops
+claim → score → commit until the experiment has nothing due, its time budget is spent or it is
+cancelled. Every batch is committed before the next is claimed, so a crash loses at most the
+work of one batch, and that work is redone (once its lease expires) without duplicates: see
+:mod:`assay.scoring.store` for why.
+
+Heuristics run inline (microseconds each); judges and custom scorers run on a bounded thread
+pool, ``scoring_concurrency`` calls at a time.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+import weakref
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+import sqlalchemy as sa
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+from assay.config import Settings
+from assay.errors import (
+    AssayError,
+    JobCancelled,
+    JudgeConfigError,
+    JudgeOutputError,
+    JudgeUnavailableError,
+)
+from assay.scoring import kinds
+from assay.scoring.model import Feedback, Level, ScoringItem
+from assay.scoring.store import (
+    ACTIVE,
+    FAILED,
+    FILTERED,
+    PAUSED,
+    RETRYING,
+    SOURCE_RUN_KEY,
+    Done,
+    Outcome,
+    ScorerRecord,
+    Task,
+    TaskUpdate,
+)
+from assay.tracing.model import NewAssessment, Trace, assessment_row, default_idempotency_key
+from assay.tracing.store import TraceStore
+
+__all__ = ["RunStats", "ScoringEngine", "session_key", "trace_key"]
+
+log = logging.getLogger("assay.scoring")
+
+_MAX_REASON = 500
+_OUTPUT_RETRIES = 2
+_RETRY_BASE_MS = 5_000
+_RETRY_MAX_MS = 300_000
+LATENCY_BUCKETS_S = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0)
+
+_ENGINES: weakref.WeakKeyDictionary[sa.Engine, ScoringEngine] = weakref.WeakKeyDictionary()
+_ENGINES_LOCK = threading.Lock()
+
+
+def trace_key(trace_id: str, scorer: ScorerRecord) -> str:
+    """The idempotency key of a scorer's assessment on a trace."""
+    return default_idempotency_key(trace_id, scorer.name, scorer.source_id)
+
+
+def session_key(session_id: str, scorer: ScorerRecord) -> str:
+    """The idempotency key of a session scorer's assessment (on the session's first trace)."""
+    return default_idempotency_key(f"session:{session_id}", scorer.name, scorer.source_id)
+
+
+@dataclass
+class RunStats:
+    """What one run did, by outcome."""
+
+    claimed: int = 0
+    scored: int = 0
+    filtered: int = 0
+    retrying: int = 0
+    failed: int = 0
+    released: int = 0
+    paused: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class _Paused(Exception):
+    """A judge refused its configuration: the scorer is paused, its batch given back."""
+
+
+class ScoringMetrics:
+    """Counters of what this process's scoring jobs decided, in the store's registry."""
+
+    def __init__(self, registry: CollectorRegistry | None) -> None:
+        registry = registry or CollectorRegistry()
+        self.decisions = Counter(
+            "assay_scoring_decisions",
+            "Ledger rows finished by this process's scoring jobs, by scorer and outcome "
+            "(scored, filtered, retrying, failed, released).",
+            ["scorer", "outcome"],
+            registry=registry,
+        )
+        self.latency = Histogram(
+            "assay_scoring_completion_to_assessment_seconds",
+            "From a trace's completion (or a session's due time) to its assessment's commit.",
+            ["scorer"],
+            buckets=LATENCY_BUCKETS_S,
+            registry=registry,
+        )
+
+
+class ScoringEngine:
+    """Scores the due ledger rows of experiments on one store. One per store per process
+    (:meth:`for_engine`); thread-safe."""
+
+    def __init__(
+        self,
+        engine: sa.Engine,
+        settings: Settings,
+        *,
+        registry: CollectorRegistry | None = None,
+        clock_ms: Callable[[], int] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.traces = TraceStore(engine, session_idle_s=settings.session_idle_s)
+        self.store = self.traces.scoring
+        self.metrics = ScoringMetrics(registry)
+        self.clock_ms = clock_ms or (lambda: int(time.time() * 1000))
+        self._pool = ThreadPoolExecutor(settings.scoring_concurrency, "assay-score")
+        self._built: dict[tuple[str, str, int], kinds.Built] = {}
+        self._lock = threading.Lock()
+
+    @classmethod
+    def for_engine(
+        cls, engine: sa.Engine, settings: Settings, registry: CollectorRegistry | None = None
+    ) -> ScoringEngine:
+        with _ENGINES_LOCK:
+            found = _ENGINES.get(engine)
+            if found is None:
+                found = _ENGINES[engine] = cls(engine, settings, registry=registry)
+            return found
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    # -- one job ----------------------------------------------------------------------------
+
+    def run(
+        self,
+        experiment_id: str,
+        level: Level,
+        *,
+        owner: str,
+        cancelled: Callable[[], bool] = lambda: False,
+        progress: Callable[[RunStats], None] = lambda stats: None,
+        budget_s: float | None = None,
+    ) -> RunStats:
+        """Score due rows until none is left, ``budget_s`` is spent or ``cancelled()``."""
+        stats = RunStats()
+        deadline = time.monotonic() + (budget_s or self.settings.scoring_job_budget_s)
+        lease_ms = round(self.settings.scoring_lease_s * 1000)
+        while not cancelled() and time.monotonic() < deadline:
+            tasks = self.store.tasks_claim(
+                experiment_id,
+                level,
+                owner,
+                limit=self.settings.scoring_batch_size,
+                lease_ms=lease_ms,
+            )
+            if not tasks:
+                break
+            stats.claimed += len(tasks)
+            scorers = {s.name: s for s in self.store.scorers_list(experiment_id)}
+            if level == Level.TRACE:
+                outcomes = self._score_traces(tasks, scorers, stats)
+            else:
+                outcomes = self._score_sessions(tasks, scorers, stats)
+            self.store.tasks_finish(owner, outcomes)
+            self._count(outcomes, scorers, stats)
+            progress(stats)
+        return stats
+
+    def _count(
+        self, outcomes: Sequence[Outcome], scorers: dict[str, ScorerRecord], stats: RunStats
+    ) -> None:
+        now = self.clock_ms()
+        for outcome in outcomes:
+            name = outcome.task.scorer_name
+            if isinstance(outcome, Done):
+                stats.scored += 1
+                label = "scored"
+                started = outcome.started_ms
+                if started is not None:
+                    self.metrics.latency.labels(name).observe(max(now - started, 0) / 1000)
+            elif outcome.state == FILTERED:
+                stats.filtered += 1
+                label = "filtered"
+            elif outcome.state == RETRYING:
+                stats.retrying += 1
+                label = "retrying"
+            elif outcome.state == FAILED:
+                stats.failed += 1
+                label = "failed"
+            else:
+                stats.released += 1
+                label = "released"
+            self.metrics.decisions.labels(name, label).inc()
+
+    # -- traces -----------------------------------------------------------------------------
+
+    def _score_traces(
+        self, tasks: Sequence[Task], scorers: dict[str, ScorerRecord], stats: RunStats
+    ) -> list[Outcome]:
+        found = {t.trace_id: t for t in self.traces.traces_get_many(_ids(tasks))}
+        outcomes: list[Outcome] = []
+        work: list[tuple[Task, ScorerRecord, Trace]] = []
+        for name, group in _by_scorer(tasks).items():
+            scorer = scorers.get(name)
+            if scorer is None or scorer.status != ACTIVE:
+                outcomes.extend(TaskUpdate(t, None) for t in group)
+                continue
+            matched = self.traces.traces_matching(
+                [t.target_id for t in group if t.target_id in found], scorer.filter_string
+            )
+            for task in group:
+                trace = found.get(task.target_id)
+                if trace is None:
+                    outcomes.append(TaskUpdate(task, FAILED, "the trace no longer exists"))
+                elif SOURCE_RUN_KEY in trace.metadata:
+                    outcomes.append(TaskUpdate(task, FILTERED, "trace of an evaluation run"))
+                elif task.target_id not in matched:
+                    outcomes.append(
+                        TaskUpdate(task, FILTERED, f"filtered out by {scorer.filter_string!r}")
+                    )
+                else:
+                    work.append((task, scorer, trace))
+        spans = self._spans_for(work)
+        items: dict[str, ScoringItem] = {}
+        for _, _, trace in work:  # one item per trace, shared by its scorers
+            if trace.trace_id not in items:
+                view = _trace_view(trace)
+                if trace.trace_id in spans:
+                    view["spans"] = spans[trace.trace_id]
+                items[trace.trace_id] = ScoringItem(trace.request, trace.response, view)
+
+        def attempt(task: Task, scorer: ScorerRecord, trace: Trace) -> Outcome:
+            item = items[trace.trace_id]
+            key = trace_key(trace.trace_id, scorer)
+            return self._attempt(task, scorer, item, trace.trace_id, key, trace.completed_at_ms)
+
+        outcomes.extend(self._run_all(work, attempt, stats))
+        return outcomes
+
+    def _spans_for(self, work: Sequence[tuple[Task, ScorerRecord, Trace]]) -> dict[str, Any]:
+        wanted = sorted(
+            {trace.trace_id for _, scorer, trace in work if self._build(scorer).needs_spans}
+        )
+        return {
+            trace_id: [asdict(span) for span in self.traces.spans_list(trace_id)]
+            for trace_id in wanted
+        }
+
+    # -- sessions ---------------------------------------------------------------------------
+
+    def _score_sessions(
+        self, tasks: Sequence[Task], scorers: dict[str, ScorerRecord], stats: RunStats
+    ) -> list[Outcome]:
+        outcomes: list[Outcome] = []
+        work: list[tuple[Task, ScorerRecord, list[Trace]]] = []
+        idle_ms = round(self.settings.session_idle_s * 1000)
+        for task in tasks:
+            scorer = scorers.get(task.scorer_name)
+            if scorer is None or scorer.status != ACTIVE:
+                outcomes.append(TaskUpdate(task, None))
+                continue
+            ids = self.traces.session_trace_ids(task.experiment_id, task.target_id)
+            session = [
+                t for t in self.traces.traces_get_many(ids) if SOURCE_RUN_KEY not in t.metadata
+            ]
+            if not session:
+                outcomes.append(TaskUpdate(task, FILTERED, "no traces outside evaluation runs"))
+            elif any(t.completed_at_ms is None for t in session):
+                # A turn is still running: the session is not idle yet.
+                outcomes.append(TaskUpdate(task, None, delay_ms=idle_ms))
+            elif not self.traces.traces_matching(
+                [t.trace_id for t in session], scorer.filter_string
+            ):
+                outcomes.append(
+                    TaskUpdate(task, FILTERED, f"no trace matches {scorer.filter_string!r}")
+                )
+            else:
+                work.append((task, scorer, session))
+
+        def attempt(task: Task, scorer: ScorerRecord, session: list[Trace]) -> Outcome:
+            item = ScoringItem(
+                inputs=[t.request for t in session],
+                outputs=[t.response for t in session],
+                trace={"session_id": task.target_id, "traces": [_trace_view(t) for t in session]},
+            )
+            first = session[0].trace_id
+            key = session_key(task.target_id, scorer)
+            outcome = self._attempt(task, scorer, item, first, key, None)
+            if isinstance(outcome, Done):
+                others = tuple(t.trace_id for t in session[1:])
+                return Done(outcome.task, outcome.row, others, outcome.started_ms)
+            return outcome
+
+        outcomes.extend(self._run_all(work, attempt, stats))
+        return outcomes
+
+    # -- running scorers --------------------------------------------------------------------
+
+    def _run_all(
+        self,
+        work: Sequence[tuple[Task, ScorerRecord, Any]],
+        attempt: Callable[[Task, ScorerRecord, Any], Outcome],
+        stats: RunStats,
+    ) -> list[Outcome]:
+        """Score every item: fast scorers inline, slow ones on the pool. A scorer paused on
+        the way has the rest of its items given back."""
+        outcomes: list[Outcome] = []
+        paused: set[str] = set()
+
+        def guarded(task: Task, scorer: ScorerRecord, subject: Any) -> Outcome:
+            if scorer.name in paused:
+                return TaskUpdate(task, None)
+            try:
+                return attempt(task, scorer, subject)
+            except _Paused as exc:
+                with self._lock:
+                    if scorer.name not in paused:
+                        paused.add(scorer.name)
+                        self._pause(scorer, str(exc), stats)
+                return TaskUpdate(task, None)
+
+        slow = [w for w in work if self._build(w[1]).slow]
+        futures = [self._pool.submit(guarded, *w) for w in slow]
+        outcomes.extend(guarded(*w) for w in work if not self._build(w[1]).slow)
+        outcomes.extend(f.result() for f in futures)
+        return outcomes
+
+    def _attempt(
+        self,
+        task: Task,
+        scorer: ScorerRecord,
+        item: ScoringItem,
+        trace_id: str,
+        key: str,
+        completed_at_ms: int | None,
+    ) -> Outcome:
+        built = self._build(scorer)
+        try:
+            feedback = built.fn(item)
+            # Validated here: a value that cannot be stored fails this item, not the batch.
+            row = assessment_row(_assessment(scorer, built, feedback, trace_id, key))
+        except JudgeConfigError as exc:
+            raise _Paused(str(exc)) from exc
+        except JudgeUnavailableError as exc:
+            return self._retry(task, str(exc), exc.retry_after_s)
+        except JudgeOutputError as exc:
+            if task.attempts < _OUTPUT_RETRIES:
+                return self._retry(task, str(exc), None)
+            return TaskUpdate(task, FAILED, _reason(exc))
+        except JobCancelled:
+            return TaskUpdate(task, None)
+        except Exception as exc:  # a scorer's own bug: the same input would fail again
+            if not isinstance(exc, AssayError):
+                log.warning("scoring.scorer_error scorer=%s", scorer.name, exc_info=True)
+            return TaskUpdate(task, FAILED, _reason(exc))
+        return Done(task, row, started_ms=completed_at_ms)
+
+    def _retry(self, task: Task, reason: str, retry_after_s: float | None) -> TaskUpdate:
+        """Again later, with exponential backoff and jitter, until the row is too old."""
+        age_ms = self.clock_ms() - task.created_at_ms
+        if age_ms > self.settings.scoring_retry_max_age_s * 1000:
+            return TaskUpdate(
+                task, FAILED, _reason(f"gave up after {task.attempts + 1} attempts: {reason}")
+            )
+        delay = min(_RETRY_BASE_MS * 2**task.attempts, _RETRY_MAX_MS)
+        delay = round(delay * random.uniform(0.5, 1.5))
+        if retry_after_s is not None:
+            delay = max(delay, round(retry_after_s * 1000))
+        return TaskUpdate(task, RETRYING, _reason(reason), delay_ms=delay)
+
+    def _pause(self, scorer: ScorerRecord, reason: str, stats: RunStats) -> None:
+        log.warning("scoring.paused scorer=%s reason=%s", scorer.name, reason)
+        stats.paused.append(scorer.name)
+        self.store.scorer_set_status(scorer.experiment_id, scorer.name, PAUSED, _reason(reason))
+
+    def _build(self, scorer: ScorerRecord) -> kinds.Built:
+        key = (scorer.experiment_id, scorer.name, scorer.version)
+        with self._lock:
+            built = self._built.get(key)
+            if built is None:
+                built = self._built[key] = kinds.build(
+                    scorer.kind, scorer.definition, self.settings
+                )
+            return built
+
+
+def _assessment(
+    scorer: ScorerRecord, built: kinds.Built, feedback: Feedback, trace_id: str, key: str
+) -> NewAssessment:
+    return NewAssessment(
+        trace_id=trace_id,
+        name=scorer.name,
+        value=feedback.value,
+        rationale=feedback.rationale,
+        source_type=built.source_type,
+        source_id=scorer.source_id,
+        metadata={
+            **feedback.metadata,
+            "scorer_kind": scorer.kind,
+            "scorer_version": scorer.version,
+        },
+        idempotency_key=key,
+    )
+
+
+def _trace_view(trace: Trace) -> dict[str, Any]:
+    """The trace summary as a dict (shallow: scorers read it, never change it)."""
+    view = {f.name: getattr(trace, f.name) for f in fields(trace)}
+    view["status"] = trace.status.value
+    return view
+
+
+def _ids(tasks: Sequence[Task]) -> list[str]:
+    return sorted({t.target_id for t in tasks})
+
+
+def _by_scorer(tasks: Sequence[Task]) -> dict[str, list[Task]]:
+    groups: dict[str, list[Task]] = defaultdict(list)
+    for task in tasks:
+        groups[task.scorer_name].append(task)
+    return groups
+
+
+def _reason(error: object) -> str:
+    text = " ".join(str(error).split()) or type(error).__name__
+    return text[:_MAX_REASON]

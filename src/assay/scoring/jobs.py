@@ -1,0 +1,137 @@
+"""The online-scoring jobs and the leader service that starts them.
+
+- ``assay.scoring.traces(experiment_id)`` and ``assay.scoring.sessions(experiment_id)`` score
+  one experiment's due ledger rows (:class:`~assay.scoring.engine.ScoringEngine`). They run
+  inline in the worker (they wait on judges, not on the CPU) and are exclusive on
+  ``experiment_id``: at most one of each runs or waits per experiment, on any replica.
+- :class:`ScoringScheduler` runs on the leader every ``scoring_interval_s``: for each
+  (experiment, level) with rows due for an active scorer, it submits the job under the
+  coalescing policy, so a job that is already queued or running absorbs the tick and nothing
+  is stored (no CANCELED rows per tick).
+- ``assay.scoring.backfill`` queues past traces for one scorer and follows them to the end.
+
+:func:`install` adds all of this to a job registry; ``assay server`` and ``assay worker`` do.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from assay.config import Settings
+from assay.errors import AssayError
+from assay.jobs.context import JobContext, current_job
+from assay.jobs.registry import JobSpec, Registry, job
+from assay.jobs.services import Service
+from assay.jobs.store import COALESCE, JobStore, NewJob
+from assay.scoring.engine import RunStats, ScoringEngine
+from assay.scoring.model import Level
+from assay.scoring.service import BACKFILL_JOB, ScoringService
+from assay.scoring.store import ScoringStore
+
+__all__ = ["BACKFILL_JOB", "JOB_NAMES", "ScoringScheduler", "install"]
+
+JOB_NAMES = {Level.TRACE: "assay.scoring.traces", Level.SESSION: "assay.scoring.sessions"}
+_ENQUEUE_CHUNK = 1000
+
+
+def _engine(ctx: JobContext) -> ScoringEngine:
+    if ctx.store is None or ctx.settings is None:
+        raise AssayError("online scoring jobs run in an assay worker (inline executor)")
+    return ScoringEngine.for_engine(ctx.store.engine, ctx.settings, ctx.store.metrics.registry)
+
+
+def _run(experiment_id: str, level: Level) -> dict[str, Any]:
+    ctx = current_job()
+
+    def report(stats: RunStats) -> None:
+        done = stats.scored + stats.filtered + stats.failed + stats.retrying
+        ctx.progress(done, None, f"{stats.scored} scored, {stats.filtered} filtered out")
+
+    stats = _engine(ctx).run(
+        experiment_id,
+        level,
+        owner=f"{ctx.job_id}:{ctx.attempt}",
+        cancelled=lambda: ctx.cancelled,
+        progress=report,
+    )
+    return stats.to_dict()
+
+
+def score_traces(experiment_id: str) -> dict[str, Any]:
+    """Score the experiment's completed traces that are due."""
+    return _run(experiment_id, Level.TRACE)
+
+
+def score_sessions(experiment_id: str) -> dict[str, Any]:
+    """Score the experiment's sessions that have been idle long enough."""
+    return _run(experiment_id, Level.SESSION)
+
+
+def backfill(experiment_id: str, scorer: str, start_ms: int, end_ms: int) -> dict[str, Any]:
+    """Queue the past traces of [start_ms, end_ms) for ``scorer`` and wait until they are all
+    scored (or filtered out or failed), reporting progress."""
+    ctx = current_job()
+    engine = _engine(ctx)
+    assert ctx.settings is not None
+    service = ScoringService(engine.traces.engine, ctx.settings)
+    plan = service.backfill_plan(experiment_id, scorer, start_ms, end_ms)
+    cap = ctx.settings.backfill_max_traces
+    if len(plan.trace_ids) > cap:
+        raise AssayError(f"backfill would score {len(plan.trace_ids)} traces, over the cap {cap}")
+    ids = plan.trace_ids
+    total = len(ids)
+    for start in range(0, total, _ENQUEUE_CHUNK):
+        ctx.check_cancelled()
+        engine.store.tasks_enqueue(experiment_id, scorer, ids[start : start + _ENQUEUE_CHUNK])
+        ctx.progress(0, total, f"queued {min(start + _ENQUEUE_CHUNK, total)} of {total}")
+    while True:
+        left = engine.store.pending_among(experiment_id, scorer, ids)
+        ctx.progress(total - left, total, f"{total - left} of {total} traces done")
+        if left == 0:
+            return {"queued": total}
+        if ctx.wait_cancelled(1.0):
+            ctx.check_cancelled()
+
+
+class ScoringScheduler(Service):
+    """Starts the scoring job of every (experiment, level) with work due (leader only)."""
+
+    name = "scoring"
+
+    def __init__(self, store: JobStore, settings: Settings) -> None:
+        super().__init__(settings.scoring_interval_s)
+        self.jobs = store
+        self.scoring = ScoringStore(store.engine)
+        self.timeout_s = settings.scoring_job_budget_s + settings.scoring_lease_s
+
+    def tick(self) -> None:
+        due = self.scoring.due_work()
+        if due:
+            self.jobs.jobs_insert([self._new_job(e, level) for e, level in due])
+
+    def _new_job(self, experiment_id: str, level: Level) -> NewJob:
+        fn = score_traces if level == Level.TRACE else score_sessions
+        spec: JobSpec = fn.__assay_job__  # type: ignore[attr-defined]
+        params = {"experiment_id": experiment_id}
+        return NewJob(
+            id=str(uuid.uuid4()),
+            name=spec.name,
+            params=params,
+            max_retries=0,
+            timeout_s=self.timeout_s,
+            lock_key=spec.lock_key(params),
+            on_conflict=COALESCE,
+        )
+
+
+def install(registry: Registry) -> None:
+    """Register the scoring jobs and the scheduler service in ``registry``."""
+    for name, fn, exclusive in (
+        (JOB_NAMES[Level.TRACE], score_traces, ["experiment_id"]),
+        (JOB_NAMES[Level.SESSION], score_sessions, ["experiment_id"]),
+        (BACKFILL_JOB, backfill, ["experiment_id", "scorer"]),
+    ):
+        if name not in registry:
+            job(name=name, executor="inline", exclusive=exclusive, registry=registry)(fn)
+    registry.register_service("scoring", ScoringScheduler)

@@ -1,0 +1,227 @@
+"""Online scoring over REST: scorers of an experiment, backfills, and the decision log of a
+trace (DESIGN.md, Online scoring).
+
+Registering, changing, deleting and backfilling scorers is for admins (a scorer spends judge
+tokens, a custom one runs code); reading them needs access to the experiment.
+"""
+
+from __future__ import annotations
+
+import threading
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, Request, Response
+from pydantic import BaseModel, ConfigDict, Field
+
+from assay.errors import InvalidRequestError
+from assay.scoring.service import ScoringService
+from assay.scoring.store import ScorerRecord
+from assay.server.auth import Caller, require_admin, require_scope
+from assay.server.routes.traces import Store, _trace_id, _visible_trace
+from assay.server.schemas import ErrorOut
+
+__all__ = ["router", "scoring_service"]
+
+router = APIRouter(prefix="/api/v1", tags=["scoring"])
+_lock = threading.Lock()
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorOut},
+    403: {"model": ErrorOut},
+    404: {"model": ErrorOut},
+}
+
+
+def scoring_service(request: Request) -> ScoringService:
+    """The app's scoring service (made on first use, on the runtime's engine)."""
+    state = request.app.state
+    service: ScoringService | None = getattr(state, "scoring_service", None)
+    if service is None:
+        with _lock:
+            service = getattr(state, "scoring_service", None)
+            if service is None:
+                service = ScoringService(state.runtime.backend.engine, state.settings)
+                state.scoring_service = service
+    return service
+
+
+Service = Annotated[ScoringService, Depends(scoring_service)]
+
+
+class ScorerSpecIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    kind: str = Field(max_length=50, description="`llm_judge`, `custom` or a heuristic kind.")
+    level: Literal["trace", "session"] = "trace"
+    definition: dict[str, Any] = Field(default_factory=dict)
+
+
+class ScorerIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    scorer: ScorerSpecIn
+    sample_rate: float = Field(1.0, ge=0, le=1, allow_inf_nan=False)
+    filter_string: str | None = Field(None, max_length=10_000)
+
+
+class ScorerSpecOut(BaseModel):
+    kind: str
+    level: str
+    version: int
+    definition: dict[str, Any]
+
+
+class ScorerOut(BaseModel):
+    experiment_id: str
+    name: str
+    scorer: ScorerSpecOut
+    sample_rate: float
+    filter_string: str | None
+    status: str
+    status_reason: str | None
+    created_at_ms: int
+    updated_at_ms: int
+
+    @classmethod
+    def of(cls, record: ScorerRecord) -> ScorerOut:
+        return cls.model_validate(record.to_dict())
+
+
+class ScorerListOut(BaseModel):
+    scorers: list[ScorerOut]
+
+
+class ScorerPatchIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    status: Literal["ACTIVE", "PAUSED", "STOPPED"]
+
+
+class BackfillIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    start: int | datetime = Field(description="Epoch milliseconds or an ISO-8601 time.")
+    end: int | datetime = Field(description="Epoch milliseconds or an ISO-8601 time.")
+    dry_run: bool = False
+
+
+class BackfillOut(BaseModel):
+    count: int
+    examined: int
+    estimated_tokens: int | None
+    cap: int
+    over_cap: bool
+    job_id: str | None = None
+
+
+class DecisionOut(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    scorer: str
+    level: str
+    state: str
+    reason: str | None = None
+
+
+class DecisionsOut(BaseModel):
+    trace_id: str
+    decisions: list[DecisionOut]
+
+
+def _millis(value: int | datetime) -> int:
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            raise InvalidRequestError("backfill times need a time zone (e.g. 2026-11-23T00:00Z)")
+        return round(value.timestamp() * 1000)
+    return value
+
+
+@router.put(
+    "/experiments/{experiment_id}/scorers/{name}", response_model=ScorerOut, responses=_ERRORS
+)
+def put_scorer(
+    experiment_id: str, name: str, body: ScorerIn, service: Service, caller: Caller
+) -> ScorerOut:
+    """Register a scorer on an experiment, or replace it (which also resumes it)."""
+    require_admin(caller, "register scorers")
+    record = service.put(
+        experiment_id,
+        name,
+        kind=body.scorer.kind,
+        level=body.scorer.level,
+        definition=body.scorer.definition,
+        sample_rate=body.sample_rate,
+        filter_string=body.filter_string,
+    )
+    return ScorerOut.of(record)
+
+
+@router.get("/experiments/{experiment_id}/scorers", response_model=ScorerListOut)
+def list_scorers(experiment_id: str, service: Service, caller: Caller) -> ScorerListOut:
+    require_scope(caller, "experiment_id", experiment_id)
+    return ScorerListOut(scorers=[ScorerOut.of(s) for s in service.list(experiment_id)])
+
+
+@router.get(
+    "/experiments/{experiment_id}/scorers/{name}", response_model=ScorerOut, responses=_ERRORS
+)
+def get_scorer(experiment_id: str, name: str, service: Service, caller: Caller) -> ScorerOut:
+    require_scope(caller, "experiment_id", experiment_id)
+    return ScorerOut.of(service.get(experiment_id, name))
+
+
+@router.patch(
+    "/experiments/{experiment_id}/scorers/{name}", response_model=ScorerOut, responses=_ERRORS
+)
+def patch_scorer(
+    experiment_id: str, name: str, body: ScorerPatchIn, service: Service, caller: Caller
+) -> ScorerOut:
+    """Pause (keep queuing, stop scoring), resume, or stop (drop what is queued) a scorer."""
+    require_admin(caller, "change scorers")
+    return ScorerOut.of(service.set_status(experiment_id, name, body.status))
+
+
+@router.delete("/experiments/{experiment_id}/scorers/{name}", status_code=204, responses=_ERRORS)
+def delete_scorer(experiment_id: str, name: str, service: Service, caller: Caller) -> Response:
+    """Delete a scorer and what it has queued; its assessments stay."""
+    require_admin(caller, "delete scorers")
+    service.delete(experiment_id, name)
+    return Response(status_code=204)
+
+
+@router.post(
+    "/experiments/{experiment_id}/scorers/{name}/backfill",
+    response_model=BackfillOut,
+    responses=_ERRORS,
+)
+def backfill_scorer(
+    experiment_id: str,
+    name: str,
+    body: BackfillIn,
+    service: Service,
+    caller: Caller,
+    request: Request,
+) -> BackfillOut:
+    """Score past traces (started in [start, end)) through the online pipeline; with
+    ``dry_run`` only count them (and estimate a judge's tokens)."""
+    require_admin(caller, "backfill scorers")
+    backend = request.app.state.runtime.backend
+
+    def submit(job: str, params: dict[str, Any]) -> str:
+        return str(backend.submit(job, params, owner=caller.subject).id)
+
+    out = service.backfill(
+        experiment_id,
+        name,
+        _millis(body.start),
+        _millis(body.end),
+        dry_run=body.dry_run,
+        submit=submit,
+    )
+    return BackfillOut(**out)
+
+
+@router.get(
+    "/traces/{trace_id}/scoring", response_model=DecisionsOut, responses={404: {"model": ErrorOut}}
+)
+def trace_scoring(trace_id: str, store: Store, service: Service, caller: Caller) -> DecisionsOut:
+    """The decision log: for each scorer of the trace's experiment, whether it scored, will
+    score, or skipped this trace, and why."""
+    trace = _visible_trace(store, caller, _trace_id(trace_id))
+    decisions = [DecisionOut.model_validate(d) for d in service.decisions(trace)]
+    return DecisionsOut(trace_id=trace.trace_id, decisions=decisions)

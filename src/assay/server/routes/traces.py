@@ -1,0 +1,453 @@
+"""Trace ingest and reads: ``POST /v1/traces`` (OTLP/HTTP), ``GET /api/v1/traces/{trace_id}``
+and the assessments of a trace (DESIGN.md, Tracking and traces).
+
+OTLP answers follow the OTLP/HTTP specification: an ``ExportTraceServiceResponse`` (with
+``partial_success`` when spans were rejected) or, on failure, a ``google.rpc.Status``, each in
+the encoding of the request (protobuf or JSON).
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections import defaultdict
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query, Request, Response
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.concurrency import run_in_threadpool
+
+from assay.errors import AssayError, InvalidRequestError, NotFoundError
+from assay.server.auth import Caller, Principal, principal, require_scope
+from assay.server.errors import status_for
+from assay.server.schemas import ErrorOut
+from assay.tracing.filters import DEFAULT_MAX_RESULTS, MAX_RESULTS
+from assay.tracing.model import (
+    Assessment,
+    AssessmentSource,
+    NewAssessment,
+    Span,
+    Trace,
+    TraceDetail,
+)
+from assay.tracing.otlp import (
+    EXPERIMENT_ATTRIBUTE,
+    EXPERIMENT_HEADER,
+    JSON,
+    Decoded,
+    decode_request,
+    encode_response,
+    encode_status,
+    media_type_of,
+)
+from assay.tracing.store import TraceStore
+
+__all__ = [
+    "AssessmentIn",
+    "AssessmentListOut",
+    "AssessmentOut",
+    "SpanOut",
+    "TraceDetailOut",
+    "TraceOut",
+    "TracePageOut",
+    "router",
+    "trace_store",
+]
+
+_TRACE_ID = re.compile(r"[0-9a-f]{32}")
+_store_lock = threading.Lock()
+
+
+def trace_store(request: Request) -> TraceStore:
+    """The app's trace store (made on first use, on the runtime's engine)."""
+    state = request.app.state
+    store: TraceStore | None = getattr(state, "trace_store", None)
+    if store is None:
+        with _store_lock:
+            store = getattr(state, "trace_store", None)
+            if store is None:
+                store = TraceStore(
+                    state.runtime.backend.engine, session_idle_s=state.settings.session_idle_s
+                )
+                state.trace_store = store
+    return store
+
+
+# -- bodies ----------------------------------------------------------------------------------------
+
+
+class TokenUsageOut(BaseModel):
+    input_tokens: int | None
+    output_tokens: int | None
+    total_tokens: int | None
+
+
+class TraceOut(BaseModel):
+    """A trace's summary, derived from its spans. Times in epoch milliseconds."""
+
+    trace_id: str
+    experiment_id: str
+    status: str = Field(description="IN_PROGRESS until the root span arrives, then OK or ERROR.")
+    request: Any
+    response: Any
+    request_preview: str | None
+    response_preview: str | None
+    start_time_ms: int
+    duration_ms: int | None
+    completed_at_ms: int | None
+    session_id: str | None
+    token_usage: TokenUsageOut | None
+    cost: float | None
+    metadata: dict[str, str]
+    tags: dict[str, str]
+    root_span_id: str | None
+    span_count: int
+    created_at_ms: int
+    updated_at_ms: int
+
+    @classmethod
+    def of(cls, trace: Trace) -> TraceOut:
+        usage = None
+        if any(
+            v is not None for v in (trace.input_tokens, trace.output_tokens, trace.total_tokens)
+        ):
+            usage = TokenUsageOut(
+                input_tokens=trace.input_tokens,
+                output_tokens=trace.output_tokens,
+                total_tokens=trace.total_tokens,
+            )
+        return cls(
+            trace_id=trace.trace_id,
+            experiment_id=trace.experiment_id,
+            status=trace.status.value,
+            request=trace.request,
+            response=trace.response,
+            request_preview=trace.request_preview,
+            response_preview=trace.response_preview,
+            start_time_ms=trace.start_time_ms,
+            duration_ms=trace.duration_ms,
+            completed_at_ms=trace.completed_at_ms,
+            session_id=trace.session_id,
+            token_usage=usage,
+            cost=trace.cost,
+            metadata=trace.metadata,
+            tags=trace.tags,
+            root_span_id=trace.root_span_id,
+            span_count=trace.span_count,
+            created_at_ms=trace.created_at_ms,
+            updated_at_ms=trace.updated_at_ms,
+        )
+
+
+class TracePageOut(BaseModel):
+    traces: list[TraceOut]
+    next_page_token: str | None
+
+
+class SpanStatusOut(BaseModel):
+    code: str = Field(description="UNSET, OK or ERROR")
+    message: str | None
+
+
+class SpanOut(BaseModel):
+    """One span as OTLP sent it; times in epoch nanoseconds, ids in hex."""
+
+    trace_id: str
+    span_id: str
+    parent_span_id: str | None
+    name: str
+    kind: str
+    status: SpanStatusOut
+    start_time_ns: int
+    end_time_ns: int
+    attributes: dict[str, Any]
+    events: list[dict[str, Any]]
+    links: list[dict[str, Any]]
+    resource: dict[str, Any]
+
+    @classmethod
+    def of(cls, span: Span) -> SpanOut:
+        return cls(
+            trace_id=span.trace_id,
+            span_id=span.span_id,
+            parent_span_id=span.parent_span_id,
+            name=span.name,
+            kind=span.kind,
+            status=SpanStatusOut(code=span.status_code, message=span.status_message),
+            start_time_ns=span.start_time_ns,
+            end_time_ns=span.end_time_ns,
+            attributes=span.attributes,
+            events=span.events,
+            links=span.links,
+            resource=span.resource,
+        )
+
+
+class AssessmentSourceBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    type: AssessmentSource
+    id: str = Field(min_length=1, max_length=250)
+
+
+class AssessmentIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=250)
+    value: Any = None
+    rationale: str | None = None
+    source: AssessmentSourceBody
+    error: Any = None
+    metadata: dict[str, Any] | None = None
+    idempotency_key: str | None = Field(
+        None,
+        min_length=1,
+        max_length=250,
+        description="Writing the same key on the same trace again replaces the assessment.",
+    )
+
+
+class AssessmentOut(BaseModel):
+    id: str
+    trace_id: str
+    name: str
+    value: Any
+    rationale: str | None
+    source: AssessmentSourceBody
+    error: Any
+    metadata: dict[str, Any] | None
+    idempotency_key: str | None
+    created_at_ms: int
+    updated_at_ms: int
+
+    @classmethod
+    def of(cls, a: Assessment) -> AssessmentOut:
+        return cls(
+            id=a.id,
+            trace_id=a.trace_id,
+            name=a.name,
+            value=a.value,
+            rationale=a.rationale,
+            source=AssessmentSourceBody(type=a.source_type, id=a.source_id),
+            error=a.error,
+            metadata=a.metadata,
+            idempotency_key=a.idempotency_key,
+            created_at_ms=a.created_at_ms,
+            updated_at_ms=a.updated_at_ms,
+        )
+
+
+class AssessmentListOut(BaseModel):
+    assessments: list[AssessmentOut]
+
+
+class TraceDetailOut(BaseModel):
+    trace: TraceOut
+    spans: list[SpanOut]
+    assessments: list[AssessmentOut]
+
+    @classmethod
+    def of(cls, detail: TraceDetail) -> TraceDetailOut:
+        return cls(
+            trace=TraceOut.of(detail.trace),
+            spans=[SpanOut.of(s) for s in detail.spans],
+            assessments=[AssessmentOut.of(a) for a in detail.assessments],
+        )
+
+
+# -- OTLP ingest -----------------------------------------------------------------------------------
+
+otlp = APIRouter(tags=["traces"])
+
+
+@otlp.post(
+    "/v1/traces",
+    summary="OTLP/HTTP trace export (protobuf or JSON, optionally gzip)",
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/x-protobuf": {"schema": {"type": "string", "format": "binary"}},
+                "application/json": {"schema": {"type": "object"}},
+            },
+        }
+    },
+    responses={
+        200: {"description": "ExportTraceServiceResponse, in the request's encoding"},
+        400: {"description": "google.rpc.Status: malformed body or no experiment"},
+        404: {"description": "google.rpc.Status: unknown experiment"},
+        415: {"description": "google.rpc.Status: unsupported content type or encoding"},
+    },
+)
+async def export_traces(request: Request) -> Response:
+    """Store the spans of an OTLP export request; all of them, or (on an error) none."""
+    media = JSON
+    try:
+        media = media_type_of(request.headers.get("content-type"))
+        caller = principal(request)
+        body = await request.body()
+        decoded = await run_in_threadpool(_ingest, request, caller, body, media)
+    except AssayError as exc:
+        status = status_for(exc)
+        headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+        return Response(
+            encode_status(media, status, str(exc)),
+            status_code=status,
+            media_type=media,
+            headers=headers,
+        )
+    return Response(
+        encode_response(media, decoded.rejected, decoded.error_message), media_type=media
+    )
+
+
+def _ingest(request: Request, caller: Principal, body: bytes, media: str) -> Decoded:
+    decoded = decode_request(
+        body,
+        content_type=media,
+        content_encoding=request.headers.get("content-encoding"),
+        default_experiment_id=request.headers.get(EXPERIMENT_HEADER) or None,
+        max_bytes=request.app.state.settings.max_request_bytes,
+    )
+    by_experiment: dict[str, list[Span]] = defaultdict(list)
+    for incoming in decoded.spans:
+        if incoming.experiment_id is None:
+            raise InvalidRequestError(
+                f"no experiment for the spans: set the resource attribute {EXPERIMENT_ATTRIBUTE} "
+                f"or the header {EXPERIMENT_HEADER}"
+            )
+        by_experiment[incoming.experiment_id].append(incoming.span)
+    for experiment_id in by_experiment:
+        require_scope(caller, "experiment_id", experiment_id)
+    trace_store(request).spans_ingest(by_experiment)
+    return decoded
+
+
+# -- REST ------------------------------------------------------------------------------------------
+
+api = APIRouter(
+    prefix="/api/v1/traces",
+    tags=["traces"],
+    responses={
+        400: {"model": ErrorOut},
+        401: {"model": ErrorOut},
+        403: {"model": ErrorOut},
+        404: {"model": ErrorOut},
+        422: {"model": ErrorOut},
+    },
+)
+
+Store = Annotated[TraceStore, Depends(trace_store)]
+
+
+def _trace_id(trace_id: str) -> str:
+    """Trace ids are 32 hex digits (any case); anything else names no trace."""
+    normal = trace_id.lower()
+    if not _TRACE_ID.fullmatch(normal):
+        raise NotFoundError(f"trace {trace_id[:64]!r} not found")
+    return normal
+
+
+def _visible_trace(store: TraceStore, caller: Principal, trace_id: str) -> Trace:
+    trace = store.trace_get(trace_id)
+    if trace is None:
+        raise NotFoundError(f"trace {trace_id!r} not found")
+    require_scope(caller, "experiment_id", trace.experiment_id)
+    return trace
+
+
+@api.get("", response_model=TracePageOut)
+def search_traces(
+    store: Store,
+    caller: Caller,
+    experiment_id: Annotated[
+        list[str], Query(description="Search these experiments (repeat for several).")
+    ],
+    filter_string: Annotated[
+        str | None,
+        Query(
+            alias="filter",
+            description="A filter string, e.g. `trace.status = 'OK' AND metadata.user = 'u1'`.",
+        ),
+    ] = None,
+    order_by: Annotated[
+        list[str] | None,
+        Query(description="`trace.<field> [ASC|DESC]`, repeated or comma-separated."),
+    ] = None,
+    max_results: Annotated[int, Query(ge=1, le=MAX_RESULTS)] = DEFAULT_MAX_RESULTS,
+    page_token: Annotated[str | None, Query(max_length=4000)] = None,
+) -> TracePageOut:
+    """Traces of the experiments that match ``filter``, newest first unless ``order_by`` says
+    otherwise, one page at a time; a bad filter is a 400 naming the token and its position."""
+    for experiment in experiment_id:
+        require_scope(caller, "experiment_id", experiment)
+    page = store.traces_search(
+        experiment_id,
+        filter_string=filter_string,
+        order_by=order_by,
+        max_results=max_results,
+        page_token=page_token,
+    )
+    return TracePageOut(
+        traces=[TraceOut.of(t) for t in page.traces], next_page_token=page.next_page_token
+    )
+
+
+@api.get("/{trace_id}", response_model=TraceDetailOut)
+def get_trace(trace_id: str, store: Store, caller: Caller) -> TraceDetailOut:
+    """A trace with its spans (in start order) and its assessments."""
+    trace_id = _trace_id(trace_id)
+    detail = store.trace_detail(trace_id)
+    if detail is None:
+        raise NotFoundError(f"trace {trace_id!r} not found")
+    require_scope(caller, "experiment_id", detail.trace.experiment_id)
+    return TraceDetailOut.of(detail)
+
+
+@api.post("/{trace_id}/assessments", status_code=201, response_model=AssessmentOut)
+def create_assessment(
+    trace_id: str, body: AssessmentIn, store: Store, caller: Caller
+) -> AssessmentOut:
+    """Add an assessment; with an ``idempotency_key`` already used on this trace, replace that
+    assessment instead (201 either way)."""
+    trace_id = _trace_id(trace_id)
+    _visible_trace(store, caller, trace_id)
+    written = store.assessment_write(
+        NewAssessment(
+            trace_id=trace_id,
+            name=body.name,
+            value=body.value,
+            source_type=body.source.type,
+            source_id=body.source.id,
+            rationale=body.rationale,
+            error=body.error,
+            metadata=body.metadata,
+            idempotency_key=body.idempotency_key,
+        )
+    )
+    return AssessmentOut.of(written)
+
+
+@api.get("/{trace_id}/assessments", response_model=AssessmentListOut)
+def list_assessments(trace_id: str, store: Store, caller: Caller) -> AssessmentListOut:
+    trace_id = _trace_id(trace_id)
+    _visible_trace(store, caller, trace_id)
+    found = store.assessments_list(trace_id)
+    if found is None:
+        raise NotFoundError(f"trace {trace_id!r} not found")
+    return AssessmentListOut(assessments=[AssessmentOut.of(a) for a in found])
+
+
+@api.delete("/{trace_id}/assessments/{assessment_id}", status_code=204)
+def delete_assessment(trace_id: str, assessment_id: str, store: Store, caller: Caller) -> Response:
+    trace_id = _trace_id(trace_id)
+    _visible_trace(store, caller, trace_id)
+    if "\x00" in assessment_id or not store.assessment_delete(trace_id, assessment_id):
+        raise NotFoundError(f"assessment {assessment_id[:64]!r} of trace {trace_id} not found")
+    return Response(status_code=204)
+
+
+router = APIRouter()
+"""Everything above: ``POST /v1/traces`` and the ``/api/v1/traces/{trace_id}`` routes."""
+router.include_router(otlp)
+router.include_router(api)

@@ -1,0 +1,409 @@
+"""The summary of a trace, derived from all of its spans that have arrived.
+
+Three attribute conventions are read:
+
+=================  ===========================================================================
+OpenInference      ``input.value``/``output.value`` (with ``input.mime_type``), token counts
+                   ``llm.token_count.{prompt,completion,total}``, ``llm.cost.total``,
+                   ``session.id``, ``user.id``, ``metadata`` (a JSON object), ``tag.tags``
+OpenTelemetry      ``gen_ai.input.messages``/``gen_ai.output.messages`` (attributes, or on a
+GenAI              ``gen_ai.client.inference.operation.details`` event), the older
+                   ``gen_ai.content.prompt``/``gen_ai.content.completion``,
+                   ``gen_ai.{system,user,assistant,tool}.message`` and ``gen_ai.choice`` events,
+                   ``gen_ai.prompt``/``gen_ai.completion`` attributes,
+                   ``gen_ai.usage.{input,output}_tokens``, ``gen_ai.conversation.id``
+MLflow             ``mlflow.spanInputs``/``mlflow.spanOutputs`` (JSON), ``mlflow.chat.tokenUsage``,
+                   ``mlflow.llm.cost``, ``mlflow.trace.session``
+assay              ``assay.metadata.<key>`` and ``assay.tags.<key>`` (what :func:`assay.trace`
+                   writes)
+=================  ===========================================================================
+
+The request and response are the root span's inputs and outputs. Token usage and cost add up
+the top-most spans that report them (a span whose ancestor reports usage is already counted in
+it). Metadata and tags are merged over all spans, the root's winning.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from assay.tracing.model import Span, TraceStatus
+
+__all__ = ["PREVIEW_CHARS", "Summary", "summarize"]
+
+PREVIEW_CHARS = 1000
+MAX_KEY_CHARS = 250
+"""Metadata and tag keys longer than this are dropped."""
+MAX_VALUE_CHARS = 500
+"""Metadata and tag values are indexed (filterable) up to this many characters."""
+
+_GENAI_ROLE_EVENTS = {
+    "gen_ai.system.message": "system",
+    "gen_ai.user.message": "user",
+    "gen_ai.assistant.message": "assistant",
+    "gen_ai.tool.message": "tool",
+}
+_MAX_INT64 = 2**63 - 1
+_SESSION_KEYS = ("session.id", "gen_ai.conversation.id", "mlflow.trace.session")
+
+
+@dataclass(frozen=True)
+class Summary:
+    status: TraceStatus
+    request: Any
+    response: Any
+    has_request: bool
+    has_response: bool
+    start_time_ms: int
+    duration_ms: int | None
+    session_id: str | None
+    input_tokens: int | None
+    output_tokens: int | None
+    total_tokens: int | None
+    cost: float | None
+    metadata: dict[str, str]
+    tags: dict[str, str]
+    root_span_id: str | None
+    span_count: int
+
+    @property
+    def complete(self) -> bool:
+        return self.root_span_id is not None
+
+    @property
+    def request_preview(self) -> str | None:
+        return preview(self.request) if self.has_request else None
+
+    @property
+    def response_preview(self) -> str | None:
+        return preview(self.response) if self.has_response else None
+
+
+def preview(value: Any) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+    return text[:PREVIEW_CHARS]
+
+
+def summarize(spans: Sequence[Span]) -> Summary:
+    """The trace summary of ``spans`` (all spans of one trace that have arrived, at least one)."""
+    if not spans:
+        raise ValueError("a trace has at least one span")
+    ordered = sorted(spans, key=lambda s: (s.start_time_ns, s.span_id))
+    roots = [s for s in ordered if s.is_root]
+    root = roots[0] if roots else None
+    has_request = has_response = False
+    request = response = None
+    if root is not None:
+        has_request, request = _inputs(root)
+        has_response, response = _outputs(root)
+        status = TraceStatus.ERROR if root.status_code == "ERROR" else TraceStatus.OK
+        start_ns = root.start_time_ns
+        duration_ms: int | None = (root.end_time_ns - root.start_time_ns) // 1_000_000
+    else:
+        status = TraceStatus.IN_PROGRESS
+        start_ns = ordered[0].start_time_ns
+        duration_ms = None
+    usage = _top_most(ordered, _usage)
+    costs = _top_most(ordered, _cost)
+    # Later entries win: every span in start order, then the root.
+    precedence = [*ordered, root] if root is not None else ordered
+    return Summary(
+        status=status,
+        request=request,
+        response=response,
+        has_request=has_request,
+        has_response=has_response,
+        start_time_ms=start_ns // 1_000_000,
+        duration_ms=duration_ms,
+        session_id=_session_id(root, ordered),
+        input_tokens=_sum(u[0] for u in usage),
+        output_tokens=_sum(u[1] for u in usage),
+        total_tokens=_sum(u[2] for u in usage),
+        cost=sum(costs) if costs else None,
+        metadata=_bounded(_metadata(precedence)),
+        tags=_bounded(_tags(precedence)),
+        root_span_id=root.span_id if root is not None else None,
+        span_count=len(spans),
+    )
+
+
+# -- inputs and outputs ---------------------------------------------------------------------------
+
+
+def _inputs(span: Span) -> tuple[bool, Any]:
+    attrs = span.attributes
+    if "mlflow.spanInputs" in attrs:
+        return True, _json(attrs["mlflow.spanInputs"])
+    if "input.value" in attrs:
+        return True, _openinference(attrs["input.value"], attrs.get("input.mime_type"))
+    messages = _genai_messages(span, "gen_ai.input.messages")
+    if messages is not None:
+        instructions = attrs.get("gen_ai.system_instructions")
+        if instructions is not None:
+            messages = [{"role": "system", "parts": _json(instructions)}, *messages]
+        return True, messages
+    for event in span.events:
+        if event["name"] == "gen_ai.content.prompt" and "gen_ai.prompt" in event["attributes"]:
+            return True, _json(event["attributes"]["gen_ai.prompt"])
+    role_messages = [
+        {"role": _GENAI_ROLE_EVENTS[e["name"]], **_event_body(e["attributes"])}
+        for e in span.events
+        if e["name"] in _GENAI_ROLE_EVENTS
+    ]
+    if role_messages:
+        return True, role_messages
+    if "gen_ai.prompt" in attrs:
+        return True, _json(attrs["gen_ai.prompt"])
+    indexed = _indexed(attrs, "gen_ai.prompt.")
+    if indexed:
+        return True, indexed
+    return False, None
+
+
+def _outputs(span: Span) -> tuple[bool, Any]:
+    attrs = span.attributes
+    if "mlflow.spanOutputs" in attrs:
+        return True, _json(attrs["mlflow.spanOutputs"])
+    if "output.value" in attrs:
+        return True, _openinference(attrs["output.value"], attrs.get("output.mime_type"))
+    messages = _genai_messages(span, "gen_ai.output.messages")
+    if messages is not None:
+        return True, messages
+    for event in span.events:
+        if event["name"] == "gen_ai.content.completion" and (
+            "gen_ai.completion" in event["attributes"]
+        ):
+            return True, _json(event["attributes"]["gen_ai.completion"])
+    choices = [_event_body(e["attributes"]) for e in span.events if e["name"] == "gen_ai.choice"]
+    if choices:
+        return True, choices
+    if "gen_ai.completion" in attrs:
+        return True, _json(attrs["gen_ai.completion"])
+    indexed = _indexed(attrs, "gen_ai.completion.")
+    if indexed:
+        return True, indexed
+    return False, None
+
+
+def _genai_messages(span: Span, key: str) -> Any:
+    """``gen_ai.input.messages``/``gen_ai.output.messages``: a span attribute or an attribute
+    of the ``gen_ai.client.inference.operation.details`` event (current GenAI conventions)."""
+    if key in span.attributes:
+        return _json(span.attributes[key])
+    for event in span.events:
+        if event["name"] == "gen_ai.client.inference.operation.details" and (
+            key in event["attributes"]
+        ):
+            return _json(event["attributes"][key])
+    return None
+
+
+def _event_body(attributes: Mapping[str, Any]) -> dict[str, Any]:
+    """A GenAI message event's attributes (``content``, ``message``, ``tool_calls``...) with
+    JSON-encoded values decoded; ``gen_ai.*`` bookkeeping attributes are left out."""
+    return {k: _json(v) for k, v in attributes.items() if not k.startswith("gen_ai.")}
+
+
+def _indexed(attrs: Mapping[str, Any], prefix: str) -> list[dict[str, Any]]:
+    """Flattened messages such as ``gen_ai.prompt.0.role``/``gen_ai.prompt.0.content``."""
+    messages: dict[int, dict[str, Any]] = {}
+    for key, value in attrs.items():
+        if not key.startswith(prefix):
+            continue
+        index, _, field = key[len(prefix) :].partition(".")
+        if index.isdigit() and field:
+            messages.setdefault(int(index), {})[field] = _json(value)
+    return [messages[i] for i in sorted(messages)]
+
+
+def _openinference(value: Any, mime_type: Any) -> Any:
+    if not isinstance(value, str):
+        return value
+    if mime_type == "application/json" or (mime_type is None and value.lstrip()[:1] in ("{", "[")):
+        return _json(value)
+    return value
+
+
+def _json(value: Any) -> Any:
+    """A JSON-encoded string decoded; anything else, or text that is not standard JSON (NaN,
+    Infinity, numbers out of range, lone surrogates), as it is."""
+    if not isinstance(value, str):
+        return value
+    try:
+        decoded = json.loads(value, parse_constant=_refuse, parse_float=_finite)
+        json.dumps(decoded, ensure_ascii=False).encode("utf-8")
+    except (ValueError, RecursionError):  # UnicodeEncodeError is a ValueError
+        return value
+    return decoded
+
+
+def _refuse(constant: str) -> Any:
+    raise ValueError(f"{constant} is not standard JSON")
+
+
+def _finite(text: str) -> float:
+    number = float(text)
+    if not math.isfinite(number):
+        raise ValueError(f"{text} is out of range")
+    return number
+
+
+# -- usage, session, metadata ----------------------------------------------------------------------
+
+
+def _int(value: Any) -> int | None:
+    """A token count: a non-negative integer (or integral float or digit string) in int64."""
+    integral_float = isinstance(value, float) and value.is_integer()
+    digits = isinstance(value, str) and value.strip().isdigit() and len(value.strip()) < 20
+    if integral_float or digits:
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        return None
+    return value if 0 <= value < _MAX_INT64 else None
+
+
+def _float(value: Any) -> float | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            number = float(value)
+        except ValueError:
+            return None
+        return number if math.isfinite(number) else None
+    return None
+
+
+def _usage(span: Span) -> tuple[int | None, int | None, int | None] | None:
+    attrs = span.attributes
+    mlflow_usage = _json(attrs.get("mlflow.chat.tokenUsage"))
+    if isinstance(mlflow_usage, dict):
+        found = (
+            _int(mlflow_usage.get("input_tokens")),
+            _int(mlflow_usage.get("output_tokens")),
+            _int(mlflow_usage.get("total_tokens")),
+        )
+    else:
+        found = (
+            _first_int(
+                attrs,
+                "llm.token_count.prompt",
+                "gen_ai.usage.input_tokens",
+                "gen_ai.usage.prompt_tokens",
+            ),
+            _first_int(
+                attrs,
+                "llm.token_count.completion",
+                "gen_ai.usage.output_tokens",
+                "gen_ai.usage.completion_tokens",
+            ),
+            _first_int(attrs, "llm.token_count.total", "gen_ai.usage.total_tokens"),
+        )
+    input_tokens, output_tokens, total = found
+    if input_tokens is None and output_tokens is None and total is None:
+        return None
+    if total is None:
+        total = (input_tokens or 0) + (output_tokens or 0)
+    return input_tokens, output_tokens, total
+
+
+def _first_int(attrs: Mapping[str, Any], *keys: str) -> int | None:
+    for key in keys:
+        value = _int(attrs.get(key))
+        if value is not None:
+            return value
+    return None
+
+
+def _cost(span: Span) -> float | None:
+    attrs = span.attributes
+    mlflow_cost = _json(attrs.get("mlflow.llm.cost"))
+    if isinstance(mlflow_cost, dict):
+        total = _float(mlflow_cost.get("total_cost"))
+        if total is not None:
+            return total
+        parts = [_float(mlflow_cost.get(k)) for k in ("input_cost", "output_cost")]
+        if any(p is not None for p in parts):
+            return sum(p or 0.0 for p in parts)
+    for key in ("llm.cost.total", "gen_ai.usage.cost"):
+        value = _float(attrs.get(key))
+        if value is not None:
+            return value
+    return None
+
+
+def _top_most(spans: Sequence[Span], measure: Any) -> list[Any]:
+    """``measure(span)`` of every span that has one and no ancestor that has one."""
+    by_id = {s.span_id: s for s in spans}
+    measured = {s.span_id: m for s in spans if (m := measure(s)) is not None}
+    out = []
+    for span_id, value in measured.items():
+        parent = by_id[span_id].parent_span_id
+        seen = {span_id}
+        while parent is not None and parent not in measured and parent not in seen:
+            seen.add(parent)
+            ancestor = by_id.get(parent)
+            parent = ancestor.parent_span_id if ancestor is not None else None
+        if parent is None or parent in seen:
+            out.append(value)
+    return out
+
+
+def _sum(values: Iterable[int | None]) -> int | None:
+    present = [v for v in values if v is not None]
+    total = sum(present) if present else None
+    return total if total is None or 0 <= total < _MAX_INT64 else None
+
+
+def _session_id(root: Span | None, ordered: Sequence[Span]) -> str | None:
+    for span in [root, *ordered] if root is not None else ordered:
+        for key in _SESSION_KEYS:
+            value = span.attributes.get(key)
+            if value is not None and value != "":
+                return str(value)[:MAX_KEY_CHARS]
+    return None
+
+
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+
+
+def _metadata(precedence: Sequence[Span]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    service = next((s.resource.get("service.name") for s in precedence), None)
+    if service is not None:
+        out["service.name"] = _text(service)
+    for span in precedence:
+        attrs = span.attributes
+        if "user.id" in attrs:
+            out["user"] = _text(attrs["user.id"])
+        blob = _json(attrs.get("metadata"))
+        if isinstance(blob, dict):
+            out.update({str(k): _text(v) for k, v in blob.items() if v is not None})
+        for key, value in attrs.items():
+            if key.startswith("assay.metadata.") and value is not None:
+                out[key.removeprefix("assay.metadata.")] = _text(value)
+    return out
+
+
+def _tags(precedence: Sequence[Span]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for span in precedence:
+        attrs = span.attributes
+        names = attrs.get("tag.tags")
+        if isinstance(names, list):
+            out.update({_text(n): "" for n in names if n is not None})
+        for key, value in attrs.items():
+            if key.startswith("assay.tags.") and value is not None:
+                out[key.removeprefix("assay.tags.")] = _text(value)
+    return out
+
+
+def _bounded(pairs: dict[str, str]) -> dict[str, str]:
+    return {k: v for k, v in pairs.items() if 0 < len(k) <= MAX_KEY_CHARS}

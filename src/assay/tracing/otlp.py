@@ -1,0 +1,308 @@
+"""OTLP/HTTP trace requests in and out, with the official ``opentelemetry-proto`` messages.
+
+A request body is protobuf (``application/x-protobuf``) or OTLP JSON (``application/json``:
+lowerCamelCase names, hex trace and span ids), optionally gzip- or deflate-compressed. It is
+decoded into :class:`IncomingSpan` values; spans that cannot be stored (bad ids, impossible
+times) are rejected one by one and reported through ``partial_success``, as the OTLP
+specification asks. A body that does not decode at all is an :class:`InvalidRequestError`.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+import zlib
+from dataclasses import dataclass
+from typing import Any
+
+from google.protobuf import json_format
+from google.protobuf.message import DecodeError
+from google.rpc import status_pb2
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest,
+    ExportTraceServiceResponse,
+)
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+from opentelemetry.proto.trace.v1.trace_pb2 import Span as PbSpan
+
+from assay.errors import InvalidRequestError, RequestTooLargeError, UnsupportedMediaTypeError
+from assay.tracing.model import Span, clean_text
+
+__all__ = [
+    "EXPERIMENT_ATTRIBUTE",
+    "EXPERIMENT_HEADER",
+    "JSON",
+    "PROTOBUF",
+    "Decoded",
+    "IncomingSpan",
+    "decode_request",
+    "encode_response",
+    "encode_status",
+    "media_type_of",
+]
+
+EXPERIMENT_ATTRIBUTE = "assay.experiment_id"
+"""Resource attribute naming the experiment a resource's spans belong to."""
+EXPERIMENT_HEADER = "x-assay-experiment-id"
+"""Header naming the experiment of spans whose resource names none."""
+
+PROTOBUF = "application/x-protobuf"
+JSON = "application/json"
+_MEDIA_TYPES = {PROTOBUF: PROTOBUF, "application/protobuf": PROTOBUF, JSON: JSON}
+_MAX_NAME_CHARS = 1000
+_MAX_INT64 = 2**63 - 1
+_MAX_ATTRIBUTE_DEPTH = 32
+_KINDS = {v: k.removeprefix("SPAN_KIND_") for k, v in PbSpan.SpanKind.items()}
+_STATUS_CODES = {0: "UNSET", 1: "OK", 2: "ERROR"}
+
+
+@dataclass(frozen=True)
+class IncomingSpan:
+    """A decoded span and the experiment its resource (or the request header) names."""
+
+    experiment_id: str | None
+    span: Span
+
+
+@dataclass(frozen=True)
+class Decoded:
+    spans: list[IncomingSpan]
+    rejected: int
+    """Spans left out, with the first reason in ``error_message``."""
+    error_message: str
+
+
+def media_type_of(content_type: str | None) -> str:
+    """The OTLP media type of a Content-Type header (415 for anything else)."""
+    media = (content_type or "").split(";", 1)[0].strip().lower()
+    if media not in _MEDIA_TYPES:
+        raise UnsupportedMediaTypeError(
+            f"unsupported content type {content_type!r}: send {PROTOBUF} or {JSON}"
+        )
+    return _MEDIA_TYPES[media]
+
+
+def decode_request(
+    body: bytes,
+    *,
+    content_type: str | None,
+    content_encoding: str | None,
+    default_experiment_id: str | None,
+    max_bytes: int,
+) -> Decoded:
+    """Decode one OTLP/HTTP trace export body into spans (InvalidRequestError if malformed)."""
+    media = media_type_of(content_type)
+    raw = _decompress(body, content_encoding, max_bytes)
+    message = ExportTraceServiceRequest()
+    if media == PROTOBUF:
+        try:
+            message.ParseFromString(raw)
+        except (DecodeError, RuntimeWarning, ValueError) as exc:
+            raise InvalidRequestError(f"malformed OTLP protobuf body: {exc}") from None
+    else:
+        try:
+            document = json.loads(raw)
+        except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+            raise InvalidRequestError(f"malformed OTLP JSON body: {exc}") from None
+        if not isinstance(document, dict):
+            raise InvalidRequestError("malformed OTLP JSON body: not a JSON object")
+        try:
+            json_format.ParseDict(_hex_ids_to_base64(document), message, ignore_unknown_fields=True)
+        except (json_format.ParseError, ValueError, TypeError, RecursionError) as exc:
+            raise InvalidRequestError(f"malformed OTLP JSON body: {exc}") from None
+    return _spans_of(message, default_experiment_id)
+
+
+def encode_response(media: str, rejected: int = 0, error_message: str = "") -> bytes:
+    """An ExportTraceServiceResponse in the request's encoding."""
+    response = ExportTraceServiceResponse()
+    if rejected or error_message:
+        response.partial_success.rejected_spans = rejected
+        response.partial_success.error_message = error_message
+    if media == PROTOBUF:
+        return response.SerializeToString()
+    return json_format.MessageToJson(response, indent=None).encode()
+
+
+_GRPC_CODES = {400: 3, 401: 16, 403: 7, 404: 5, 409: 10, 413: 8, 415: 3, 429: 8, 503: 14}
+
+
+def encode_status(media: str, http_status: int, message: str) -> bytes:
+    """The google.rpc.Status body OTLP/HTTP answers a failed request with."""
+    status = status_pb2.Status(code=_GRPC_CODES.get(http_status, 13), message=message)
+    if media == PROTOBUF:
+        encoded: bytes = status.SerializeToString()
+        return encoded
+    return json_format.MessageToJson(status, indent=None).encode()
+
+
+# -- decoding ------------------------------------------------------------------------------------
+
+
+def _decompress(body: bytes, encoding: str | None, max_bytes: int) -> bytes:
+    encoding = (encoding or "identity").strip().lower()
+    if encoding == "identity":
+        return body
+    if encoding == "gzip":
+        wbits = 16 + zlib.MAX_WBITS
+    elif encoding == "deflate":
+        wbits = zlib.MAX_WBITS if body[:1] == b"\x78" else -zlib.MAX_WBITS
+    else:
+        raise UnsupportedMediaTypeError(
+            f"unsupported content encoding {encoding!r}: send gzip, deflate or none"
+        )
+    out = bytearray()
+    data = body
+    try:
+        while data:
+            inflater = zlib.decompressobj(wbits)
+            out += inflater.decompress(data, max_bytes + 1 - len(out))
+            if len(out) > max_bytes:
+                raise RequestTooLargeError(
+                    f"decompressed body over the {max_bytes}-byte limit (max_request_bytes)"
+                )
+            if not inflater.eof:
+                raise InvalidRequestError(f"truncated {encoding} body")
+            data = inflater.unused_data  # gzip allows several members back to back
+    except zlib.error as exc:
+        raise InvalidRequestError(f"malformed {encoding} body: {exc}") from None
+    return bytes(out)
+
+
+def _hex_ids_to_base64(document: Any) -> Any:
+    """OTLP JSON carries trace and span ids as hex; protobuf's JSON mapping expects base64."""
+    if not isinstance(document, dict):
+        return document
+    for resource_spans in _dicts(document.get("resourceSpans", document.get("resource_spans"))):
+        for scope_spans in _dicts(
+            resource_spans.get("scopeSpans", resource_spans.get("scope_spans"))
+        ):
+            for span in _dicts(scope_spans.get("spans")):
+                _convert_ids(span, ("traceId", "spanId", "parentSpanId"))
+                for link in _dicts(span.get("links")):
+                    _convert_ids(link, ("traceId", "spanId"))
+    return document
+
+
+def _dicts(value: Any) -> list[dict[str, Any]]:
+    return [item for item in value if isinstance(item, dict)] if isinstance(value, list) else []
+
+
+def _convert_ids(obj: dict[str, Any], camel_names: tuple[str, ...]) -> None:
+    for camel in camel_names:
+        snake = "".join(f"_{c.lower()}" if c.isupper() else c for c in camel)
+        for name in (camel, snake):
+            value = obj.get(name)
+            if isinstance(value, str):
+                try:
+                    obj[name] = base64.b64encode(bytes.fromhex(value)).decode()
+                except ValueError:
+                    raise InvalidRequestError(
+                        f"malformed OTLP JSON body: {name} {value[:40]!r} is not hex"
+                    ) from None
+
+
+def _spans_of(message: ExportTraceServiceRequest, default_experiment: str | None) -> Decoded:
+    spans: list[IncomingSpan] = []
+    rejected = 0
+    first_error = ""
+    for resource_spans in message.resource_spans:
+        resource = _attributes(resource_spans.resource.attributes)
+        experiment = resource.pop(EXPERIMENT_ATTRIBUTE, None)
+        experiment_id = clean_text(str(experiment)) if experiment else default_experiment
+        for scope_spans in resource_spans.scope_spans:
+            scope = dict(resource)
+            if scope_spans.scope.name:
+                scope["otel.scope.name"] = clean_text(scope_spans.scope.name)
+            if scope_spans.scope.version:
+                scope["otel.scope.version"] = clean_text(scope_spans.scope.version)
+            for pb in scope_spans.spans:
+                error = _invalid(pb)
+                if error:
+                    rejected += 1
+                    first_error = first_error or error
+                    continue
+                spans.append(IncomingSpan(experiment_id, _span(pb, scope)))
+    message_text = f"{rejected} span(s) rejected: {first_error}" if rejected else ""
+    return Decoded(spans, rejected, message_text)
+
+
+def _invalid(pb: PbSpan) -> str:
+    if len(pb.trace_id) != 16 or not any(pb.trace_id):
+        return "trace_id must be 16 bytes, not all zero"
+    if len(pb.span_id) != 8 or not any(pb.span_id):
+        return "span_id must be 8 bytes, not all zero"
+    if pb.parent_span_id and len(pb.parent_span_id) != 8:
+        return "parent_span_id must be empty or 8 bytes"
+    if pb.start_time_unix_nano > _MAX_INT64 or pb.end_time_unix_nano > _MAX_INT64:
+        return "span times must be before the year 2262"
+    return ""
+
+
+def _span(pb: PbSpan, resource: dict[str, Any]) -> Span:
+    parent = pb.parent_span_id.hex() if pb.parent_span_id and any(pb.parent_span_id) else None
+    end = pb.end_time_unix_nano or pb.start_time_unix_nano
+    return Span(
+        trace_id=pb.trace_id.hex(),
+        span_id=pb.span_id.hex(),
+        parent_span_id=parent,
+        name=clean_text(pb.name)[:_MAX_NAME_CHARS],
+        kind=_KINDS.get(pb.kind, "UNSPECIFIED"),
+        status_code=_STATUS_CODES.get(pb.status.code, "UNSET"),
+        status_message=clean_text(pb.status.message) or None,
+        start_time_ns=pb.start_time_unix_nano,
+        end_time_ns=max(end, pb.start_time_unix_nano),
+        attributes=_attributes(pb.attributes),
+        events=[
+            {
+                "name": clean_text(event.name),
+                "time_unix_nano": event.time_unix_nano,
+                "attributes": _attributes(event.attributes),
+            }
+            for event in pb.events
+        ],
+        links=[
+            {
+                "trace_id": link.trace_id.hex(),
+                "span_id": link.span_id.hex(),
+                "attributes": _attributes(link.attributes),
+            }
+            for link in pb.links
+        ],
+        resource=resource,
+    )
+
+
+def _attributes(pairs: Any) -> dict[str, Any]:
+    return _kv(pairs, 0)
+
+
+def _kv(pairs: Any, depth: int) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    kv: KeyValue
+    for kv in pairs:
+        out[clean_text(kv.key)] = _value(kv.value, depth)
+    return out
+
+
+def _value(value: AnyValue, depth: int) -> Any:
+    if depth > _MAX_ATTRIBUTE_DEPTH:
+        raise InvalidRequestError(f"attribute values nest deeper than {_MAX_ATTRIBUTE_DEPTH}")
+    which = value.WhichOneof("value")
+    if which == "string_value":
+        return clean_text(value.string_value)
+    if which == "bool_value":
+        return value.bool_value
+    if which == "int_value":
+        return value.int_value
+    if which == "double_value":
+        number = value.double_value
+        return number if math.isfinite(number) else str(number)
+    if which == "array_value":
+        return [_value(v, depth + 1) for v in value.array_value.values]
+    if which == "kvlist_value":
+        return _kv(value.kvlist_value.values, depth + 1)
+    if which == "bytes_value":
+        return base64.b64encode(value.bytes_value).decode()
+    return None

@@ -1,0 +1,603 @@
+"""The trace store: every SQL statement about traces, spans, trace metadata and tags, and
+assessments lives here.
+
+Rules this module keeps:
+
+- One ingest request is one transaction: spans, trace summaries, metadata and tags are all
+  written, or none are (an unknown experiment fails the whole request).
+- Spans of one trace may arrive in any order, in several requests, concurrently. Every ingest
+  locks the rows of the traces it touches (in trace id order) before it writes their spans and
+  recomputes their summaries from *all* their stored spans, so no summary misses a span.
+- A trace becomes complete when its root span (no parent) arrives; ``completed_at_ms`` is the
+  database time of that ingest and never changes afterwards.
+- Assessments with an idempotency key are upserts on the unique (trace_id, idempotency_key):
+  ``ON CONFLICT DO UPDATE`` on PostgreSQL and SQLite, ``ON DUPLICATE KEY UPDATE`` on MySQL.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, TypeVar
+
+import sqlalchemy as sa
+
+from assay.db.base import SqlStore
+from assay.db.tables import assessments, experiments, spans, trace_metadata, trace_tags, traces
+from assay.errors import InvalidRequestError, NotFoundError
+from assay.scoring.store import Completed, ScoringStore
+from assay.tracing.derive import MAX_VALUE_CHARS, Summary, summarize
+from assay.tracing.filters import (
+    DEFAULT_MAX_RESULTS,
+    TraceSearch,
+    compile_filter,
+    parse_filter,
+)
+from assay.tracing.model import (
+    ASSESSMENT_UPDATES,
+    Assessment,
+    AssessmentSource,
+    NewAssessment,
+    Span,
+    Trace,
+    TraceDetail,
+    TracePage,
+    TraceStatus,
+    assessment_row,
+    clean_text,
+)
+
+__all__ = ["TraceStore"]
+
+T = TypeVar("T")
+_CHUNK = 200
+
+_SPAN_UPDATES = (
+    "parent_span_id",
+    "name",
+    "kind",
+    "status_code",
+    "status_message",
+    "start_time_ns",
+    "end_time_ns",
+    "attributes",
+    "events",
+    "links",
+    "resource",
+)
+
+
+def _chunks(items: Sequence[T], size: int = _CHUNK) -> Iterable[Sequence[T]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+class TraceStore(SqlStore):
+    """Typed access to the trace tables of one database."""
+
+    def __init__(self, engine: sa.Engine, *, session_idle_s: float = 300.0) -> None:
+        super().__init__(engine)
+        self.scoring = ScoringStore(engine)
+        self.session_idle_ms = round(session_idle_s * 1000)
+        self._update_trace = (
+            traces.update()
+            .where(traces.c.trace_id == sa.bindparam("b_trace_id"))
+            .values(
+                {
+                    column: sa.bindparam(f"b_{column}")
+                    for column in (
+                        "status",
+                        "request",
+                        "response",
+                        "request_preview",
+                        "response_preview",
+                        "start_time_ms",
+                        "duration_ms",
+                        "completed_at_ms",
+                        "session_id",
+                        "input_tokens",
+                        "output_tokens",
+                        "total_tokens",
+                        "cost",
+                        "metadata_json",
+                        "tags_json",
+                        "root_span_id",
+                        "span_count",
+                        "updated_at_ms",
+                    )
+                }
+            )
+        )
+        self._insert_placeholder = self._upsert_statement(traces, ["trace_id"], [])
+        self._upsert_span = self._upsert_statement(spans, ["trace_id", "span_id"], _SPAN_UPDATES)
+        self._upsert_assessment = self._upsert_statement(
+            assessments, ["trace_id", "idempotency_key"], ASSESSMENT_UPDATES
+        )
+
+    # -- ingest ----------------------------------------------------------------------------------
+
+    def spans_ingest(self, spans_by_experiment: Mapping[str, Sequence[Span]]) -> list[str]:
+        """Store spans and recompute the summaries of their traces, in one transaction.
+
+        Raises NotFoundError for an unknown experiment and InvalidRequestError for a trace
+        whose spans name two experiments; nothing is written then. Returns the trace ids."""
+        experiment_of: dict[str, str] = {}
+        rows: dict[tuple[str, str], Span] = {}
+        for experiment_id, items in spans_by_experiment.items():
+            for span in items:
+                known = experiment_of.setdefault(span.trace_id, experiment_id)
+                if known != experiment_id:
+                    raise InvalidRequestError(
+                        f"spans of trace {span.trace_id} name two experiments "
+                        f"({known!r} and {experiment_id!r})"
+                    )
+                rows[(span.trace_id, span.span_id)] = span  # a repeated span: the last wins
+        if not rows:
+            return []
+        trace_ids = sorted(experiment_of)
+        # Everything that needs no database is done before the transaction (and SQLite's write
+        # lock): the span rows, and each trace's summary from this request's spans alone, which
+        # is its summary unless the trace had spans stored already.
+        incoming: dict[str, list[Span]] = {t: [] for t in trace_ids}
+        for span in rows.values():
+            incoming[span.trace_id].append(span)
+        first_start = {t: min(s.start_time_ns for s in incoming[t]) for t in trace_ids}
+        encoded: dict[int, str] = {}
+        span_rows = [_span_row(s, encoded) for s in rows.values()]
+        summaries_of_request = {t: summarize(incoming[t]) for t in trace_ids}
+
+        def body(conn: sa.Connection) -> list[str]:
+            self._check_experiments(conn, sorted(spans_by_experiment))
+            now = int(conn.execute(sa.select(self._now)).scalar_one())
+            conn.execute(
+                self._insert_placeholder,
+                [_placeholder(t, experiment_of[t], first_start[t], now) for t in trace_ids],
+            )
+            locked = self._lock_traces(conn, trace_ids)
+            for trace_id in trace_ids:
+                if locked[trace_id].experiment_id != experiment_of[trace_id]:
+                    raise InvalidRequestError(
+                        f"trace {trace_id} belongs to experiment "
+                        f"{locked[trace_id].experiment_id!r}, not {experiment_of[trace_id]!r}"
+                    )
+            conn.execute(self._upsert_span, span_rows)
+            # A trace with no stored span before this request (span_count still 0 under the
+            # lock) now has exactly the spans of this request. Only the traces that had spans
+            # already are read back and summarised again.
+            summaries = dict(summaries_of_request)
+            earlier = [t for t in trace_ids if locked[t].span_count > 0]
+            if earlier:
+                stored = self._read_spans(conn, earlier)
+                summaries.update({t: summarize(stored[t]) for t in earlier})
+            conn.execute(
+                self._update_trace,
+                [
+                    _summary_params(t, summaries[t], locked[t].completed_at_ms, now)
+                    for t in trace_ids
+                ],
+            )
+            metadata = {t: summaries[t].metadata for t in trace_ids}
+            tags = {t: summaries[t].tags for t in trace_ids}
+            self._replace_pairs(conn, trace_metadata, metadata, earlier)
+            self._replace_pairs(conn, trace_tags, tags, earlier)
+            # The scoring ledger is filled in this same transaction: a trace that is complete
+            # once this commits is in the ledger of every scorer that samples it.
+            touched = [
+                Completed(
+                    trace_id=t,
+                    experiment_id=experiment_of[t],
+                    metadata=summaries[t].metadata,
+                    session_id=summaries[t].session_id,
+                    complete=locked[t].completed_at_ms is None and summaries[t].complete,
+                )
+                for t in trace_ids
+            ]
+            self.scoring.on_ingest(conn, now, touched, self.session_idle_ms)
+            return trace_ids
+
+        return self._tx(body)
+
+    def _check_experiments(self, conn: sa.Connection, experiment_ids: Sequence[str]) -> None:
+        found: set[str] = set()
+        for chunk in _chunks(experiment_ids):
+            found.update(
+                conn.execute(sa.select(experiments.c.id).where(experiments.c.id.in_(chunk)))
+                .scalars()
+                .all()
+            )
+        missing = [e for e in experiment_ids if e not in found]
+        if missing:
+            raise NotFoundError(f"experiment {missing[0]!r} not found")
+
+    def _lock_traces(self, conn: sa.Connection, trace_ids: Sequence[str]) -> dict[str, Any]:
+        """Lock the trace rows (in id order, so two ingests cannot deadlock on them) and read
+        their experiment, completion time and span count. SQLite renders no FOR UPDATE: its
+        write transaction already holds the database."""
+        out: dict[str, Any] = {}
+        for chunk in _chunks(trace_ids):
+            query = (
+                sa.select(
+                    traces.c.trace_id,
+                    traces.c.experiment_id,
+                    traces.c.completed_at_ms,
+                    traces.c.span_count,
+                )
+                .where(traces.c.trace_id.in_(chunk))
+                .order_by(traces.c.trace_id)
+                .with_for_update()
+            )
+            for row in conn.execute(query):
+                out[row.trace_id] = row
+        return out
+
+    def _read_spans(self, conn: sa.Connection, trace_ids: Sequence[str]) -> dict[str, list[Span]]:
+        out: dict[str, list[Span]] = {t: [] for t in trace_ids}
+        for chunk in _chunks(trace_ids):
+            for row in conn.execute(sa.select(spans).where(spans.c.trace_id.in_(chunk))):
+                out[row.trace_id].append(_to_span(row))
+        return out
+
+    def _replace_pairs(
+        self,
+        conn: sa.Connection,
+        table: sa.Table,
+        pairs: Mapping[str, Mapping[str, str]],
+        stored: Sequence[str],
+    ) -> None:
+        """Replace the (key, value) rows of the traces in ``pairs``; only the ``stored`` ones
+        (traces that had spans, hence a summary, before) can have rows to delete."""
+        ids = sorted(pairs)
+        for chunk in _chunks(sorted(stored)):
+            conn.execute(table.delete().where(table.c.trace_id.in_(chunk)))
+        rows = [
+            {"trace_id": t, "key": key, "value": clean_text(value)[:MAX_VALUE_CHARS]}
+            for t in ids
+            for key, value in pairs[t].items()
+        ]
+        if rows:
+            conn.execute(table.insert(), rows)
+
+    # -- reading traces ----------------------------------------------------------------------------
+
+    def trace_get(self, trace_id: str) -> Trace | None:
+        found = self.traces_get_many([trace_id])
+        return found[0] if found else None
+
+    def traces_get_many(self, trace_ids: Sequence[str]) -> list[Trace]:
+        """The traces that exist, in the order asked."""
+
+        def body(conn: sa.Connection) -> list[Trace]:
+            found: dict[str, Trace] = {}
+            for chunk in _chunks(trace_ids):
+                for row in conn.execute(sa.select(traces).where(traces.c.trace_id.in_(chunk))):
+                    found[row.trace_id] = _to_trace(row._mapping)
+            return [found[t] for t in trace_ids if t in found]
+
+        return self._tx(body, write=False)
+
+    def trace_detail(self, trace_id: str) -> TraceDetail | None:
+        """A trace with its spans (in start order) and assessments, read in one transaction."""
+
+        def body(conn: sa.Connection) -> TraceDetail | None:
+            row = conn.execute(sa.select(traces).where(traces.c.trace_id == trace_id)).first()
+            if row is None:
+                return None
+            span_list = sorted(
+                self._read_spans(conn, [trace_id])[trace_id],
+                key=lambda s: (s.start_time_ns, s.span_id),
+            )
+            return TraceDetail(
+                _to_trace(row._mapping), span_list, self._assessments(conn, trace_id)
+            )
+
+        return self._tx(body, write=False)
+
+    def spans_list(self, trace_id: str) -> list[Span]:
+        return self._tx(
+            lambda conn: sorted(
+                self._read_spans(conn, [trace_id])[trace_id],
+                key=lambda s: (s.start_time_ns, s.span_id),
+            ),
+            write=False,
+        )
+
+    def traces_matching(self, trace_ids: Sequence[str], filter_string: str | None) -> set[str]:
+        """Of ``trace_ids``, those that match a filter string (all of them with no filter)."""
+        if not filter_string:
+            return set(trace_ids)
+        condition = compile_filter(parse_filter(filter_string))
+
+        def body(conn: sa.Connection) -> set[str]:
+            found: set[str] = set()
+            for chunk in _chunks(sorted(trace_ids)):
+                query = sa.select(traces.c.trace_id).where(traces.c.trace_id.in_(chunk), condition)
+                found.update(conn.execute(query).scalars().all())
+            return found
+
+        return self._tx(body, write=False)
+
+    def trace_ids_completed(
+        self,
+        experiment_id: str,
+        start_ms: int,
+        end_ms: int,
+        filter_string: str | None,
+        *,
+        limit: int,
+    ) -> list[str]:
+        """Complete traces of an experiment that started in [start_ms, end_ms) and match the
+        filter, oldest first (at most ``limit``)."""
+        condition = compile_filter(parse_filter(filter_string))
+        query = (
+            sa.select(traces.c.trace_id)
+            .where(
+                traces.c.experiment_id == experiment_id,
+                traces.c.start_time_ms >= start_ms,
+                traces.c.start_time_ms < end_ms,
+                traces.c.completed_at_ms.is_not(None),
+                condition,
+            )
+            .order_by(traces.c.start_time_ms, traces.c.trace_id)
+            .limit(limit)
+        )
+        return list(self._tx(lambda conn: conn.execute(query).scalars().all(), write=False))
+
+    def assessments_by_key(self, keys: Sequence[str]) -> dict[str, Assessment]:
+        """The assessments with these idempotency keys, by key."""
+
+        def body(conn: sa.Connection) -> dict[str, Assessment]:
+            found: dict[str, Assessment] = {}
+            for chunk in _chunks(sorted(set(keys))):
+                query = sa.select(assessments).where(assessments.c.idempotency_key.in_(chunk))
+                for row in conn.execute(query):
+                    found[row.idempotency_key] = _to_assessment(row)
+            return found
+
+        return self._tx(body, write=False)
+
+    def session_trace_ids(self, experiment_id: str, session_id: str) -> list[str]:
+        """The trace ids of a session, in start order."""
+        query = (
+            sa.select(traces.c.trace_id)
+            .where(traces.c.experiment_id == experiment_id, traces.c.session_id == session_id)
+            .order_by(traces.c.start_time_ms, traces.c.trace_id)
+        )
+        return list(self._tx(lambda conn: conn.execute(query).scalars().all(), write=False))
+
+    def traces_search(
+        self,
+        experiment_ids: Sequence[str],
+        filter_string: str | None = None,
+        order_by: str | Sequence[str] | None = None,
+        max_results: int = DEFAULT_MAX_RESULTS,
+        page_token: str | None = None,
+    ) -> TracePage:
+        """Traces of ``experiment_ids`` matching a filter string, in ``order_by`` order (newest
+        first by default), one keyset page at a time (see :mod:`assay.tracing.filters`)."""
+        search = TraceSearch.plan(
+            experiment_ids=experiment_ids,
+            filter_string=filter_string,
+            order_by=order_by,
+            max_results=max_results,
+            page_token=page_token,
+        )
+        return self.traces_run(search)
+
+    def traces_run(self, search: TraceSearch) -> TracePage:
+        """Run a planned :class:`TraceSearch` in one read transaction."""
+        rows, token = self._tx(search.run, write=False)
+        return TracePage([_to_trace(row) for row in rows], token)
+
+    # -- assessments -------------------------------------------------------------------------------
+
+    def assessment_write(self, new: NewAssessment) -> Assessment:
+        return self.assessments_write([new])[0]
+
+    def assessments_write(self, items: Sequence[NewAssessment]) -> list[Assessment]:
+        """Write assessments in one transaction; one with the idempotency key of an existing
+        assessment on the same trace replaces it (keeping its id and created time)."""
+        rows = [assessment_row(item) for item in items]
+
+        def body(conn: sa.Connection) -> list[Assessment]:
+            trace_ids = sorted({item.trace_id for item in items})
+            existing: set[str] = set()
+            for chunk in _chunks(trace_ids):
+                query = sa.select(traces.c.trace_id).where(traces.c.trace_id.in_(chunk))
+                existing.update(conn.execute(query).scalars().all())
+            missing = [t for t in trace_ids if t not in existing]
+            if missing:
+                raise NotFoundError(f"trace {missing[0]!r} not found")
+            now = int(conn.execute(sa.select(self._now)).scalar_one())
+            written = []
+            for new in rows:
+                row = {**new, "created_at_ms": now, "updated_at_ms": now}
+                key = row["idempotency_key"]
+                if key is None:
+                    conn.execute(assessments.insert().values(row))
+                    where = assessments.c.id == row["id"]
+                else:
+                    conn.execute(self._upsert_assessment, row)
+                    where = sa.and_(
+                        assessments.c.trace_id == row["trace_id"],
+                        assessments.c.idempotency_key == key,
+                    )
+                written.append(
+                    _to_assessment(conn.execute(sa.select(assessments).where(where)).one())
+                )
+            return written
+
+        return self._tx(body)
+
+    def assessments_list(self, trace_id: str) -> list[Assessment] | None:
+        """The trace's assessments, oldest first; None when there is no such trace."""
+
+        def body(conn: sa.Connection) -> list[Assessment] | None:
+            query = sa.select(traces.c.trace_id).where(traces.c.trace_id == trace_id)
+            if conn.execute(query).first() is None:
+                return None
+            return self._assessments(conn, trace_id)
+
+        return self._tx(body, write=False)
+
+    def _assessments(self, conn: sa.Connection, trace_id: str) -> list[Assessment]:
+        query = (
+            sa.select(assessments)
+            .where(assessments.c.trace_id == trace_id)
+            .order_by(assessments.c.created_at_ms, assessments.c.id)
+        )
+        return [_to_assessment(r) for r in conn.execute(query)]
+
+    def assessment_delete(self, trace_id: str, assessment_id: str) -> bool:
+        """Delete one assessment of a trace; False when there was none with that id."""
+
+        def body(conn: sa.Connection) -> bool:
+            result = conn.execute(
+                assessments.delete().where(
+                    assessments.c.id == assessment_id, assessments.c.trace_id == trace_id
+                )
+            )
+            return bool(result.rowcount == 1)
+
+        return self._tx(body)
+
+
+# -- rows ------------------------------------------------------------------------------------------
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"))
+
+
+def _dumps_shared(value: Any, encoded: dict[int, str]) -> str:
+    """``_dumps`` of a value many spans share (the spans of one scope share one resource
+    dict), encoded once per request; ``encoded`` maps ``id(value)`` while the values live."""
+    text = encoded.get(id(value))
+    if text is None:
+        text = encoded[id(value)] = _dumps(value)
+    return text
+
+
+def _placeholder(trace_id: str, experiment_id: str, start_ns: int, now: int) -> dict[str, Any]:
+    """A new trace's row before its summary is computed (in the same transaction)."""
+    return {
+        "trace_id": trace_id,
+        "experiment_id": experiment_id,
+        "status": TraceStatus.IN_PROGRESS.value,
+        "start_time_ms": start_ns // 1_000_000,
+        "metadata_json": "{}",
+        "tags_json": "{}",
+        "span_count": 0,
+        "created_at_ms": now,
+        "updated_at_ms": now,
+    }
+
+
+def _span_row(span: Span, encoded: dict[int, str]) -> dict[str, Any]:
+    return {
+        "trace_id": span.trace_id,
+        "span_id": span.span_id,
+        "parent_span_id": span.parent_span_id,
+        "name": span.name,
+        "kind": span.kind,
+        "status_code": span.status_code,
+        "status_message": span.status_message,
+        "start_time_ns": span.start_time_ns,
+        "end_time_ns": span.end_time_ns,
+        "attributes": _dumps(span.attributes),
+        "events": _dumps(span.events) if span.events else "[]",
+        "links": _dumps(span.links) if span.links else "[]",
+        "resource": _dumps_shared(span.resource, encoded),
+    }
+
+
+def _to_span(row: Any) -> Span:
+    return Span(
+        trace_id=row.trace_id,
+        span_id=row.span_id,
+        parent_span_id=row.parent_span_id,
+        name=row.name,
+        kind=row.kind,
+        status_code=row.status_code,
+        status_message=row.status_message,
+        start_time_ns=row.start_time_ns,
+        end_time_ns=row.end_time_ns,
+        attributes=json.loads(row.attributes),
+        events=json.loads(row.events),
+        links=json.loads(row.links),
+        resource=json.loads(row.resource),
+    )
+
+
+def _summary_params(
+    trace_id: str, summary: Summary, completed_at_ms: int | None, now: int
+) -> dict[str, Any]:
+    if completed_at_ms is None and summary.complete:
+        completed_at_ms = now
+    return {
+        "b_trace_id": trace_id,
+        "b_status": summary.status.value,
+        "b_request": _dumps(summary.request) if summary.has_request else None,
+        "b_response": _dumps(summary.response) if summary.has_response else None,
+        "b_request_preview": _clean(summary.request_preview),
+        "b_response_preview": _clean(summary.response_preview),
+        "b_start_time_ms": summary.start_time_ms,
+        "b_duration_ms": summary.duration_ms,
+        "b_completed_at_ms": completed_at_ms,
+        "b_session_id": _clean(summary.session_id),
+        "b_input_tokens": summary.input_tokens,
+        "b_output_tokens": summary.output_tokens,
+        "b_total_tokens": summary.total_tokens,
+        "b_cost": summary.cost,
+        "b_metadata_json": _dumps(summary.metadata),
+        "b_tags_json": _dumps(summary.tags),
+        "b_root_span_id": summary.root_span_id,
+        "b_span_count": summary.span_count,
+        "b_updated_at_ms": now,
+    }
+
+
+def _clean(text: str | None) -> str | None:
+    return None if text is None else clean_text(text)
+
+
+def _to_trace(row: Mapping[Any, Any]) -> Trace:
+    return Trace(
+        trace_id=row["trace_id"],
+        experiment_id=row["experiment_id"],
+        status=TraceStatus(row["status"]),
+        request=None if row["request"] is None else json.loads(row["request"]),
+        response=None if row["response"] is None else json.loads(row["response"]),
+        request_preview=row["request_preview"],
+        response_preview=row["response_preview"],
+        start_time_ms=row["start_time_ms"],
+        duration_ms=row["duration_ms"],
+        completed_at_ms=row["completed_at_ms"],
+        session_id=row["session_id"],
+        input_tokens=row["input_tokens"],
+        output_tokens=row["output_tokens"],
+        total_tokens=row["total_tokens"],
+        cost=row["cost"],
+        metadata=json.loads(row["metadata_json"]),
+        tags=json.loads(row["tags_json"]),
+        root_span_id=row["root_span_id"],
+        span_count=row["span_count"],
+        created_at_ms=row["created_at_ms"],
+        updated_at_ms=row["updated_at_ms"],
+    )
+
+
+def _to_assessment(row: Any) -> Assessment:
+    return Assessment(
+        id=row.id,
+        trace_id=row.trace_id,
+        name=row.name,
+        value=None if row.value is None else json.loads(row.value),
+        rationale=row.rationale,
+        source_type=AssessmentSource(row.source_type),
+        source_id=row.source_id,
+        error=None if row.error is None else json.loads(row.error),
+        metadata=None if row.metadata_json is None else json.loads(row.metadata_json),
+        idempotency_key=row.idempotency_key,
+        created_at_ms=row.created_at_ms,
+        updated_at_ms=row.updated_at_ms,
+    )
