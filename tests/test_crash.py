@@ -9,9 +9,11 @@ import time
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 
 import jobmods_race  # noqa: F401  (registers t_sleep_first and t_die in this process too)
 from assay import JobStatus
+from assay.db.tables import job_locks
 from conftest import FAST, WorkerProcesses, wait_until
 
 pytestmark = pytest.mark.slow
@@ -229,3 +231,31 @@ def test_rescued_skip_job_keeps_its_key(backend):
     final_duplicate = backend.get(duplicate.id)
     assert final_duplicate.status == JobStatus.CANCELED, final_duplicate
     assert "skipped" in (final_duplicate.error or "")
+
+
+def test_duplicate_of_a_lost_job_does_not_take_its_key_before_the_rescue(backend):
+    """A skip-policy job whose worker died keeps its key even after its lock has expired, as
+    long as the rescuer has not re-queued it yet: a duplicate submitted in that window is the
+    one skipped, so the rescued job runs again instead of being cancelled at its next claim."""
+    store = backend.store
+    args = {"key": "k", "seconds": 0, "path": os.devnull}
+    first = backend.submit("t_exclusive", args)
+    claimed = store.jobs_claim("dead-worker", limit=5, names=["t_exclusive"], lease_ttl_s=0.01)
+    assert [j.id for j in claimed] == [first.id]
+
+    lock_expired = sa.select(sa.func.count()).where(
+        job_locks.c.job_id == first.id, job_locks.c.expires_at_ms < store._now
+    )
+
+    def expired() -> bool:
+        with store.engine.connect() as conn:
+            return bool(conn.execute(lock_expired).scalar_one())
+
+    wait_until(expired, timeout=10)
+    duplicate = backend.submit("t_exclusive", {**args, "seconds": 0.01})
+    assert duplicate.status == JobStatus.CANCELED, duplicate
+    assert first.id in (duplicate.error or "")
+
+    assert store.jobs_rescue_expired(min_attempts=3).requeued == [first.id]
+    again = store.jobs_claim("live-worker", limit=5, names=["t_exclusive"], lease_ttl_s=30)
+    assert [(j.id, j.attempt) for j in again] == [(first.id, 2)]

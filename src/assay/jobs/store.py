@@ -518,15 +518,23 @@ class JobStore(SqlStore):
         self, conn: sa.Connection, key: str, job_id: str, attempt: int, ttl_ms: int
     ) -> bool:
         """Take ``key`` for (job_id, attempt) if it is free, already this job's, or its
-        holder's lease has expired."""
+        holder's lock has expired and the holder is not RUNNING. A RUNNING holder past its
+        lock is a lost execution the rescuer has not re-queued yet: the re-queued job keeps
+        the key, so taking it now would only get one of the two skipped later."""
         values = {"job_id": job_id, "attempt": attempt, "expires_at_ms": self._now + ttl_ms}
         if self._insert_if_absent(conn, job_locks, lock_key=key, **values):
             return True
+        holder_running = sa.exists().where(
+            jobs.c.id == job_locks.c.job_id, jobs.c.status == _RUNNING
+        )
         taken = conn.execute(
             job_locks.update()
             .where(
                 job_locks.c.lock_key == key,
-                sa.or_(job_locks.c.job_id == job_id, job_locks.c.expires_at_ms <= self._now),
+                sa.or_(
+                    job_locks.c.job_id == job_id,
+                    sa.and_(job_locks.c.expires_at_ms <= self._now, ~holder_running),
+                ),
             )
             .values(**values)
         )
