@@ -84,6 +84,10 @@ def claim_until_empty(
             got = store.jobs_claim(worker_id, limit=limit, names=names, lease_ttl_s=30)
             if got:
                 claimed += [j.id for j in got]
+                # A worker runs what it claimed before it claims again. Without this pause, on
+                # SQLite the process that holds the write lock takes it again at once, and the
+                # others, polling on their busy timeout, may never get a claim in.
+                time.sleep(0.005)
                 continue
             with engine.connect() as conn:
                 if conn.execute(claimable).scalar_one() == 0:
