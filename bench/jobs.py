@@ -46,7 +46,7 @@ DEFAULT_URIS = {
     "mysql": "mysql+pymysql://root@127.0.0.1:3306/test",
 }
 ENV_URIS = {"postgresql": "ASSAY_BENCH_PG_URI", "mysql": "ASSAY_BENCH_MYSQL_URI"}
-TABLES = ("jobs", "job_locks", "leader_leases")
+TABLES = ("job_attempts", "jobs", "job_locks", "leader_leases")  # children first
 UNFINISHED = "('PENDING', 'RUNNING')"
 
 # Targets from the issue (a 2-core machine): throughput from ONE worker process, and pickup
@@ -116,9 +116,14 @@ class Store:
         try:
             with engine.begin() as conn:
                 existing = set(sa.inspect(conn).get_table_names())
-                for table in TABLES:
-                    if table in existing:
-                        conn.execute(sa.text(f"TRUNCATE TABLE {table}"))
+                names = [t for t in TABLES if t in existing]
+                if names and self.kind == "postgresql":
+                    conn.execute(sa.text(f"TRUNCATE TABLE {', '.join(names)}"))
+                elif names:  # MySQL truncates a referenced table only without the checks
+                    conn.execute(sa.text("SET FOREIGN_KEY_CHECKS = 0"))
+                    for name in names:
+                        conn.execute(sa.text(f"TRUNCATE TABLE {name}"))
+                    conn.execute(sa.text("SET FOREIGN_KEY_CHECKS = 1"))
         finally:
             engine.dispose()
         return self._uri
