@@ -14,8 +14,11 @@ import pytest
 import sqlalchemy as sa
 
 import assay
+from assay.db.tables import scoring_tasks
 from assay.errors import InvalidFilterError, InvalidRequestError, PermissionDeniedError
+from assay.jobs.store import JobStore
 from assay.scoring.engine import ScoringEngine
+from assay.scoring.jobs import LedgerPruner
 from assay.scoring.model import Level
 from assay.scoring.sampler import sampled, uniform
 from assay.scoring.service import ScoringService
@@ -331,6 +334,44 @@ def test_backfill_plan_counts_unscored_sampled_matching_traces(uri, engine) -> N
             assert decisions[t] == "not_sampled"
         else:
             assert decisions[t] == "before_scorer"  # sampled, never queued
+
+
+def test_decided_rows_are_pruned_after_the_retention_and_pending_ones_never(uri, engine) -> None:
+    week = 7 * 24 * 3600
+    service, scoring, traces = _parts(uri, engine, scoring_retention_s=week)
+    e = experiment(engine)
+    register(service, e, "prod", filter_string="tags.env = 'prod'")
+    dev = [new_trace_id() for _ in range(6)]
+    ingest(traces, e, [s for t in dev for s in trace_spans(t, env="dev")])
+    drain(scoring, e)  # all six FILTERED
+    old, recent = dev[:3], dev[3:]
+    failed = new_trace_id()  # a pair that failed long ago
+    waiting = new_trace_id()  # queued long ago and still pending
+    ingest(traces, e, [s for t in (failed, waiting) for s in trace_spans(t, env="prod")])
+    t = scoring_tasks
+    eight_days_ms = 8 * 24 * 3600 * 1000
+    with engine.begin() as conn:
+        conn.execute(t.update().where(t.c.target_id == failed).values(state="FAILED"))
+        conn.execute(
+            t.update()
+            .where(t.c.target_id.in_([*old, failed, waiting]))
+            .values(due_at_ms=t.c.due_at_ms - eight_days_ms)
+        )
+
+    LedgerPruner(JobStore(engine), settings_for(uri, scoring_retention_s=week)).tick()
+    assert ledger(engine) == sorted(
+        [(x, "prod", "FILTERED") for x in recent] + [(waiting, "prod", "PENDING")]
+    )
+    assert scoring.store.tasks_prune(week) == 0  # nothing more is old enough
+
+    # Once the trace itself is older than the retention, the decision log says why it has no
+    # ledger row instead of claiming it was never queued.
+    service, scoring, traces = _parts(uri, engine, scoring_retention_s=0.001)
+    assert scoring.store.tasks_prune(0.001) == 3
+    for x in recent:  # they completed well over a millisecond ago
+        decision = service.decisions(traces.trace_get(x))[0]
+        assert decision["state"] == "pruned", decision
+        assert "pruned" in decision["reason"]
 
 
 # -- custom code -------------------------------------------------------------------------------

@@ -127,6 +127,10 @@ class Settings(BaseSettings):
     """A session is scored once no trace of it arrived for this long."""
     allow_custom_scorers: bool = False
     """Accept custom code scorers (they run in the ``sandbox`` executor only)."""
+    scoring_retention_s: float = Field(7 * 24 * 3600.0, gt=0)
+    """Ledger rows of (trace, scorer) pairs decided without an assessment (filtered out or
+    failed) are deleted this long after the decision by the leader's pruner, every
+    ``prune_interval_s``; the decision log then reports them as ``pruned``."""
     backfill_max_traces: int = Field(100_000, ge=1)
     """The most traces one backfill request may queue."""
     judge_base_url: str = "https://api.openai.com/v1"

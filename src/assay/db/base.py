@@ -84,6 +84,17 @@ class SqlStore:
                 raise StoreError(f"store error: {exc.orig}") from exc
         raise AssertionError("unreachable")
 
+    def _delete_in_batches(self, body: Callable[[sa.Connection], int], batch: int) -> int:
+        """Run ``body`` (which deletes up to ``batch`` rows and returns how many) in one
+        transaction after another until it deletes fewer; returns the total. Short
+        transactions keep a large prune from holding locks or a huge undo log."""
+        total = 0
+        while (deleted := self._tx(body)) > 0:
+            total += deleted
+            if deleted < batch:
+                break
+        return total
+
     def _insert(self, table: sa.Table) -> Any:
         """The dialect's INSERT, for ON CONFLICT / ON DUPLICATE KEY clauses."""
         dialect_insert = {"postgresql": postgresql.insert, "mysql": mysql.insert}

@@ -876,12 +876,7 @@ class JobStore(SqlStore):
                 conn.execute(jobs.delete().where(jobs.c.id.in_(chunk)))
             return len(chunk)
 
-        total = 0
-        while (deleted := self._tx(body)) > 0:
-            total += deleted
-            if deleted < batch:
-                break
-        return total
+        return self._delete_in_batches(body, batch)
 
     def leader_try_acquire(self, name: str, holder: str, ttl_s: float) -> bool:
         """Take or extend the lease ``name``; True while ``holder`` is the leader."""

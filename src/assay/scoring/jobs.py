@@ -1,4 +1,4 @@
-"""The online-scoring jobs and the leader service that starts them.
+"""The online-scoring jobs and the leader services that start them and prune the ledger.
 
 - ``assay.scoring.traces(experiment_id)`` and ``assay.scoring.sessions(experiment_id)`` score
   one experiment's due ledger rows (:class:`~assay.scoring.engine.ScoringEngine`). They run
@@ -9,12 +9,15 @@
   coalescing policy, so a job that is already queued or running absorbs the tick and nothing
   is stored (no CANCELED rows per tick).
 - ``assay.scoring.backfill`` queues past traces for one scorer and follows them to the end.
+- :class:`LedgerPruner` (leader) deletes the ledger rows of pairs decided without an
+  assessment once they are older than ``scoring_retention_s``.
 
 :func:`install` adds all of this to a job registry; ``assay server`` and ``assay worker`` do.
 """
 
 from __future__ import annotations
 
+import logging
 import uuid
 from typing import Any
 
@@ -29,7 +32,9 @@ from assay.scoring.model import Level
 from assay.scoring.service import BACKFILL_JOB, ScoringService
 from assay.scoring.store import ScoringStore
 
-__all__ = ["BACKFILL_JOB", "JOB_NAMES", "ScoringScheduler", "install"]
+__all__ = ["BACKFILL_JOB", "JOB_NAMES", "LedgerPruner", "ScoringScheduler", "install"]
+
+log = logging.getLogger("assay.scoring")
 
 JOB_NAMES = {Level.TRACE: "assay.scoring.traces", Level.SESSION: "assay.scoring.sessions"}
 _ENQUEUE_CHUNK = 1000
@@ -125,6 +130,23 @@ class ScoringScheduler(Service):
         )
 
 
+class LedgerPruner(Service):
+    """Deletes ledger rows decided without an assessment longer than ``scoring_retention_s``
+    ago (leader only)."""
+
+    name = "scoring-pruner"
+
+    def __init__(self, store: JobStore, settings: Settings) -> None:
+        super().__init__(settings.prune_interval_s)
+        self.scoring = ScoringStore(store.engine)
+        self.retention_s = settings.scoring_retention_s
+
+    def tick(self) -> None:
+        deleted = self.scoring.tasks_prune(self.retention_s)
+        if deleted:
+            log.info("scoring.pruned count=%s", deleted)
+
+
 def install(registry: Registry) -> None:
     """Register the scoring jobs and the scheduler service in ``registry``."""
     for name, fn, exclusive in (
@@ -135,3 +157,4 @@ def install(registry: Registry) -> None:
         if name not in registry:
             job(name=name, executor="inline", exclusive=exclusive, registry=registry)(fn)
     registry.register_service("scoring", ScoringScheduler)
+    registry.register_service("scoring-pruner", LedgerPruner)

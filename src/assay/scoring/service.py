@@ -229,6 +229,8 @@ class ScoringService:
             elif trace.session_id:
                 keys[scorer.name] = session_key(trace.session_id, scorer)
         done = self.traces.assessments_by_key(list(keys.values()))
+        now_ms = self.store.now_ms()
+        retention_ms = self.settings.scoring_retention_s * 1000
         out = []
         for scorer in scorers:
             target = trace.trace_id if scorer.level == Level.TRACE else trace.session_id
@@ -267,6 +269,13 @@ class ScoringService:
                 entry.update(
                     state="before_scorer",
                     reason="completed before the scorer was registered; backfill scores it",
+                )
+            elif (trace.completed_at_ms or 0) < now_ms - retention_ms:
+                entry.update(
+                    state="pruned",
+                    reason="no ledger entry: decided without an assessment (filtered out or "
+                    f"failed) over {self.settings.scoring_retention_s:g} s ago and pruned, or "
+                    "never queued; backfill scores it",
                 )
             else:
                 entry.update(

@@ -566,6 +566,25 @@ class ScoringStore(SqlStore):
 
         self._tx(body)
 
+    # -- pruning ------------------------------------------------------------------------------
+
+    def tasks_prune(self, older_than_s: float, *, batch: int = 1000) -> int:
+        """Delete the rows of pairs decided (FILTERED or FAILED) more than ``older_than_s``
+        ago, ``batch`` rows per transaction; returns how many. Scored pairs have no row left
+        (it goes with its assessment's write), and pending ones are never touched. A decided
+        row's ``due_at_ms`` is its decision time, so ``ix_scoring_tasks_due`` finds them."""
+        t = scoring_tasks
+        cutoff = self._now - int(older_than_s * 1000)
+        decided = (t.c.state.in_([FILTERED, FAILED]), t.c.due_at_ms < cutoff)
+
+        def body(conn: sa.Connection) -> int:
+            ids = conn.execute(sa.select(t.c.id).where(*decided).limit(batch)).scalars().all()
+            if ids:
+                conn.execute(t.delete().where(t.c.id.in_(ids), *decided))
+            return len(ids)
+
+        return self._delete_in_batches(body, batch)
+
     # -- reading the ledger -------------------------------------------------------------------
 
     def decisions(self, experiment_id: str, targets: Sequence[tuple[Level, str]]) -> list[Decision]:
