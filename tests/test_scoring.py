@@ -122,6 +122,22 @@ def test_scorer_registered_later_does_not_score_earlier_traces(uri, engine) -> N
     assert scored(engine) == [(after, "late")]
 
 
+def test_replaced_and_deleted_scorers_are_not_kept_built(uri, engine) -> None:
+    service, scoring, traces = _parts(uri, engine)
+    e = experiment(engine)
+    register(service, e, "a", definition={"max_chars": 10})
+    register(service, e, "b")
+    ingest(traces, e, trace_spans(new_trace_id()))
+    drain(scoring, e)
+    assert sorted(k[1:] for k in scoring._built) == [("a", 1), ("b", 1)]
+
+    register(service, e, "a", definition={"max_chars": 20})  # version 2
+    service.delete(e, "b")
+    ingest(traces, e, trace_spans(new_trace_id()))
+    drain(scoring, e)
+    assert sorted(k[1:] for k in scoring._built) == [("a", 2)]
+
+
 def test_racing_claims_take_disjoint_rows(uri, engine) -> None:
     service, scoring, traces = _parts(uri, engine)
     e = experiment(engine)

@@ -18,7 +18,7 @@ import threading
 import time
 import weakref
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
@@ -179,6 +179,7 @@ class ScoringEngine:
                 break
             stats.claimed += len(tasks)
             scorers = {s.name: s for s in self.store.scorers_list(experiment_id)}
+            self._forget_stale(experiment_id, scorers.values())
             if level == Level.TRACE:
                 outcomes = self._score_traces(tasks, scorers, stats)
             else:
@@ -394,6 +395,14 @@ class ScoringEngine:
         log.warning("scoring.paused scorer=%s reason=%s", scorer.name, reason)
         stats.paused.append(scorer.name)
         self.store.scorer_set_status(scorer.experiment_id, scorer.name, PAUSED, _reason(reason))
+
+    def _forget_stale(self, experiment_id: str, current: Iterable[ScorerRecord]) -> None:
+        """Drop built scorers of the experiment that were replaced by a new version or
+        deleted, so that a long-lived worker does not keep every judge client it ever made."""
+        live = {(experiment_id, s.name, s.version) for s in current}
+        with self._lock:
+            for key in [k for k in self._built if k[0] == experiment_id and k not in live]:
+                del self._built[key]
 
     def _build(self, scorer: ScorerRecord) -> kinds.Built:
         key = (scorer.experiment_id, scorer.name, scorer.version)
