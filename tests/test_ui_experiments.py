@@ -105,7 +105,20 @@ def test_pages_show_traces_scores_decisions_and_manage_scorers(servers: Servers,
         log = trace.text.split('id="decision-log"')[1].split("</table>")[0]
         assert 'class="status status-done">done</span>' in log
         assert "&#34;question&#34;: &#34;why?&#34;" in trace.text  # the inputs, pretty JSON
-        assert http.get("/ui/traces/" + "0" * 32).status_code == 404
+        # A missing page is a page that says so; the API still answers JSON.
+        for path, reason in (
+            ("/ui/traces/" + "0" * 32, "not found"),
+            ("/ui/experiments/no-such-experiment", "not found"),
+            ("/ui/experiments/no-such-experiment/scorers", "not found"),
+            ("/ui/no-such-page", "Not Found"),
+        ):
+            missing = http.get(path)
+            assert missing.status_code == 404, path
+            assert missing.headers["content-type"].startswith("text/html"), path
+            assert '<p class="error" role="alert">' in missing.text and reason in missing.text
+        api = http.get("/api/v1/traces/" + "0" * 32)
+        assert api.status_code == 404
+        assert api.json()["error"]["code"] == "not_found"
 
         scorers_url = f"/ui/experiments/{experiment}/scorers"
         scorers = http.get(scorers_url)

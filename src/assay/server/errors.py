@@ -22,7 +22,7 @@ import logging
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
@@ -103,28 +103,37 @@ def _allowed_methods(request: Request) -> list[str]:
     ]
 
 
+def _respond(request: Request, status: int, code: str, message: str) -> Response:
+    """The API's JSON error, or, for a web UI page, the same reason as a page."""
+    if request.url.path.startswith("/ui/"):
+        from assay.server.ui.pages import error_page  # the UI's routes import this module
+
+        return error_page(request, status, message)
+    return error_response(status, code, message)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(AssayError)
-    async def _assay_error(_request: Request, exc: AssayError) -> JSONResponse:
+    async def _assay_error(request: Request, exc: AssayError) -> Response:
         status = status_for(exc)
         if status >= 500:
             log.error("request.failed code=%s", exc.code, exc_info=exc)
-        return error_response(status, exc.code, str(exc))
+        return _respond(request, status, exc.code, str(exc))
 
     @app.exception_handler(RequestValidationError)
-    async def _validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
-        return error_response(422, "invalid_request", _describe_validation(exc))
+    async def _validation_error(request: Request, exc: RequestValidationError) -> Response:
+        return _respond(request, 422, "invalid_request", _describe_validation(exc))
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
         code = _HTTP_CODES.get(exc.status_code, "http_error")
-        response = error_response(exc.status_code, code, str(exc.detail))
+        response = _respond(request, exc.status_code, code, str(exc.detail))
         response.headers.update(exc.headers or {})
         if exc.status_code == 405:
             response.headers["Allow"] = ", ".join(_allowed_methods(request))
         return response
 
     @app.exception_handler(Exception)
-    async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:
+    async def _unexpected(request: Request, exc: Exception) -> Response:
         log.error("request.crashed", exc_info=exc)
-        return error_response(500, "internal_error", f"internal error: {type(exc).__name__}")
+        return _respond(request, 500, "internal_error", f"internal error: {type(exc).__name__}")

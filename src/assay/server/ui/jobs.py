@@ -203,23 +203,9 @@ def _visible_job(request: Request, caller: Principal, job_id: str) -> Job:
     return job
 
 
-def _error_page(request: Request, job_id: str, exc: AssayError) -> Response:
-    return render(
-        request,
-        "job_missing.html",
-        status_code=status_for(exc),
-        section="jobs",
-        job_id=job_id,
-        message=str(exc),
-    )
-
-
 @router.get("/{job_id}", response_class=HTMLResponse)
 def job_page(request: Request, caller: UiCaller, job_id: str) -> Response:
-    try:
-        job = _visible_job(request, caller, job_id)
-    except AssayError as exc:
-        return _error_page(request, job_id, exc)
+    job = _visible_job(request, caller, job_id)
     context: dict[str, Any] = {
         "job": job,
         "attempts": _backend(request).attempts(job_id),
@@ -234,10 +220,7 @@ def job_page(request: Request, caller: UiCaller, job_id: str) -> Response:
 @router.post("/{job_id}/cancel")
 def cancel_job(request: Request, caller: UiCaller, job_id: str) -> Response:
     """Cancel, then back to the job's page (a finished job is left as it is)."""
-    try:
-        require_api_token(caller, "cancel jobs")
-        _visible_job(request, caller, job_id)
-        _backend(request).cancel(job_id)
-    except AssayError as exc:
-        return _error_page(request, job_id, exc)
+    require_api_token(caller, "cancel jobs")
+    _visible_job(request, caller, job_id)
+    _backend(request).cancel(job_id)
     return RedirectResponse(f"/ui/jobs/{job_id}", status_code=303)

@@ -4,6 +4,7 @@ and the redirect from ``/``."""
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from http import HTTPStatus
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -19,6 +20,7 @@ __all__ = [
     "STATIC_DIR",
     "LoginRequired",
     "UiCaller",
+    "error_page",
     "render",
     "router",
     "templates",
@@ -71,6 +73,17 @@ def ui_caller(request: Request) -> Principal:
 
 
 UiCaller = Annotated[Principal, Depends(ui_caller)]
+
+
+def error_page(request: Request, status: int, message: str) -> HTMLResponse:
+    """A UI request that failed (not found, forbidden, bad input): the reason as a page."""
+    try:
+        title = HTTPStatus(status).phrase
+    except ValueError:
+        title = "Error"
+    return render(
+        request, "error.html", status_code=status, status=status, title=title, message=message
+    )
 
 
 def render(request: Request, template: str, status_code: int = 200, **context: Any) -> HTMLResponse:
