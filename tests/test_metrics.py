@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -18,12 +19,21 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import assay
 import jobmods_race  # noqa: F401  (registers t_sleep_first in this process too)
+from assay import JobStatus
 from assay.db.migrate import _config, current_revision, head_revision
 from assay.jobs.backend import Backend
 from assay.jobs.metrics import JobMetrics
 from assay.jobs.services import Rescuer
 from assay.jobs.store import JobStore
-from conftest import FAST, ServerProcess, Servers, WorkerProcesses, running_worker, wait_until
+from conftest import (
+    FAST,
+    ServerProcess,
+    Servers,
+    WorkerProcesses,
+    free_port,
+    running_worker,
+    wait_until,
+)
 
 Labels = tuple[tuple[str, str], ...]
 
@@ -282,6 +292,43 @@ def test_killed_worker_job_is_counted_as_rescued(
     assert m.by("assay_jobs_rescued_total", "name", "status") == {("t_sleep_first", "PENDING"): 1}
     assert get_job(server, job["id"])["status"] == "PENDING"
     assert m.value("assay_jobs_queue_depth", name="t_sleep_first") == 1
+
+
+def test_standalone_worker_serves_its_own_metrics(
+    backend: assay.Backend, store_uri: str, worker_processes: WorkerProcesses
+) -> None:
+    port = free_port()
+    worker_processes.start(store_uri, "--metrics-port", str(port))
+    worker_processes.wait_ready(1)
+    assert f"metrics on http://127.0.0.1:{port}/metrics" in worker_processes.logs()
+    ids = [backend.submit("t_add", {"a": i, "b": 1}).id for i in range(3)]
+    for job_id in ids:
+        assert backend.wait(job_id, timeout=20).status == JobStatus.SUCCEEDED
+
+    def finished() -> Scrape | None:
+        response = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10)
+        assert response.status_code == 200
+        m = Scrape(response.text)
+        return m if m.series("assay_jobs_finished_total") else None
+
+    m = wait_until(finished)  # the status is committed just before the worker counts it
+    assert m.by("assay_jobs_finished_total", "name", "status") == {("t_add", "SUCCEEDED"): 3}
+    assert m.by("assay_jobs_run_seconds_count", "name") == {"t_add": 3}
+    assert m.value("assay_store_up") == 1
+
+
+def test_worker_metrics_port_in_use_is_one_line(
+    store_uri: str, worker_processes: WorkerProcesses
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = worker_processes.start(store_uri, "--metrics-port", str(port))
+        assert proc.wait(timeout=60) != 0
+    log = worker_processes.logs()
+    assert f"cannot serve metrics on 127.0.0.1:{port}" in log
+    assert "Traceback" not in log
 
 
 def test_rescuer_counts_requeued_and_failed(backend: assay.Backend) -> None:

@@ -20,6 +20,7 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any, cast
 
 import click
+from prometheus_client import start_http_server
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -123,12 +124,22 @@ def cli() -> None:
     show_default=True,
     type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
 )
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(0, 65535),
+    help="Serve this worker's Prometheus metrics on this port (GET /metrics; 0: any free port).",
+)
+@click.option(
+    "--metrics-host", default="127.0.0.1", show_default=True, help="Address of --metrics-port."
+)
 def worker(
     store_uri: str | None,
     job_modules: tuple[str, ...],
     concurrency: int | None,
     executor: str | None,
     log_level: str,
+    metrics_port: int | None,
+    metrics_host: str,
 ) -> None:
     """Run a worker until SIGTERM/SIGINT (a second signal stops at once)."""
     logging.basicConfig(
@@ -150,6 +161,16 @@ def worker(
 
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
+        if metrics_port is not None:
+            try:
+                http, _ = start_http_server(
+                    metrics_port, metrics_host, registry=backend.store.metrics.registry
+                )
+            except OSError as exc:
+                raise click.ClickException(
+                    f"cannot serve metrics on {metrics_host}:{metrics_port}: {exc.strerror}"
+                ) from None
+            click.echo(f"metrics on http://{metrics_host}:{http.server_port}/metrics", err=True)
         click.echo(
             f"worker {w.id} on {settings.store_uri} running {', '.join(backend.registry.names)}",
             err=True,
