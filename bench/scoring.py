@@ -1,10 +1,12 @@
-"""Online-scoring benchmark: heuristic and LLM-judge throughput of the scoring processor, and
-the completion → assessment latency of a real ``assay server``, per store.
+"""Online-scoring benchmark: heuristic, sandboxed custom-code and LLM-judge throughput of the
+scoring processor, and the completion → assessment latency of a real ``assay server``, per
+store.
 
 Run it from the repository root::
 
     .venv/bin/python bench/scoring.py [--stores sqlite,postgresql] [--traces N]
-                                      [--judge-traces N] [--concurrency 16,32,64] [--quick]
+                                      [--custom-traces N] [--judge-traces N]
+                                      [--concurrency 16,32,64] [--quick]
                                       [--out bench/results/scoring.json]
 
 Throughput runs ``ScoringEngine.run`` in-process on a ledger filled beforehand (through
@@ -65,6 +67,12 @@ HEURISTICS: dict[str, tuple[str, dict[str, Any]]] = {
     "length": ("output_length", {"max_chars": 1000}),
     "refund": ("regex", {"pattern": r"\brefund\b", "ignore_case": True}),
 }
+CUSTOM: dict[str, tuple[str, dict[str, Any]]] = {
+    "mentions_refund": (
+        "custom",
+        {"code": "def score(inputs, outputs, trace):\n    return 'refund' in str(outputs)\n"},
+    ),
+}
 JUDGE = {"instructions": "Is this answer good? {{ outputs }}", "output": {"type": "yes_no"}}
 DRAIN_TIMEOUT_S = 600.0
 SENDERS = 4
@@ -78,6 +86,7 @@ LATENCY_P95_TARGET_S = 30.0
 @dataclass(frozen=True)
 class Sizes:
     traces: int
+    custom_traces: int
     judge_traces: int
     ingest_batch: int
     concurrencies: tuple[int, ...]
@@ -213,15 +222,22 @@ def drain(scoring: ScoringEngine, engine: sa.Engine, experiment_id: str, expecte
             time.sleep(0.2)
 
 
-def measure_heuristics(store: Store, sizes: Sizes) -> dict[str, Any]:
+def measure_throughput(
+    store: Store,
+    sizes: Sizes,
+    scorers: dict[str, tuple[str, dict[str, Any]]],
+    traces: int,
+    **overrides: Any,
+) -> dict[str, Any]:
+    """``traces`` seeded traces scored in-process by ``scorers`` (settings ``overrides``)."""
     uri = fresh(store)
     with opened_engine(uri) as engine:
-        settings = load_settings(store_uri=uri)
+        settings = load_settings(store_uri=uri, **overrides)
         service = ScoringService(engine, settings)
         experiment_id = TrackingStore(engine).create_experiment(f"bench-{time.time_ns()}").id
-        for name, (kind, definition) in HEURISTICS.items():
+        for name, (kind, definition) in scorers.items():
             service.put(experiment_id, name, kind=kind, definition=definition)
-        ingest_s = seed(engine, experiment_id, sizes.traces, sizes.ingest_batch)
+        ingest_s = seed(engine, experiment_id, traces, sizes.ingest_batch)
         queued = count(engine, scoring_tasks, experiment_id)
         scoring = ScoringEngine(engine, settings)
         try:
@@ -232,14 +248,14 @@ def measure_heuristics(store: Store, sizes: Sizes) -> dict[str, Any]:
             scoring.close()
         made = count(engine, assessments)
     return {
-        "traces": sizes.traces,
-        "scorers": list(HEURISTICS),
+        "traces": traces,
+        "scorers": list(scorers),
         "ingest_s": ingest_s,
         "queued_pairs": queued,
         "assessments": made,
         "stats": stats.to_dict(),
         "wall_s": wall_s,
-        "traces_per_s": sizes.traces / wall_s,
+        "traces_per_s": traces / wall_s,
         "pairs_per_s": made / wall_s,
         "batch_size": settings.scoring_batch_size,
     }
@@ -420,7 +436,11 @@ def measure_latency(store: Store, sizes: Sizes) -> dict[str, Any]:
 def bench_store(store: Store, sizes: Sizes, log: Callable[[str], None]) -> dict[str, Any]:
     result: dict[str, Any] = {"version": store.version}
     log(f"{store.kind}: heuristics, {sizes.traces:,} traces")
-    result["heuristics"] = measure_heuristics(store, sizes)
+    result["heuristics"] = measure_throughput(store, sizes, HEURISTICS, sizes.traces)
+    log(f"{store.kind}: custom code scorer (sandboxed), {sizes.custom_traces:,} traces")
+    result["custom"] = measure_throughput(
+        store, sizes, CUSTOM, sizes.custom_traces, allow_custom_scorers=True
+    )
     result["judge"] = []
     for concurrency in sizes.concurrencies:
         log(f"{store.kind}: judge, {sizes.judge_traces:,} traces, concurrency {concurrency}")
@@ -466,6 +486,16 @@ def print_tables(results: dict[str, Any]) -> None:
             verdict(h["traces_per_s"] >= HEURISTIC_TARGET),
         )
     console.print(heuristics)
+
+    custom = Table(title="1b. custom code scorer throughput (sandboxed, in-process engine)")
+    for col in ("store", "traces", "wall", "traces/s"):
+        custom.add_column(col, justify="left" if col == "store" else "right")
+    for kind, store in stores.items():
+        c = store["custom"]
+        custom.add_row(
+            kind, f"{c['traces']:,}", f"{c['wall_s']:.1f} s", f"[bold]{c['traces_per_s']:,.0f}[/]"
+        )
+    console.print(custom)
 
     judge = Table(title="2. judge throughput (stand-in judge, 100 ms per call, fresh limiter)")
     for col in (
@@ -544,6 +574,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--stores", default="sqlite,postgresql", help="sqlite,postgresql,mysql")
     parser.add_argument("--traces", type=int, help="heuristic traces (default 20000; 2000 --quick)")
+    parser.add_argument(
+        "--custom-traces", type=int, help="custom-scorer traces (default 5000; 500 --quick)"
+    )
     parser.add_argument("--judge-traces", type=int, help="judge traces (default 2000; 300 --quick)")
     parser.add_argument("--ingest-batch", type=int, default=500, help="traces per seed transaction")
     parser.add_argument(
@@ -566,6 +599,7 @@ def sizes_from(args: argparse.Namespace) -> Sizes:
     quick = args.quick
     return Sizes(
         traces=args.traces or (2000 if quick else 20_000),
+        custom_traces=args.custom_traces or (500 if quick else 5000),
         judge_traces=args.judge_traces or (300 if quick else 2000),
         ingest_batch=args.ingest_batch,
         concurrencies=tuple(int(c) for c in args.concurrency.split(",")),
@@ -579,7 +613,8 @@ def sizes_from(args: argparse.Namespace) -> Sizes:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     sizes = sizes_from(args)
-    if min(sizes.traces, sizes.judge_traces, sizes.ingest_batch, sizes.request_traces) < 1:
+    counts = (sizes.traces, sizes.custom_traces, sizes.judge_traces, sizes.ingest_batch)
+    if min(*counts, sizes.request_traces) < 1:
         console.print("[red]sizes must be ≥ 1[/]")
         return 2
     return run_benchmark(

@@ -17,14 +17,13 @@ import assay
 from assay.db.tables import scoring_tasks
 from assay.errors import InvalidFilterError, InvalidRequestError, PermissionDeniedError
 from assay.jobs.store import JobStore
-from assay.scoring.engine import ScoringEngine
+from assay.scoring.engine import RunStats, ScoringEngine
 from assay.scoring.jobs import LedgerPruner
 from assay.scoring.model import Level
 from assay.scoring.sampler import sampled, uniform
 from assay.scoring.service import ScoringService
 from assay.scoring.standin import StandInJudge
 from assay.scoring.store import Done
-from assay.tracing.model import default_idempotency_key
 from assay.tracing.store import TraceStore
 from conftest import empty_store
 from scoring_support import (
@@ -183,28 +182,12 @@ def test_a_crashed_batch_is_redone_after_its_lease_without_duplicates(uri, engin
     assert drain(scoring, e, owner="B").claimed == 0  # leased: not taken yet
     time.sleep(0.25)
     assert drain(scoring, e, owner="B").scored == 20
-    # A wakes up and commits its (late) results: they replace, they never add.
-    scorer = service.get(e, "s")
-    late = scoring._attempt(
-        lost[0],
-        scorer,
-        _item(traces, lost[0].target_id),
-        lost[0].target_id,
-        default_idempotency_key(lost[0].target_id, "s", scorer.source_id),
-        None,
-    )
-    assert isinstance(late, Done)
-    scoring.store.tasks_finish("A", [late])
+    # A wakes up, scores what it had claimed and commits: its results replace, never add.
+    late = scoring._score_traces(lost, {"s": service.get(e, "s")}, RunStats())
+    assert all(isinstance(outcome, Done) for outcome in late)
+    scoring.store.tasks_finish("A", late)
     assert scored(engine) == sorted((t, "s") for t in ids)
     assert ledger(engine) == []
-
-
-def _item(traces: TraceStore, trace_id: str) -> Any:
-    from assay.scoring.model import ScoringItem
-
-    trace = traces.trace_get(trace_id)
-    assert trace is not None
-    return ScoringItem(trace.request, trace.response, {"duration_ms": trace.duration_ms})
 
 
 # -- sessions ----------------------------------------------------------------------------------
@@ -426,3 +409,56 @@ def test_custom_scorer_runs_sandboxed_when_allowed(tmp_path) -> None:
     assert decision["state"] == "failed"
     assert "custom scorer failed" in decision["reason"]
     engine.dispose()
+
+
+BATCHED = """
+import os, time
+
+def score(inputs, outputs, trace):
+    if "hang" in outputs:
+        time.sleep(60)
+    if "die" in outputs:
+        os._exit(3)
+    return {"value": len(outputs), "rationale": f"pid {os.getpid()}"}
+"""
+
+
+def _custom_run(tmp_path, outputs: list[str]) -> tuple[dict[str, Any], dict[str, str], Any]:
+    """Score one trace per output with BATCHED (1 s per item); per output: the assessment's
+    rationale, or the ledger's failure reason."""
+    uri = f"sqlite:///{tmp_path / 'batched.db'}"
+    engine = assay.db.create_engine(uri)
+    assay.db.upgrade(engine)
+    service, scoring, traces = _parts(uri, engine, allow_custom_scorers=True)
+    e = experiment(engine)
+    register(service, e, "c", kind="custom", definition={"code": BATCHED, "timeout_s": 1})
+    ids = {new_trace_id(): output for output in outputs}
+    ingest(traces, e, [s for t, output in ids.items() for s in trace_spans(t, output=output)])
+    stats = drain(scoring, e)
+    rationales = {ids[t]: a.rationale for t in ids for a in traces.assessments_list(t) or []}
+    reasons = {
+        ids[t]: service.decisions(traces.trace_get(t))[0]["reason"]
+        for t in ids
+        if ids[t] not in rationales
+    }
+    engine.dispose()
+    return rationales, reasons, stats
+
+
+def test_custom_scorer_scores_many_items_per_sandbox_and_times_out_each_alone(tmp_path) -> None:
+    fine = [f"fine {n}" for n in range(12)]
+    rationales, reasons, stats = _custom_run(tmp_path, [*fine, "hang"])
+    assert (stats.scored, stats.failed) == (12, 1)
+    assert set(rationales) == set(fine)
+    assert len(set(rationales.values())) == 1  # one sandbox scored all of them
+    assert "timed out after 1s" in reasons["hang"]
+
+
+def test_a_sandbox_that_dies_is_retried_item_by_item(tmp_path) -> None:
+    fine = [f"fine {n}" for n in range(4)]
+    rationales, reasons, stats = _custom_run(tmp_path, [*fine, "die"])
+    assert (stats.scored, stats.failed) == (4, 1)
+    assert set(rationales) == set(fine)
+    assert len(set(rationales.values())) == 4  # the retry: one sandbox per item
+    assert "custom scorer failed" in reasons["die"]
+    assert "exit status 3" in reasons["die"]

@@ -115,7 +115,8 @@ def test_pages_show_traces_scores_decisions_and_manage_scorers(servers: Servers,
             missing = http.get(path)
             assert missing.status_code == 404, path
             assert missing.headers["content-type"].startswith("text/html"), path
-            assert '<p class="error" role="alert">' in missing.text and reason in missing.text
+            assert '<p class="error" role="alert">' in missing.text
+            assert reason in missing.text
         api = http.get("/api/v1/traces/" + "0" * 32)
         assert api.status_code == 404
         assert api.json()["error"]["code"] == "not_found"

@@ -1,19 +1,45 @@
-"""Runs one custom code scorer on one item, inside the sandbox child.
+"""Runs one custom code scorer on a list of items, inside one sandbox child.
 
 The scorer's source defines ``score(inputs, outputs, trace)``; it may return a bool, a number, a
 string, or a dict (``{"value": ..., "rationale": ...}`` is read as such, any other dict is the
-value itself).
+value itself). Each item gets its own result or error, and its own time limit (``SIGALRM``,
+which interrupts Python code and sleeps), so one bad item fails alone.
 """
 
 from __future__ import annotations
 
+import signal
 from typing import Any
 
+_MAX_ERROR = 500
 
-def run(code: str, inputs: Any, outputs: Any, trace: Any) -> dict[str, Any]:
+
+class ItemTimeout(Exception):
+    pass
+
+
+def run(code: str, items: list[dict[str, Any]], item_timeout_s: float) -> dict[str, Any]:
     namespace: dict[str, Any] = {"__name__": "assay_custom_scorer"}
     exec(compile(code, "<custom scorer>", "exec"), namespace)
-    result = namespace["score"](inputs, outputs, trace)
+    score = namespace["score"]
+
+    def expired(_signum: int, _frame: object) -> None:
+        raise ItemTimeout(f"timed out after {item_timeout_s:g}s")
+
+    signal.signal(signal.SIGALRM, expired)
+    results: list[dict[str, Any]] = []
+    for item in items:
+        signal.setitimer(signal.ITIMER_REAL, item_timeout_s)
+        try:
+            results.append(_result(score(item["inputs"], item["outputs"], item["trace"])))
+        except Exception as exc:
+            results.append({"error": f"{type(exc).__name__}: {exc}"[:_MAX_ERROR]})
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+    return {"results": results}
+
+
+def _result(result: Any) -> dict[str, Any]:
     if isinstance(result, dict) and "value" in result:
         rationale = result.get("rationale")
         return {

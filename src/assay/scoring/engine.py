@@ -21,7 +21,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -55,11 +55,15 @@ from assay.tracing.store import TraceStore
 __all__ = ["RunStats", "ScoringEngine", "session_key", "trace_key"]
 
 log = logging.getLogger("assay.scoring")
+T = TypeVar("T")
 
 _MAX_REASON = 500
 _OUTPUT_RETRIES = 2
 _RETRY_BASE_MS = 5_000
 _RETRY_MAX_MS = 300_000
+BATCH_CALL_ITEMS = 50
+"""Most items one call gets from a scorer that scores many at once (a custom scorer: one
+sandbox per call)."""
 LATENCY_BUCKETS_S = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0)
 
 _ENGINES: weakref.WeakKeyDictionary[sa.Engine, ScoringEngine] = weakref.WeakKeyDictionary()
@@ -223,7 +227,7 @@ class ScoringEngine:
         found = {t.trace_id: t for t in self.traces.traces_get_many(_ids(tasks))}
         outcomes: list[Outcome] = []
         work: list[tuple[Task, ScorerRecord, Trace]] = []
-        for name, group in _by_scorer(tasks).items():
+        for name, group in _grouped(tasks, lambda t: t.scorer_name).items():
             scorer = scorers.get(name)
             if scorer is None or scorer.status != ACTIVE:
                 outcomes.extend(TaskUpdate(t, None) for t in group)
@@ -251,13 +255,18 @@ class ScoringEngine:
                 if trace.trace_id in spans:
                     view["spans"] = spans[trace.trace_id]
                 items[trace.trace_id] = ScoringItem(trace.request, trace.response, view)
-
-        def attempt(task: Task, scorer: ScorerRecord, trace: Trace) -> Outcome:
-            item = items[trace.trace_id]
-            key = trace_key(trace.trace_id, scorer)
-            return self._attempt(task, scorer, item, trace.trace_id, key, trace.completed_at_ms)
-
-        outcomes.extend(self._run_all(work, attempt, stats))
+        calls = [
+            _Call(
+                task,
+                scorer,
+                items[trace.trace_id],
+                trace.trace_id,
+                trace_key(trace.trace_id, scorer),
+                trace.completed_at_ms,
+            )
+            for task, scorer, trace in work
+        ]
+        outcomes.extend(self._run_all(calls, stats))
         return outcomes
 
     def _spans_for(self, work: Sequence[tuple[Task, ScorerRecord, Trace]]) -> dict[str, Any]:
@@ -275,7 +284,7 @@ class ScoringEngine:
         self, tasks: Sequence[Task], scorers: dict[str, ScorerRecord], stats: RunStats
     ) -> list[Outcome]:
         outcomes: list[Outcome] = []
-        work: list[tuple[Task, ScorerRecord, list[Trace]]] = []
+        calls: list[_Call] = []
         idle_ms = round(self.settings.session_idle_s * 1000)
         for task in tasks:
             scorer = scorers.get(task.scorer_name)
@@ -298,85 +307,89 @@ class ScoringEngine:
                     TaskUpdate(task, FILTERED, f"no trace matches {scorer.filter_string!r}")
                 )
             else:
-                work.append((task, scorer, session))
-
-        def attempt(task: Task, scorer: ScorerRecord, session: list[Trace]) -> Outcome:
-            item = ScoringItem(
-                inputs=[t.request for t in session],
-                outputs=[t.response for t in session],
-                trace={"session_id": task.target_id, "traces": [_trace_view(t) for t in session]},
-            )
-            first = session[0].trace_id
-            key = session_key(task.target_id, scorer)
-            outcome = self._attempt(task, scorer, item, first, key, None)
-            if isinstance(outcome, Done):
-                others = tuple(t.trace_id for t in session[1:])
-                return Done(outcome.task, outcome.row, others, outcome.started_ms)
-            return outcome
-
-        outcomes.extend(self._run_all(work, attempt, stats))
+                item = ScoringItem(
+                    inputs=[t.request for t in session],
+                    outputs=[t.response for t in session],
+                    trace={
+                        "session_id": task.target_id,
+                        "traces": [_trace_view(t) for t in session],
+                    },
+                )
+                # The result goes on the session's first trace (and leaves any other).
+                first, others = session[0].trace_id, tuple(t.trace_id for t in session[1:])
+                key = session_key(task.target_id, scorer)
+                calls.append(_Call(task, scorer, item, first, key, None, others))
+        outcomes.extend(self._run_all(calls, stats))
         return outcomes
 
     # -- running scorers --------------------------------------------------------------------
 
-    def _run_all(
-        self,
-        work: Sequence[tuple[Task, ScorerRecord, Any]],
-        attempt: Callable[[Task, ScorerRecord, Any], Outcome],
-        stats: RunStats,
-    ) -> list[Outcome]:
-        """Score every item: fast scorers inline, slow ones on the pool. A scorer paused on
-        the way has the rest of its items given back."""
-        outcomes: list[Outcome] = []
+    def _run_all(self, calls: Sequence[_Call], stats: RunStats) -> list[Outcome]:
+        """Score every item: fast scorers inline, slow ones on the pool, one pool task per
+        item, or per chunk of up to ``BATCH_CALL_ITEMS`` items for scorers that score many
+        in one call (a sandbox per chunk, not per item). A scorer paused on the way has the
+        rest of its items given back."""
         paused: set[str] = set()
 
-        def guarded(task: Task, scorer: ScorerRecord, subject: Any) -> Outcome:
+        def run(chunk: Sequence[_Call]) -> list[Outcome]:
+            scorer = chunk[0].scorer
             if scorer.name in paused:
-                return TaskUpdate(task, None)
+                return [TaskUpdate(c.task, None) for c in chunk]
+            built = self._build(scorer)
+            if built.many is not None:
+                results = built.many([c.item for c in chunk])
+            else:
+                results = [_call(built.fn, c.item) for c in chunk]
             try:
-                return attempt(task, scorer, subject)
+                return [self._outcome(c, built, r) for c, r in zip(chunk, results, strict=True)]
             except _Paused as exc:
                 with self._lock:
                     if scorer.name not in paused:
                         paused.add(scorer.name)
                         self._pause(scorer, str(exc), stats)
-                return TaskUpdate(task, None)
+                return [TaskUpdate(c.task, None) for c in chunk]
 
-        slow = [w for w in work if self._build(w[1]).slow]
-        futures = [self._pool.submit(guarded, *w) for w in slow]
-        outcomes.extend(guarded(*w) for w in work if not self._build(w[1]).slow)
-        outcomes.extend(f.result() for f in futures)
+        inline: list[list[_Call]] = []
+        pooled: list[list[_Call]] = []
+        for group in _grouped(calls, lambda c: c.scorer.name).values():
+            built = self._build(group[0].scorer)
+            if not built.slow:
+                inline += [[c] for c in group]
+            elif built.many is None:
+                pooled += [[c] for c in group]
+            else:
+                size = BATCH_CALL_ITEMS
+                pooled += [group[i : i + size] for i in range(0, len(group), size)]
+        futures = [self._pool.submit(run, chunk) for chunk in pooled]
+        outcomes = [o for chunk in inline for o in run(chunk)]
+        outcomes += [o for f in futures for o in f.result()]
         return outcomes
 
-    def _attempt(
-        self,
-        task: Task,
-        scorer: ScorerRecord,
-        item: ScoringItem,
-        trace_id: str,
-        key: str,
-        completed_at_ms: int | None,
-    ) -> Outcome:
-        built = self._build(scorer)
-        try:
-            feedback = built.fn(item)
-            # Validated here: a value that cannot be stored fails this item, not the batch.
-            row = assessment_row(_assessment(scorer, built, feedback, trace_id, key))
-        except JudgeConfigError as exc:
-            raise _Paused(str(exc)) from exc
-        except JudgeUnavailableError as exc:
-            return self._retry(task, str(exc), exc.retry_after_s)
-        except JudgeOutputError as exc:
-            if task.attempts < _OUTPUT_RETRIES:
-                return self._retry(task, str(exc), None)
-            return TaskUpdate(task, FAILED, _reason(exc))
-        except JobCancelled:
-            return TaskUpdate(task, None)
-        except Exception as exc:  # a scorer's own bug: the same input would fail again
+    def _outcome(self, call: _Call, built: kinds.Built, result: Feedback | Exception) -> Outcome:
+        """What one scorer call's result (or error) means for its ledger row."""
+        task = call.task
+        if isinstance(result, Exception):
+            exc = result
+            if isinstance(exc, JudgeConfigError):
+                raise _Paused(str(exc)) from exc
+            if isinstance(exc, JudgeUnavailableError):
+                return self._retry(task, str(exc), exc.retry_after_s)
+            if isinstance(exc, JudgeOutputError):
+                if task.attempts < _OUTPUT_RETRIES:
+                    return self._retry(task, str(exc), None)
+                return TaskUpdate(task, FAILED, _reason(exc))
+            if isinstance(exc, JobCancelled):
+                return TaskUpdate(task, None)
+            # A scorer's own bug: the same input would fail again.
             if not isinstance(exc, AssayError):
-                log.warning("scoring.scorer_error scorer=%s", scorer.name, exc_info=True)
+                log.warning("scoring.scorer_error scorer=%s", call.scorer.name, exc_info=exc)
             return TaskUpdate(task, FAILED, _reason(exc))
-        return Done(task, row, started_ms=completed_at_ms)
+        try:
+            # Validated here: a value that cannot be stored fails this item, not the batch.
+            row = assessment_row(_assessment(call.scorer, built, result, call.trace_id, call.key))
+        except Exception as exc:
+            return TaskUpdate(task, FAILED, _reason(exc))
+        return Done(task, row, call.replaces_on, call.started_ms)
 
     def _retry(self, task: Task, reason: str, retry_after_s: float | None) -> TaskUpdate:
         """Again later, with exponential backoff and jitter, until the row is too old."""
@@ -441,14 +454,34 @@ def _trace_view(trace: Trace) -> dict[str, Any]:
     return view
 
 
+@dataclass(frozen=True)
+class _Call:
+    """One scorer call to make: the item, and where its assessment goes."""
+
+    task: Task
+    scorer: ScorerRecord
+    item: ScoringItem
+    trace_id: str
+    key: str
+    started_ms: int | None
+    replaces_on: tuple[str, ...] = ()
+
+
+def _call(fn: Callable[[ScoringItem], Feedback], item: ScoringItem) -> Feedback | Exception:
+    try:
+        return fn(item)
+    except Exception as exc:
+        return exc
+
+
 def _ids(tasks: Sequence[Task]) -> list[str]:
     return sorted({t.target_id for t in tasks})
 
 
-def _by_scorer(tasks: Sequence[Task]) -> dict[str, list[Task]]:
-    groups: dict[str, list[Task]] = defaultdict(list)
-    for task in tasks:
-        groups[task.scorer_name].append(task)
+def _grouped(items: Iterable[T], key: Callable[[T], str]) -> dict[str, list[T]]:
+    groups: dict[str, list[T]] = defaultdict(list)
+    for item in items:
+        groups[key(item)].append(item)
     return groups
 
 

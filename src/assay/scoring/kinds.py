@@ -15,7 +15,7 @@ from typing import Any
 from assay.config import Settings
 from assay.errors import InvalidRequestError, PermissionDeniedError
 from assay.scoring import custom, heuristics, judge
-from assay.scoring.model import Level, ScoreFn
+from assay.scoring.model import Level, ScoreFn, ScoreManyFn
 from assay.tracing.model import AssessmentSource
 
 __all__ = ["JUDGE", "Built", "build", "kinds", "validate"]
@@ -34,6 +34,9 @@ class Built:
     """Calls out (a judge, a sandbox): run on the job's thread pool, not inline."""
     needs_spans: bool
     """Reads ``item.trace["spans"]``, so the job loads them."""
+    many: ScoreManyFn | None = None
+    """Scores a list of items in one call (one result or error per item): the engine then
+    calls it per chunk of items instead of ``fn`` per item."""
 
 
 def kinds() -> list[str]:
@@ -77,7 +80,6 @@ def build(kind: str, definition: dict[str, Any], settings: Settings) -> Built:
         needs = "trace" in judge.placeholders(definition["instructions"])
         return Built(judge.Judge(definition, endpoint), AssessmentSource.LLM_JUDGE, True, needs)
     if kind == CUSTOM:
-        return Built(
-            custom.SandboxedScorer(definition, settings), AssessmentSource.CODE, True, True
-        )
+        sandboxed = custom.SandboxedScorer(definition, settings)
+        return Built(sandboxed, AssessmentSource.CODE, True, True, many=sandboxed.score_many)
     return Built(heuristics.HEURISTICS[kind].build(definition), AssessmentSource.CODE, False, False)

@@ -8,11 +8,11 @@ runs a kind lives in :mod:`assay.scoring.heuristics`, :mod:`assay.scoring.judge`
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Feedback", "Level", "ScoreFn", "ScoringItem"]
+__all__ = ["Feedback", "Level", "ScoreFn", "ScoreManyFn", "ScoringItem"]
 
 
 class Level(enum.StrEnum):
@@ -51,3 +51,7 @@ class Feedback:
 ScoreFn = Callable[[ScoringItem], Feedback]
 """A scorer ready to run: built once per job from its definition, called once per item
 (possibly from several threads at once)."""
+
+ScoreManyFn = Callable[[Sequence[ScoringItem]], list[Feedback | Exception]]
+"""A scorer that scores several items in one call, returning each item's feedback or the
+error that item raised, in order (used where one call has a high fixed cost, like a sandbox)."""
