@@ -147,8 +147,7 @@ def test_cancel_stops_the_ray_task(ray_backend: Backend, tmp_path: Path) -> None
     path = tmp_path / "sleep.txt"
     with running_worker(ray_backend, concurrency=2):
         job = ray_backend.submit("r_sleep", {"path": str(path), "seconds": 30})
-        wait_until(path.exists, timeout=30)
-        task_pid = int(path.read_text().split()[1])
+        task_pid = wait_until(lambda: _started_pid(path), timeout=30)
         ray_backend.cancel(job.id)
         done = ray_backend.wait(job.id, timeout=30)
         assert done.status == JobStatus.CANCELED
@@ -162,10 +161,16 @@ def test_timeout_stops_the_ray_task(ray_backend: Backend, tmp_path: Path) -> Non
     path = tmp_path / "slow.txt"
     with running_worker(ray_backend, concurrency=2):
         job = ray_backend.submit("r_slow", {"path": str(path)})
-        wait_until(path.exists, timeout=30)
-        task_pid = int(path.read_text().split()[1])
+        task_pid = wait_until(lambda: _started_pid(path), timeout=30)
         done = ray_backend.wait(job.id, timeout=60)
         assert done.status == JobStatus.TIMEOUT
         assert done.error is not None
         wait_until(lambda: task_pid not in _ray_pids(), timeout=15)
     assert path.read_text().splitlines() == [f"started {task_pid}"]
+
+
+def _started_pid(path: Path) -> int | None:
+    """The task's pid once its "started" line is written whole (the file exists a moment
+    before its line does)."""
+    line = path.read_text() if path.exists() else ""
+    return int(line.split()[1]) if line.endswith("\n") else None
