@@ -14,6 +14,7 @@ import pytest
 import sqlalchemy as sa
 
 import assay
+from assay.db.tables import scorers as scorers_table
 from assay.db.tables import scoring_tasks
 from assay.errors import InvalidFilterError, InvalidRequestError, PermissionDeniedError
 from assay.jobs.store import JobStore
@@ -25,7 +26,7 @@ from assay.scoring.service import ScoringService
 from assay.scoring.standin import StandInJudge
 from assay.scoring.store import Done
 from assay.tracing.store import TraceStore
-from conftest import empty_store
+from conftest import empty_store, wait_until
 from scoring_support import (
     drain,
     experiment,
@@ -119,6 +120,63 @@ def test_scorer_registered_later_does_not_score_earlier_traces(uri, engine) -> N
     ingest(traces, e, trace_spans(after))
     drain(scoring, e)
     assert scored(engine) == [(after, "late")]
+
+
+def _lock_waits(engine: sa.Engine) -> int:
+    """Sessions of this test's database waiting for a row lock. (MariaDB refreshes INNODB_TRX
+    only when it was last read over 100 ms ago: poll it more slowly than that.)"""
+    query = {
+        "postgresql": "SELECT count(*) FROM pg_stat_activity"
+        " WHERE wait_event_type = 'Lock' AND datname = current_database()",
+        "mysql": "SELECT count(*) FROM information_schema.INNODB_TRX t"
+        " JOIN information_schema.PROCESSLIST p ON p.ID = t.trx_mysql_thread_id"
+        " WHERE t.trx_state = 'LOCK WAIT' AND p.DB = DATABASE()",
+    }[engine.dialect.name.replace("mariadb", "mysql")]
+    with engine.connect() as conn:
+        return int(conn.execute(sa.text(query)).scalar_one())
+
+
+@pytest.mark.parametrize("uri", ["postgresql", "mysql"], indirect=True)
+def test_a_scorer_registered_while_a_trace_completes_never_misses_it(uri, engine) -> None:
+    """The registration stalls inside its transaction (a third transaction holds the scorer's
+    key) while an ingest completes a trace. Either the ingest waits for the registration and
+    queues the trace, or it finished first and the trace counts as completed before the scorer:
+    never a trace completed after the registration and missing from the ledger. (SQLite runs
+    one write transaction at a time, so the two cannot interleave there.)"""
+    service, _, traces = _parts(uri, engine)
+    e = experiment(engine)
+    trace_id = new_trace_id()
+    with engine.connect() as blocker:
+        blocker.execute(
+            sa.insert(scorers_table).values(
+                experiment_id=e,
+                name="late",
+                kind="output_length",
+                level="trace",
+                version=1,
+                definition="{}",
+                sample_rate=1.0,
+                status="ACTIVE",
+                created_at_ms=0,
+                updated_at_ms=0,
+            )
+        )
+        registration = threading.Thread(target=register, args=(service, e, "late"))
+        registration.start()
+        wait_until(lambda: _lock_waits(engine) >= 1, interval=0.15)
+        ingested = threading.Event()
+        completion = threading.Thread(
+            target=lambda: (ingest(traces, e, trace_spans(trace_id)), ingested.set())
+        )
+        completion.start()
+        wait_until(lambda: ingested.is_set() or _lock_waits(engine) >= 2, interval=0.15)
+        blocker.rollback()
+    registration.join(10)
+    completion.join(10)
+    trace = traces.trace_get(trace_id)
+    assert trace is not None
+    (decision,) = service.decisions(trace)
+    assert decision["state"] in ("pending", "before_scorer"), decision
 
 
 def test_replaced_and_deleted_scorers_are_not_kept_built(uri, engine) -> None:

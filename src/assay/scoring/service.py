@@ -265,7 +265,7 @@ class ScoringService:
                 )
             elif scorer.level == Level.TRACE and trace.completed_at_ms is None:
                 entry.update(state="waiting", reason="the trace is still in progress")
-            elif (trace.completed_at_ms or 0) < scorer.created_at_ms:
+            elif (trace.completed_at_ms or 0) <= scorer.created_at_ms:
                 entry.update(
                     state="before_scorer",
                     reason="completed before the scorer was registered; backfill scores it",

@@ -217,11 +217,7 @@ class ScoringStore(SqlStore):
         text = json.dumps(definition, sort_keys=True, separators=(",", ":"))
 
         def body(conn: sa.Connection) -> ScorerRecord:
-            found = conn.execute(
-                sa.select(experiments.c.id).where(experiments.c.id == experiment_id)
-            ).first()
-            if found is None:
-                raise NotFoundError(f"experiment {experiment_id!r} not found")
+            self._lock_experiment(conn, experiment_id)
             now = int(conn.execute(sa.select(self._now)).scalar_one())
             key = (scorers.c.experiment_id == experiment_id) & (scorers.c.name == name)
             old = conn.execute(sa.select(scorers).where(key).with_for_update()).first()
@@ -276,6 +272,8 @@ class ScoringStore(SqlStore):
         key = (scorers.c.experiment_id == experiment_id) & (scorers.c.name == name)
 
         def body(conn: sa.Connection) -> ScorerRecord | None:
+            if not self._lock_experiment(conn, experiment_id, missing_ok=True):
+                return None
             now = int(conn.execute(sa.select(self._now)).scalar_one())
             updated = conn.execute(
                 scorers.update()
@@ -295,10 +293,27 @@ class ScoringStore(SqlStore):
         key = (scorers.c.experiment_id == experiment_id) & (scorers.c.name == name)
 
         def body(conn: sa.Connection) -> bool:
+            if not self._lock_experiment(conn, experiment_id, missing_ok=True):
+                return False
             self._drop_tasks(conn, experiment_id, name)
             return bool(conn.execute(scorers.delete().where(key)).rowcount == 1)
 
         return self._tx(body)
+
+    def _lock_experiment(
+        self, conn: sa.Connection, experiment_id: str, *, missing_ok: bool = False
+    ) -> bool:
+        """Lock the experiment's row exclusively for the rest of a scorer change. An ingest
+        holds it shared while it reads the experiment's scorers and fills the ledger (see
+        ``TraceStore._check_experiments``), so the change waits for ingests in flight and the
+        ones after it see it. Taken before the change reads the clock, so a trace stamped
+        complete after ``created_at_ms`` was filled with the scorer in place."""
+        query = sa.select(experiments.c.id).where(experiments.c.id == experiment_id)
+        if conn.execute(query.with_for_update()).first() is not None:
+            return True
+        if missing_ok:
+            return False
+        raise NotFoundError(f"experiment {experiment_id!r} not found")
 
     def _drop_tasks(self, conn: sa.Connection, experiment_id: str, name: str) -> None:
         conn.execute(

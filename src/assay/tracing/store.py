@@ -198,13 +198,20 @@ class TraceStore(SqlStore):
         return self._tx(body)
 
     def _check_experiments(self, conn: sa.Connection, experiment_ids: Sequence[str]) -> None:
+        """Check that the experiments exist and take a shared lock on their rows (PostgreSQL:
+        FOR KEY SHARE, as a foreign key check would; MariaDB: LOCK IN SHARE MODE). A scorer
+        change locks the row exclusively, so an ingest reads its experiment's scorers and
+        stamps the completion time either wholly before or wholly after that change commits:
+        a trace completed after a scorer was registered is always in its ledger."""
         found: set[str] = set()
         for chunk in _chunks(experiment_ids):
-            found.update(
-                conn.execute(sa.select(experiments.c.id).where(experiments.c.id.in_(chunk)))
-                .scalars()
-                .all()
+            query = (
+                sa.select(experiments.c.id)
+                .where(experiments.c.id.in_(chunk))
+                .order_by(experiments.c.id)
+                .with_for_update(read=True, key_share=True)
             )
+            found.update(conn.execute(query).scalars().all())
         missing = [e for e in experiment_ids if e not in found]
         if missing:
             raise NotFoundError(f"experiment {missing[0]!r} not found")
