@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import time
+from typing import Any
 
 from assay import current_job, job
 from assay.jobs.registry import Registry
@@ -23,11 +24,23 @@ class RemoteTransient(Exception):
 
 
 @job(name="r_where", executor="ray", registry=RAY_JOBS)
-def r_where(x: int) -> dict[str, int]:
+def r_where(x: int) -> dict[str, Any]:
     """Returns where it ran and what it saw of its own job."""
     print(f"running x={x}")
     ctx = current_job()
-    return {"pid": os.getpid(), "double": 2 * x, "attempt": ctx.attempt}
+    return {
+        "pid": os.getpid(),
+        "double": 2 * x,
+        "attempt": ctx.attempt,
+        "token": ctx.api_token,
+        "env_token": os.environ.get("ASSAY_API_TOKEN"),
+    }
+
+
+@job(name="r_env", executor="ray", registry=RAY_JOBS)
+def r_env() -> str | None:
+    """The job token a later task sees in the environment of a reused Ray worker."""
+    return os.environ.get("ASSAY_API_TOKEN")
 
 
 @job(name="r_boom", executor="ray", registry=RAY_JOBS)

@@ -6,6 +6,7 @@ these). Without it the module is skipped with the reason.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,11 +18,13 @@ import assay
 from assay import ConfigError, JobStatus
 from assay.jobs.backend import Backend
 from assay.jobs.executors import available_executors, create_executor
+from assay.jobs.tokens import JobTokens
+from assay.server.tokens import TokenStore
 from conftest import FAST, TESTS_DIR, running_worker, wait_until
 
 ray = pytest.importorskip("ray", reason="the ray extra is not installed: pip install 'assay[ray]'")
 
-from assay.jobs.executors.ray import RayExecutor  # noqa: E402
+from assay.jobs.executors.ray import RayExecutor, _run_on_ray  # noqa: E402
 from jobmods_remote import RAY_JOBS  # noqa: E402
 
 # One xdist worker runs this whole module (its fixture is expensive and shared).
@@ -119,6 +122,21 @@ def test_job_runs_as_a_ray_task(ray_backend: Backend) -> None:
     assert done.result["pid"] in _ray_pids()
     assert done.log_tail is not None
     assert "running x=21" in done.log_tail
+    # The execution's job token reached the task, in current_job() and in the environment.
+    claims = JobTokens(TokenStore(ray_backend.engine)).verify(done.result["token"])
+    assert (claims.job_id, claims.attempt) == (done.id, 1)
+    assert done.result["env_token"] == done.result["token"]
+
+
+def test_a_reused_ray_worker_keeps_no_token_of_an_earlier_task(ray_backend: Backend) -> None:
+    """The task body, run here: the job's API variables are set for its call only."""
+    assert "ASSAY_API_TOKEN" not in os.environ
+    queued = ray_backend.submit("r_env")
+    status, payload, _ = _run_on_ray(
+        "jobmods_remote", "r_env", queued, (), {"ASSAY_API_TOKEN": "assayjob_t.s"}
+    )
+    assert (status, json.loads(payload)) == ("ok", "assayjob_t.s")
+    assert "ASSAY_API_TOKEN" not in os.environ
 
 
 def test_exception_fails_the_job_with_its_traceback(ray_backend: Backend) -> None:

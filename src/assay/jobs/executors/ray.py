@@ -7,9 +7,11 @@
 - The job is shipped by reference: the task imports the job's module on the Ray worker and calls
   the function by its qualified name with the job's params, so assay and the job modules must be
   importable there (install them in the cluster's image, or use ``runtime_env``).
-- Inside the task, ``current_job()`` works (job id, attempt, params, ``check_cancelled``);
-  progress reports stay on the Ray worker. Python-level ``print`` output of the task is captured
-  and kept on the job as ``log_tail`` when the task ends.
+- Inside the task, ``current_job()`` works (job id, attempt, params, ``check_cancelled``, and
+  ``api_token``/``api_url``: the execution's job token and the API's address, also set as
+  ``ASSAY_API_TOKEN``/``ASSAY_API_URL`` in the environment while the task runs, so the job can
+  call the API back); progress reports stay on the Ray worker. Python-level ``print`` output
+  of the task is captured and kept on the job as ``log_tail`` when the task ends.
 - Cancel and timeout use Ray's own cancellation: ``ray.cancel(ref, force=True)`` kills the Ray
   worker process running the task (and, recursively, the tasks it started).
 - Ray never retries a task itself (``max_retries=0``): retries are assay's (``retry_on``).
@@ -21,6 +23,7 @@ import contextlib
 import importlib
 import io
 import logging
+import os
 import threading
 import traceback
 from collections.abc import Mapping
@@ -130,7 +133,7 @@ class RayExecutor(Executor):
         try:
             options = {**self._task_options, "name": f"assay:{spec.name}:{job.id}"}
             ref = self._remote.options(**options).remote(
-                fn.__module__, fn.__qualname__, job, spec.retry_on
+                fn.__module__, fn.__qualname__, job, spec.retry_on, ctx.api_env()
             )
         except Exception:
             return Failed(f"cannot submit job {spec.name!r} to Ray:\n{traceback.format_exc()}")
@@ -163,17 +166,36 @@ class _TaskContext(JobContext):
 
 
 def _run_on_ray(
-    module: str, qualname: str, job: Job, retry_on: tuple[type[BaseException], ...]
+    module: str,
+    qualname: str,
+    job: Job,
+    retry_on: tuple[type[BaseException], ...],
+    api_env: Mapping[str, str],
 ) -> tuple[str, str, str]:
-    """Runs on a Ray worker: import the job, call it; returns (status, payload, output tail)."""
+    """Runs on a Ray worker: import the job, call it; returns (status, payload, output tail).
+    A Ray worker process runs one task at a time and is reused, so the job's API variables are
+    set for this call only."""
     output = io.StringIO()
-    with contextlib.redirect_stdout(output), contextlib.redirect_stderr(output):
-        status, payload = _call(module, qualname, job, retry_on)
+    saved = {key: os.environ.get(key) for key in api_env}
+    os.environ.update(api_env)
+    try:
+        with contextlib.redirect_stdout(output), contextlib.redirect_stderr(output):
+            status, payload = _call(module, qualname, job, retry_on, api_env)
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
     return status, payload, output.getvalue()[-LOG_TAIL_CHARS:]
 
 
 def _call(
-    module: str, qualname: str, job: Job, retry_on: tuple[type[BaseException], ...]
+    module: str,
+    qualname: str,
+    job: Job,
+    retry_on: tuple[type[BaseException], ...],
+    api_env: Mapping[str, str],
 ) -> tuple[str, str]:
     try:
         target: Any = importlib.import_module(module)
@@ -184,4 +206,7 @@ def _call(
             f"cannot load job {job.name!r} ({module}.{qualname}) on the Ray worker:\n"
             f"{traceback.format_exc()}"
         )
-    return call_job(target, _TaskContext(job), retry_on)
+    ctx = _TaskContext(
+        job, api_token=api_env.get("ASSAY_API_TOKEN"), api_url=api_env.get("ASSAY_API_URL")
+    )
+    return call_job(target, ctx, retry_on)
