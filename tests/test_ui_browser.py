@@ -79,8 +79,8 @@ def page(browser: Any) -> Iterator[Any]:
     context.close()
 
 
-def _experiment_with_traces(server: ServerProcess) -> tuple[str, list[str]]:
-    """An experiment with a heuristic scorer and three traces sent over OTLP."""
+def _experiment_with_traces(server: ServerProcess, traces: int) -> tuple[str, list[str]]:
+    """An experiment with a heuristic scorer and ``traces`` traces sent over OTLP."""
     with httpx.Client(base_url=server.url, timeout=10) as http:
         experiment = http.post("/api/v1/experiments", json={"name": "support-bot"}).json()["id"]
         put = http.put(
@@ -88,19 +88,20 @@ def _experiment_with_traces(server: ServerProcess) -> tuple[str, list[str]]:
             json={"scorer": {"kind": "output_length", "definition": {"max_chars": 5000}}},
         )
         assert put.status_code == 200, put.text
-    trace_ids = []
-    for _ in range(3):
-        spans = record(experiment, build_agent)
-        export(server, spans)
-        trace_ids.append(hex_trace_id(spans[0]))
-    return experiment, trace_ids
+    return experiment, [_send_trace(server, experiment) for _ in range(traces)]
+
+
+def _send_trace(server: ServerProcess, experiment: str) -> str:
+    spans = record(experiment, build_agent)
+    export(server, spans)
+    return hex_trace_id(spans[0])
 
 
 def test_every_page_and_the_main_flows(servers: Servers, tmp_path: Path, page: Any, shots: Path):
     server = servers.start(
         f"sqlite:///{tmp_path / 'ui.db'}", job_modules=["assay.examples"], scoring_interval_s=0.2
     )
-    experiment, trace_ids = _experiment_with_traces(server)
+    experiment, trace_ids = _experiment_with_traces(server, 2)
 
     # Jobs: submit one from the form; it runs and its page shows it.
     page.goto(f"{server.url}/")
@@ -126,17 +127,17 @@ def test_every_page_and_the_main_flows(servers: Servers, tmp_path: Path, page: A
     page.locator("tr[data-job-id]").first.wait_for()
     page.screenshot(path=str(shots / "jobs.png"), full_page=True)
 
-    # Experiments -> traces: the scorer's column fills in once online scoring ran.
+    # Experiments -> traces: the table is live. A trace sent while the page is open appears,
+    # and then its scorer's column fills in once online scoring ran, without a reload.
     page.goto(f"{server.url}/ui/experiments")
     page.click(f"a[href='/ui/experiments/{experiment}']")
     page.wait_for_url(re.compile(rf"/ui/experiments/{experiment}$"))
-    for _ in range(40):  # the page is server-rendered: reload until the value is there
-        cell = page.locator(f"tr[data-trace-id='{trace_ids[0]}'] td[data-scorer='concise']")
-        if cell.count() and cell.inner_text().strip() not in ("", "-"):
-            break
-        page.wait_for_timeout(250)
-        page.reload()
-    assert "true" in cell.inner_text().lower()
+    page.locator(f"tr[data-trace-id='{trace_ids[0]}']").wait_for()
+    page.evaluate("window.sameDocument = true")
+    trace_ids.insert(0, _send_trace(server, experiment))
+    cell = page.locator(f"tr[data-trace-id='{trace_ids[0]}'] td[data-scorer='concise']")
+    cell.filter(has_text=re.compile("true", re.IGNORECASE)).wait_for(timeout=30_000)
+    assert page.evaluate("window.sameDocument") is True
     page.screenshot(path=str(shots / "traces.png"), full_page=True)
 
     # A bad filter is shown inline; a good one narrows the table.

@@ -82,12 +82,28 @@ def test_pages_show_traces_scores_decisions_and_manage_scorers(servers: Servers,
             f"/ui/experiments/{experiment}", params={"filter": "trace.status = 'ERROR'"}
         )
         assert trace_id not in none.text
+        # The live table alone, for assay.js's refresh, which keeps the filter.
+        live = http.get(
+            f"/ui/experiments/{experiment}",
+            params={"filter": "trace.status = 'OK'"},
+            headers={"X-Fragment": "1"},
+        )
+        assert live.text.startswith('<section id="traces-live" data-refresh="')
+        assert f'<tr data-trace-id="{trace_id}">' in live.text
+        assert "<html" not in live.text
+        assert 'id="filter"' not in live.text
+        refresh = re.search(r'data-refresh="([^"]+)"', live.text)
+        assert refresh
+        assert refresh.group(1) == (
+            f"/ui/experiments/{experiment}?filter=trace.status+%3D+%27OK%27"
+        )
         bad = http.get(f"/ui/experiments/{experiment}", params={"filter": "trace.status = "})
         assert bad.status_code == 400
         error = re.search(r'<p id="filter-error" class="error" role="alert">(.*?)</p>', bad.text)
         assert error
         assert "position" in error.group(1)
         assert 'value="trace.status = "' in bad.text
+        assert "data-refresh" not in bad.text.split('id="traces-live"')[1]
 
         trace = http.get(f"/ui/traces/{trace_id}")
         assert trace.status_code == 200

@@ -37,7 +37,7 @@ from assay.server.auth import Principal, require_admin, require_api_token, requi
 from assay.server.errors import status_for
 from assay.server.routes.scoring import scoring_service
 from assay.server.routes.traces import _trace_id, trace_store
-from assay.server.ui.pages import UiCaller, render, templates
+from assay.server.ui.pages import UiCaller, is_fragment, render, templates
 from assay.tracing.model import Span, Trace
 from assay.tracking.store import TrackingStore
 
@@ -108,6 +108,10 @@ def experiment_page(
     if page.next_page_token:
         query = {"filter": filter_string, "order_by": order_by, "page_token": page.next_page_token}
         context["next_url"] = f"?{urlencode(query)}"
+    query_string = request.url.query
+    context["refresh_url"] = request.url.path + (f"?{query_string}" if query_string else "")
+    if is_fragment(request):
+        return render(request, "traces_table.html", **context)
     return render(request, "experiment.html", **context)
 
 

@@ -21,7 +21,7 @@ from assay.jobs.backend import Backend
 from assay.jobs.model import Job, JobStatus
 from assay.server.auth import Principal, check_job, check_submit, require_api_token, search_owner
 from assay.server.errors import status_for
-from assay.server.ui.pages import UiCaller, render
+from assay.server.ui.pages import UiCaller, is_fragment, render
 
 __all__ = ["PAGE_SIZE", "router"]
 
@@ -34,11 +34,6 @@ router = APIRouter(prefix="/ui/jobs")
 def _backend(request: Request) -> Backend:
     backend: Backend = request.app.state.runtime.backend
     return backend
-
-
-def _is_fragment(request: Request) -> bool:
-    """Whether ``assay.js`` asks for the live part only (see ``data-refresh``)."""
-    return request.headers.get("x-fragment") == "1"
 
 
 def _run_ms(job: Job) -> float | None:
@@ -109,7 +104,7 @@ def _list_page(
         "refresh_url": _list_url(name, status, page_token),
         "run_ms": _run_ms,
     }
-    if _is_fragment(request):
+    if is_fragment(request):
         return render(request, "jobs_table.html", status_code=status_code, **context)
     return render(
         request,
@@ -212,7 +207,7 @@ def job_page(request: Request, caller: UiCaller, job_id: str) -> Response:
         "run_ms": _run_ms,
         "pretty": _pretty,
     }
-    if _is_fragment(request):
+    if is_fragment(request):
         return render(request, "job_live.html", **context)
     return render(request, "job.html", section="jobs", **context)
 

@@ -86,6 +86,11 @@ def error_page(request: Request, status: int, message: str) -> HTMLResponse:
     )
 
 
+def is_fragment(request: Request) -> bool:
+    """Whether ``assay.js`` asks for the live part only (see ``data-refresh``)."""
+    return request.headers.get("x-fragment") == "1"
+
+
 def render(request: Request, template: str, status_code: int = 200, **context: Any) -> HTMLResponse:
     """A page: ``template`` with ``context``, plus what the layout needs."""
     auth: Authenticator = request.app.state.auth
