@@ -121,6 +121,8 @@ def test_pages_show_traces_scores_decisions_and_manage_scorers(servers: Servers,
         log = trace.text.split('id="decision-log"')[1].split("</table>")[0]
         assert 'class="status status-done">done</span>' in log
         assert "&#34;question&#34;: &#34;why?&#34;" in trace.text  # the inputs, pretty JSON
+        assert "data-refresh" not in trace.text  # every scorer decided: nothing to watch
+
         # A missing page is a page that says so; the API still answers JSON.
         for path, reason in (
             ("/ui/traces/" + "0" * 32, "not found"),
@@ -206,3 +208,22 @@ def test_pages_show_traces_scores_decisions_and_manage_scorers(servers: Servers,
         deleted = http.post(f"{scorers_url}/short/delete")
         assert deleted.status_code == 303
         assert '<tr data-scorer="short">' not in http.get(scorers_url).text
+
+        # A trace still in progress: its scoring part refreshes until the scorer has decided.
+        later = record(experiment, build_agent)
+        root = next(span for span in later if span.parent is None)
+        export(server, [span for span in later if span is not root])
+        later_url = f"/ui/traces/{hex_trace_id(root)}"
+        waiting = http.get(later_url)
+        assert f'<section id="trace-scoring" data-refresh="{later_url}"' in waiting.text
+        assert 'class="status status-waiting">waiting</span>' in waiting.text
+        export(server, [root])
+
+        def settled() -> str | None:
+            live = http.get(later_url, headers={"X-Fragment": "1"}).text
+            return live if 'class="status status-done">done</span>' in live else None
+
+        live = wait_until(settled, timeout=15)
+        assert live.startswith('<section id="trace-scoring">')
+        assert 'id="span-tree"' not in live
+        assert 'data-assessment="length"' in live

@@ -179,6 +179,11 @@ def span_tree(spans: Sequence[Span]) -> list[Timeline]:
     return rows
 
 
+UNSETTLED = frozenset({"pending", "scoring", "retrying", "waiting"})
+"""Decision states that change without anybody acting: the trace page refreshes while one is
+shown."""
+
+
 @router.get("/ui/traces/{trace_id}", response_class=HTMLResponse)
 def trace_page(request: Request, trace_id: str, caller: UiCaller) -> Response:
     """A trace: summary, span timeline, inputs/outputs, assessments and the decision log."""
@@ -186,14 +191,17 @@ def trace_page(request: Request, trace_id: str, caller: UiCaller) -> Response:
     if detail is None:
         raise NotFoundError(f"trace {trace_id[:64]!r} not found")
     require_scope(caller, "experiment_id", detail.trace.experiment_id)
+    decisions = scoring_service(request).decisions(detail.trace)
+    context: dict[str, Any] = {
+        "trace": detail.trace,
+        "assessments": detail.assessments,
+        "decisions": decisions,
+        "live": any(d["state"] in UNSETTLED for d in decisions),
+    }
+    if is_fragment(request):
+        return render(request, "trace_scoring.html", **context)
     return render(
-        request,
-        "trace.html",
-        section="experiments",
-        trace=detail.trace,
-        tree=span_tree(detail.spans),
-        assessments=detail.assessments,
-        decisions=scoring_service(request).decisions(detail.trace),
+        request, "trace.html", section="experiments", tree=span_tree(detail.spans), **context
     )
 
 
