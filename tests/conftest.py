@@ -1,8 +1,8 @@
 """Shared fixtures: real SQLite, PostgreSQL and MariaDB stores, workers in threads and processes.
 
-PostgreSQL and MariaDB are reached at ASSAY_TEST_PG_URI / ASSAY_TEST_MYSQL_URI (defaults: the
-local servers). When one is unreachable its tests skip with the reason, unless
-ASSAY_TEST_REQUIRE_DBS=1 (set by CI), where they fail.
+PostgreSQL, MariaDB and Redis are reached at ASSAY_TEST_PG_URI / ASSAY_TEST_MYSQL_URI /
+ASSAY_TEST_REDIS_URI (defaults: the local servers). When one is unreachable its tests skip with
+the reason, unless ASSAY_TEST_REQUIRE_DBS=1 (set by CI), where they fail.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ TESTS_DIR = Path(__file__).parent
 PG_URI = os.environ.get("ASSAY_TEST_PG_URI", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 MYSQL_URI = os.environ.get("ASSAY_TEST_MYSQL_URI", "mysql+pymysql://root@127.0.0.1:3306/test")
 REQUIRE_DBS = os.environ.get("ASSAY_TEST_REQUIRE_DBS") == "1"
+REDIS_URI = os.environ.get("ASSAY_TEST_REDIS_URI", "redis://127.0.0.1:6379/0")
 
 # Short leases and polls so crash and cancel paths finish in seconds.
 FAST: dict[str, Any] = {
@@ -105,6 +106,22 @@ def server_database(kind: str, prefix: str = "assay_test") -> Iterator[str]:
         with engine.connect() as conn:
             conn.execute(sa.text(f"DROP DATABASE IF EXISTS {name}{force}"))
         engine.dispose()
+
+
+@pytest.fixture
+def redis_url() -> str:
+    """The test Redis server (wake-ups by pub/sub). Skips (or, with ASSAY_TEST_REQUIRE_DBS=1,
+    fails) when it is down or the redis package is missing."""
+    try:
+        import redis
+
+        redis.Redis.from_url(REDIS_URI, socket_connect_timeout=2).ping()
+    except Exception as exc:
+        message = f"redis not usable at {REDIS_URI}: {str(exc).splitlines()[0]}"
+        if REQUIRE_DBS:
+            pytest.fail(message)
+        pytest.skip(message)
+    return REDIS_URI
 
 
 @pytest.fixture(scope="session")

@@ -64,6 +64,10 @@ class Settings(BaseSettings):
     """Fallback polling for new jobs; PostgreSQL LISTEN/NOTIFY and SQLite's data_version wake
     workers sooner."""
     sqlite_watch_interval_s: float = Field(0.002, gt=0)
+    notify_url: str | None = None
+    """Redis URL (``redis://host:6379/0``) for wake-ups by pub/sub: submits publish, workers
+    subscribe. For MySQL/MariaDB, which have no LISTEN/NOTIFY (``pip install 'assay[redis]'``)."""
+    notify_channel: str = Field("assay:jobs", min_length=1)
     cancel_poll_s: float = Field(0.5, gt=0)
     """How often a worker checks its running jobs for cancellation and timeouts."""
     lease_ttl_s: float = Field(15.0, gt=0)

@@ -23,6 +23,7 @@ from assay.errors import (
 )
 from assay.jobs.executors import check_executor
 from assay.jobs.model import Attempt, Job, JobPage, JobStatus
+from assay.jobs.notify import RedisWakeups
 from assay.jobs.registry import REGISTRY, JobSpec, Registry
 from assay.jobs.store import JobStore, NewJob
 from assay.jobs.worker import Worker
@@ -81,13 +82,18 @@ class Backend:
     def __init__(self, settings: Settings, *, registry: Registry = REGISTRY) -> None:
         self.settings = settings
         self.registry = registry
+        self.wakeups = (
+            RedisWakeups(settings.notify_url, settings.notify_channel)
+            if settings.notify_url
+            else None
+        )
         self.engine = create_engine(settings.store_uri)
         if settings.auto_migrate:
             upgrade(self.engine)
         elif not is_current(self.engine):
             raise MigrationError("the store schema is not current: run `assay db upgrade`")
         registry.load(settings.job_modules)
-        self.store = JobStore(self.engine)
+        self.store = JobStore(self.engine, wakeups=self.wakeups)
         self._local_workers: list[Worker] = []
 
     def __enter__(self) -> Backend:
@@ -98,6 +104,8 @@ class Backend:
 
     def close(self) -> None:
         self.engine.dispose()
+        if self.wakeups is not None:
+            self.wakeups.close()
 
     # -- jobs ----------------------------------------------------------------------------------
 

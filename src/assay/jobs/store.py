@@ -27,6 +27,7 @@ from assay.db.base import SqlStore
 from assay.db.tables import job_attempts, job_locks, jobs, leader_leases, schedules
 from assay.jobs.metrics import JobMetrics
 from assay.jobs.model import TERMINAL_STATUSES, Attempt, Job, JobStatus, Progress, ms_to_datetime
+from assay.jobs.notify import RedisWakeups
 
 __all__ = [
     "COALESCE",
@@ -145,8 +146,10 @@ def _chunks(items: Sequence[T], size: int = _CHUNK) -> Iterable[Sequence[T]]:
 class JobStore(SqlStore):
     """Typed access to the job tables of one database."""
 
-    def __init__(self, engine: sa.Engine) -> None:
+    def __init__(self, engine: sa.Engine, *, wakeups: RedisWakeups | None = None) -> None:
         super().__init__(engine)
+        self.wakeups = wakeups
+        """Redis pub/sub wake-ups (``notify_url``), in place of the database's own."""
         self.metrics = JobMetrics(self)
         """What this process's users of the store did (claims, ends, rescues, conflicts)."""
         owned = (
@@ -382,6 +385,8 @@ class JobStore(SqlStore):
         :data:`COALESCE` policy such a job is not stored at all (and left out of the result).
         """
         stored = self._tx(lambda conn: self._jobs_insert(conn, new_jobs))
+        if self.wakeups is not None and any(job.status == JobStatus.PENDING for job in stored):
+            self.wakeups.publish()  # after the commit: a woken worker finds the jobs
         policies = {new.id: new.on_conflict for new in new_jobs}
         for job in stored:
             if job.status == JobStatus.CANCELED:  # only a skipped duplicate is stored CANCELED
@@ -975,16 +980,19 @@ class JobStore(SqlStore):
     def watch(self, wake: Callable[[], None], stop: threading.Event, interval_s: float) -> None:
         """Block until ``stop``, calling ``wake()`` whenever new jobs may be claimable.
 
-        PostgreSQL: LISTEN for the NOTIFY sent by every submit. SQLite: ``PRAGMA data_version``
-        (it changes when another connection commits), checked every ``interval_s``. MySQL has
-        neither; workers rely on polling there. Polling stays on in every case: this is only a
-        speed-up, and errors here are logged and retried, never fatal.
+        With :attr:`wakeups` (Redis): its messages. Otherwise PostgreSQL: LISTEN for the NOTIFY
+        sent by every submit. SQLite: ``PRAGMA data_version`` (it changes when another
+        connection commits), checked every ``interval_s``. MySQL has neither; workers rely on
+        polling there. Polling stays on in every case: this is only a speed-up, and errors here
+        are logged and retried, never fatal.
         """
-        if self.dialect == "mysql":
+        if self.wakeups is None and self.dialect == "mysql":
             return
         while not stop.is_set():
             try:
-                if self.dialect == "postgresql":
+                if self.wakeups is not None:
+                    self.wakeups.listen(wake, stop)
+                elif self.dialect == "postgresql":
                     self._watch_postgres(wake, stop)
                 else:
                     self._watch_sqlite(wake, stop, interval_s)
