@@ -15,35 +15,36 @@ with the indexes doing their job the two columns match. See bench/README.md.
 from __future__ import annotations
 
 import argparse
-import os
 import random
-import signal
-import socket
-import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import closing, contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import httpx
 import sqlalchemy as sa
-from rich.console import Console
-from rich.table import Table
 
-from assay import Backend, load_settings
+from assay import Backend
 from assay.db.tables import jobs as jobs_table
-from jobs import (
-    ENV_URIS,
+from common import (
+    SMALL_LARGE_COLUMNS,
     Store,
+    add_run_options,
+    add_skipped,
+    console,
+    ints,
+    load_average,
+    new_parser,
+    new_table,
+    open_backend,
     percentiles,
     run_benchmark,
+    run_together,
+    server,
+    small_vs_large,
 )
-
-console = Console(width=None if sys.stdout.isatty() else 160)
 
 API = "/api/v1/jobs"
 # The seeded table: names and final statuses in these proportions (weights), so that filters
@@ -64,62 +65,6 @@ class Sizes:
     seed_batch: int
 
 
-# -- the server --------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-@contextmanager
-def server(
-    uri: str,
-    log_dir: Path,
-    *options: str,
-    env: dict[str, str] | None = None,
-) -> Iterator[str]:
-    """A real ``assay server`` on a free port, with extra command-line ``options`` and
-    environment; yields its base URL once /health answers. The default (no options) is this
-    benchmark's API-only replica: ``--workers 0``, no leader services, the example jobs."""
-    port = free_port()
-    if not options:
-        options = ("--workers", "0", "--jobs-module", "assay.examples")
-        env = {"ASSAY_MAINTENANCE": "false", **(env or {})}
-    environ = dict(os.environ, **(env or {}))
-    environ.pop("ASSAY_STORE_URI", None)
-    cmd = [sys.executable, "-m", "assay", "server", "--store", uri, "--port", str(port)]
-    cmd += [*options, "--log-level", "WARNING"]
-    log = log_dir / f"server-{time.time_ns()}.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=environ)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            if proc.poll() is not None:
-                tail = log.read_text(errors="replace")[-2000:]
-                raise RuntimeError(f"server exited with {proc.returncode}:\n{tail}")
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("server not healthy within 60 s")
-            time.sleep(0.1)
-        yield url
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
 # -- submits -----------------------------------------------------------------------------------
 
 
@@ -128,13 +73,12 @@ def measure_submits(url: str, total: int, clients: int) -> dict[str, Any]:
     per_client = [total // clients + (1 if i < total % clients else 0) for i in range(clients)]
     latencies: list[list[float]] = [[] for _ in range(clients)]
     errors: list[str] = []
-    barrier = threading.Barrier(clients + 1)
 
-    def run(index: int) -> None:
+    def run(index: int, ready: threading.Barrier) -> None:
         with httpx.Client(base_url=url, timeout=30) as client:
             for _ in range(5):  # warm up the connection
                 client.post(API, json={"name": "noop"})
-            barrier.wait()
+            ready.wait()
             for n in range(per_client[index]):
                 start = time.perf_counter()
                 answer = client.post(API, json={"name": "add", "params": {"a": n, "b": index}})
@@ -142,14 +86,7 @@ def measure_submits(url: str, total: int, clients: int) -> dict[str, Any]:
                 if answer.status_code != 201:
                     errors.append(f"{answer.status_code} {answer.text[:200]}")
 
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(clients)]
-    for thread in threads:
-        thread.start()
-    barrier.wait()
-    start = time.perf_counter()
-    for thread in threads:
-        thread.join()
-    wall_s = time.perf_counter() - start
+    wall_s = run_together(clients, run)
     if errors:
         raise RuntimeError(f"{len(errors)} submits failed, first: {errors[0]}")
     pooled = sorted(x for per in latencies for x in per)
@@ -317,26 +254,14 @@ def bench_store(store: Store, sizes: Sizes, log: Callable[[str], None]) -> dict[
     return result
 
 
-def open_backend(uri: str) -> Backend:
-    return Backend(load_settings(store_uri=uri, job_modules=["assay.examples"], maintenance=False))
-
-
 # -- report ------------------------------------------------------------------------------------
 
 
 def print_table(results: dict[str, Any]) -> None:
-    table = Table(title="assay REST API benchmark")
-    for col, justify in [
-        ("store", "left"),
-        ("metric", "left"),
-        ("small p50 / p95", "right"),
-        ("large p50 / p95", "right"),
-        ("large / small (p50)", "right"),
-    ]:
-        table.add_column(col, justify=justify)  # type: ignore[arg-type]
+    table = new_table("assay REST API benchmark", SMALL_LARGE_COLUMNS)
     for kind, store in results["stores"].items():
         if "skipped" in store:
-            table.add_row(kind, "[yellow]skipped[/]", store["skipped"], "", "")
+            add_skipped(table, kind, reason=store["skipped"], reason_column=2)
             continue
         for run in store["submit"]:
             lat = run["latency_ms"]
@@ -351,40 +276,25 @@ def print_table(results: dict[str, Any]) -> None:
         for label in small:
             if label == "rows":
                 continue
-            s, g = small[label], large[label]
-            table.add_row(
-                kind,
-                label,
-                f"{s['p50']:.1f} / {s['p95']:.1f} ms",
-                f"{g['p50']:.1f} / {g['p95']:.1f} ms",
-                f"{g['p50'] / s['p50']:.2f}x",
-            )
+            table.add_row(kind, label, *small_vs_large(small[label], large[label]))
         table.add_section()
     console.print(table)
     small_rows = results["sizes"]["small_rows"]
     rows = results["sizes"]["rows"]
-    load = results["load_average"]
-    console.print(
-        f"small = {small_rows:,} rows, large = {rows:,} rows;"
-        f" load average {load['before'][0]:.2f} before / {load['after'][0]:.2f} after"
-    )
+    console.print(f"small = {small_rows:,} rows, large = {rows:,} rows; {load_average(results)}")
 
 
 # -- main --------------------------------------------------------------------------------------
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--stores", default="sqlite,postgresql", help="sqlite,postgresql,mysql")
+    parser = new_parser(__doc__)
     parser.add_argument("--submits", type=int, help="POSTs per client count (default 2000)")
     parser.add_argument("--clients", default="1,8", help="concurrent clients to try")
     parser.add_argument("--rows", type=int, help="the large table (default 100000)")
     parser.add_argument("--small-rows", type=int, help="the small table (default 1000)")
     parser.add_argument("--samples", type=int, help="timed requests per read query (default 200)")
-    parser.add_argument("--quick", action="store_true", help="small sizes: a < 60 s smoke test")
-    parser.add_argument("--out", type=Path, default=Path("bench/results/api.json"))
-    parser.add_argument("--pg-uri", default=os.environ.get(ENV_URIS["postgresql"]))
-    parser.add_argument("--mysql-uri", default=os.environ.get(ENV_URIS["mysql"]))
+    add_run_options(parser, "api", quick_help="small sizes: a < 60 s smoke test")
     return parser.parse_args(argv)
 
 
@@ -392,7 +302,7 @@ def sizes_from(args: argparse.Namespace) -> Sizes:
     quick = args.quick
     return Sizes(
         submits=args.submits or (200 if quick else 2000),
-        clients=tuple(int(c) for c in args.clients.split(",")),
+        clients=ints(args.clients),
         small_rows=args.small_rows or 1000,
         rows=args.rows or (10_000 if quick else 100_000),
         samples=args.samples or (30 if quick else 200),

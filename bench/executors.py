@@ -29,17 +29,25 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import sqlalchemy as sa
 from rich.console import Console
-from rich.table import Table
 
 from assay import Backend, load_settings
 from assay.jobs.executors import create_executor
-from jobs import (
-    ENV_URIS,
+from common import (
     Store,
+    add_run_options,
+    add_skipped,
+    job_rows,
+    load_average,
+    names,
+    new_parser,
+    new_table,
+    open_backend,
     percentile,
+    percentiles,
     run_benchmark,
+    verdict,
+    wait_drained,
 )
 
 console = Console(width=None if sys.stdout.isatty() else 180)
@@ -47,9 +55,7 @@ console = Console(width=None if sys.stdout.isatty() else 180)
 BENCH_DIR = Path(__file__).resolve().parent
 JOBS_MODULE = "benchjobs"
 EXECUTORS = ("inline", "process", "sandbox")
-STORES = ("sqlite", "postgresql")
 SLEEP_MS = 50.0  # bench_sleep50's own time
-UNFINISHED = "('PENDING', 'RUNNING')"
 
 # Targets from the issue (a 2-core machine).
 NOOP_THROUGHPUT_TARGET = {"process": 100.0}  # jobs/s
@@ -128,46 +134,14 @@ class WorkerProc:
         shutil.rmtree(self.tmpdir, ignore_errors=True)
 
 
-def open_backend(uri: str) -> Backend:
-    return Backend(load_settings(store_uri=uri, job_modules=[JOBS_MODULE], maintenance=False))
-
-
-def unfinished(backend: Backend) -> int:
-    with backend.engine.connect() as conn:
-        sql = f"SELECT count(*) FROM jobs WHERE status IN {UNFINISHED}"
-        return int(conn.execute(sa.text(sql)).scalar_one())
-
-
-def wait_drained(backend: Backend, worker: WorkerProc, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while unfinished(backend):
-        worker.check_alive()
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"jobs still unfinished after {timeout_s:.0f}s")
-        time.sleep(0.1)
-
-
-def job_rows(backend: Backend, ids: Sequence[str]) -> list[tuple[int, int, int, str]]:
+def timed_rows(backend: Backend, ids: Sequence[str]) -> list[tuple[int, int, int, str]]:
     """(created_at_ms, started_at_ms, finished_at_ms, status) of the given jobs."""
-    query = sa.text(
-        "SELECT created_at_ms, started_at_ms, finished_at_ms, status FROM jobs WHERE id IN :ids"
-    ).bindparams(sa.bindparam("ids", expanding=True))
-    rows: list[tuple[int, int, int, str]] = []
-    with backend.engine.connect() as conn:
-        for chunk in range(0, len(ids), 500):
-            for r in conn.execute(query, {"ids": list(ids[chunk : chunk + 500])}):
-                rows.append((int(r[0]), int(r[1] or 0), int(r[2] or 0), str(r[3])))
-    return rows
+    rows = job_rows(backend, ids, "created_at_ms, started_at_ms, finished_at_ms, status")
+    return [(int(r[0]), int(r[1] or 0), int(r[2] or 0), str(r[3])) for r in rows]
 
 
 def stats(values: Sequence[float]) -> dict[str, float]:
-    ordered = sorted(values)
-    return {
-        "p50": percentile(ordered, 50),
-        "p95": percentile(ordered, 95),
-        "max": ordered[-1] if ordered else float("nan"),
-        "mean": statistics.fmean(ordered) if ordered else float("nan"),
-    }
+    return percentiles(sorted(values), qs=(50, 95))
 
 
 # -- measurements ----------------------------------------------------------------------------------
@@ -178,8 +152,8 @@ def throughput(
 ) -> dict[str, Any]:
     """Stats of a batch of jobs that were all claimable at once."""
     if worker is not None:
-        wait_drained(backend, worker, timeout_s=max(120.0, len(ids) / 2))
-    rows = job_rows(backend, ids)
+        wait_drained(backend, worker.check_alive, timeout_s=max(120.0, len(ids) / 2), poll_s=0.1)
+    rows = timed_rows(backend, ids)
     first_start = min(r[1] for r in rows)
     last_finish = max(r[2] for r in rows)
     span_ms = max(last_finish - first_start, 1)
@@ -211,7 +185,7 @@ def serial(backend: Backend, worker: WorkerProc, count: int) -> dict[str, Any]:
         job = backend.submit("bench_noop")
         wait_terminal(backend, worker, job.id, 60)
         ids.append(job.id)
-    rows = job_rows(backend, ids)
+    rows = timed_rows(backend, ids)
     overhead = [float(r[2] - r[1]) for r in rows]
     return {
         "jobs": len(rows),
@@ -296,7 +270,7 @@ def session(store: Store, executor: str, sizes: Sizes, log: Any) -> dict[str, An
     load_before = os.getloadavg()
     uri = store.fresh()
     out: dict[str, Any] = {"concurrency": sizes.concurrency}
-    with open_backend(uri) as backend:
+    with open_backend(uri, JOBS_MODULE) as backend:
         # No-op batch enqueued BEFORE the worker starts (it is claimable from the first poll).
         n = sizes.batch(executor, "noop")
         noop_ids = [j.id for j in backend.submit_many("bench_noop", [{}] * n)]
@@ -438,46 +412,44 @@ def summarize(executor: str, sessions: list[dict[str, Any]]) -> list[dict[str, A
 
 
 def print_table(results: dict[str, Any]) -> None:
-    table = Table(title="assay executors benchmark")
-    for col, justify in [
-        ("store", "left"),
-        ("executor", "left"),
-        ("metric", "left"),
-        ("value", "right"),
-        ("target", "right"),
-        ("result", "center"),
-        ("note", "left"),
-    ]:
-        table.add_column(col, justify=justify)  # type: ignore[arg-type]
+    table = new_table(
+        "assay executors benchmark",
+        {
+            "store": "left",
+            "executor": "left",
+            "metric": "left",
+            "value": "right",
+            "target": "right",
+            "result": "center",
+            "note": "left",
+        },
+    )
     for kind, store in results["stores"].items():
         if "skipped" in store:
-            table.add_row(kind, "", "[yellow]skipped[/]", "", "", "", store["skipped"])
+            add_skipped(table, kind, "", reason=store["skipped"])
             table.add_section()
             continue
         for executor, ex in store["executors"].items():
             if "skipped" in ex:
-                table.add_row(kind, executor, "[yellow]skipped[/]", "", "", "", ex["skipped"])
+                add_skipped(table, kind, executor, reason=ex["skipped"])
                 table.add_section()
                 continue
             for row in ex["summary"]:
-                verdict = {None: "", True: "[green]pass[/]", False: "[red]FAIL[/]"}[row["passed"]]
                 table.add_row(
                     kind,
                     executor,
                     row["metric"],
                     row["value"],
                     row["target"],
-                    verdict,
+                    verdict(row["passed"]),
                     row["note"],
                 )
             table.add_section()
     console.print(table)
     info = results["machine"]
-    load = results["load_average"]
     console.print(
         f"{info['nproc']} CPUs, Python {info['python']}, SQLite {info['sqlite']},"
-        f" concurrency {results['sizes']['concurrency']},"
-        f" load average {load['before'][0]:.2f} before / {load['after'][0]:.2f} after"
+        f" concurrency {results['sizes']['concurrency']}, {load_average(results)}"
     )
 
 
@@ -485,8 +457,7 @@ def print_table(results: dict[str, Any]) -> None:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--stores", default=",".join(STORES), help="sqlite,postgresql,mysql")
+    parser = new_parser(__doc__)
     parser.add_argument("--executors", default=",".join(EXECUTORS), help="inline,process,sandbox")
     parser.add_argument("--concurrency", type=int, help="worker --concurrency (default 2 x CPUs)")
     parser.add_argument("--jobs", type=int, help="no-op jobs per throughput run (default 3000)")
@@ -495,10 +466,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--serial-jobs", type=int, help="one-at-a-time jobs (default 50)")
     parser.add_argument("--cancels", type=int, help="cancel trials per executor (default 5)")
     parser.add_argument("--repeat", type=int, default=1, help="sessions per store and executor")
-    parser.add_argument("--quick", action="store_true", help="small sizes: a < 90 s smoke test")
-    parser.add_argument("--out", type=Path, default=Path("bench/results/executors.json"))
-    parser.add_argument("--pg-uri", default=os.environ.get(ENV_URIS["postgresql"]))
-    parser.add_argument("--mysql-uri", default=os.environ.get(ENV_URIS["mysql"]))
+    add_run_options(parser, "executors", quick_help="small sizes: a < 90 s smoke test")
     return parser.parse_args(argv)
 
 
@@ -551,7 +519,7 @@ def bench_store(store: Store, executors: list[str], sizes: Sizes) -> dict[str, A
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     sizes = sizes_from(args)
-    executors = [e.strip() for e in args.executors.split(",") if e.strip()]
+    executors = names(args.executors)
     unknown = [e for e in executors if e not in EXECUTORS]
     if unknown:
         console.print(f"[red]unknown executor(s): {', '.join(unknown)}[/]")

@@ -20,14 +20,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -38,24 +36,29 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 )
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, ArrayValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import ScopeSpans, Span, Status
-from rich.console import Console
-from rich.table import Table
 
-from api import server
 from assay.db.engine import create_engine
 from assay.db.tables import spans as spans_table
 from assay.db.tables import traces as traces_table
 from assay.tracing.filters import Keyset, parse_order_by
 from assay.tracing.otlp import PROTOBUF, decode_request
 from assay.tracing.store import TraceStore
-from jobs import (
-    ENV_URIS,
+from common import (
+    SMALL_LARGE_COLUMNS,
     Store,
+    add_run_options,
+    add_skipped,
+    console,
+    ints,
+    load_average,
+    new_parser,
+    new_table,
     percentiles,
     run_benchmark,
+    run_together,
+    server,
+    small_vs_large,
 )
-
-console = Console(width=None if sys.stdout.isatty() else 160)
 
 OTLP = "/v1/traces"
 TRACES = "/api/v1/traces"
@@ -418,7 +421,6 @@ def measure_ingest(url: str, sizes: Sizes, exporters: int, experiment_id: str) -
     body_bytes = [len(b) for per in per_exporter for b in per]
     latencies: list[list[float]] = [[] for _ in range(exporters)]
     errors: list[str] = []
-    barrier = threading.Barrier(exporters + 1)
     headers = {"content-type": PROTOBUF}
 
     def check(answer: httpx.Response) -> None:
@@ -429,25 +431,18 @@ def measure_ingest(url: str, sizes: Sizes, exporters: int, experiment_id: str) -
         if parsed.partial_success.rejected_spans:
             errors.append(f"rejected: {parsed.partial_success.error_message}")
 
-    def run(index: int) -> None:
+    def run(index: int, ready: threading.Barrier) -> None:
         with httpx.Client(base_url=url, timeout=120, headers=headers) as client:
             for body in warmups[index]:
                 check(client.post(OTLP, content=body))
-            barrier.wait()
+            ready.wait()
             for body in per_exporter[index]:
                 start = time.perf_counter()
                 answer = client.post(OTLP, content=body)
                 latencies[index].append((time.perf_counter() - start) * 1000)
                 check(answer)
 
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(exporters)]
-    for thread in threads:
-        thread.start()
-    barrier.wait()
-    start = time.perf_counter()
-    for thread in threads:
-        thread.join()
-    wall_s = time.perf_counter() - start
+    wall_s = run_together(exporters, run)
     if errors:
         raise RuntimeError(f"{len(errors)} exports failed, first: {errors[0]}")
     pooled = sorted(x for per in latencies for x in per)
@@ -611,18 +606,10 @@ def bench_store(store: Store, sizes: Sizes, log: Callable[[str], None]) -> dict[
 
 
 def print_table(results: dict[str, Any]) -> None:
-    table = Table(title="assay OTLP ingest and trace search benchmark")
-    for col, justify in [
-        ("store", "left"),
-        ("metric", "left"),
-        ("small p50 / p95", "right"),
-        ("large p50 / p95", "right"),
-        ("large / small (p50)", "right"),
-    ]:
-        table.add_column(col, justify=justify)  # type: ignore[arg-type]
+    table = new_table("assay OTLP ingest and trace search benchmark", SMALL_LARGE_COLUMNS)
     for kind, store in results["stores"].items():
         if "skipped" in store:
-            table.add_row(kind, "[yellow]skipped[/]", store["skipped"], "", "")
+            add_skipped(table, kind, reason=store["skipped"], reason_column=2)
             continue
         target = TARGET_SPANS_PER_S.get(kind)
         best = max((run["spans_per_s"] for run in store["ingest"]), default=0.0)
@@ -657,18 +644,15 @@ def print_table(results: dict[str, Any]) -> None:
             table.add_row(
                 kind,
                 f"{label} [dim]({s['returned']} / {g['returned']} returned)[/]",
-                f"{s['p50']:.1f} / {s['p95']:.1f} ms",
-                f"{g['p50']:.1f} / {g['p95']:.1f} ms",
-                f"{g['p50'] / s['p50']:.2f}x",
+                *small_vs_large(s, g),
             )
         table.add_section()
     console.print(table)
     sizes = results["sizes"]
-    load = results["load_average"]
     console.print(
         f"small = {sizes['small_traces'] * SPANS_PER_TRACE:,} spans,"
         f" large = {sizes['traces'] * SPANS_PER_TRACE:,} spans ({SPANS_PER_TRACE} per trace);"
-        f" load average {load['before'][0]:.2f} before / {load['after'][0]:.2f} after"
+        f" {load_average(results)}"
     )
 
 
@@ -676,8 +660,7 @@ def print_table(results: dict[str, Any]) -> None:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--stores", default="sqlite,postgresql", help="sqlite,postgresql,mysql")
+    parser = new_parser(__doc__)
     parser.add_argument("--exporters", default="1,4", help="concurrent exporters to try")
     parser.add_argument("--batch", type=int, default=10, help="traces per export request")
     parser.add_argument(
@@ -687,10 +670,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--small-traces", type=int, help="the small store (default 1000)")
     parser.add_argument("--samples", type=int, help="timed requests per query (default 100)")
     parser.add_argument("--seed-batch", type=int, default=1000, help="traces per seed transaction")
-    parser.add_argument("--quick", action="store_true", help="small sizes: a ~60 s smoke test")
-    parser.add_argument("--out", type=Path, default=Path("bench/results/ingest.json"))
-    parser.add_argument("--pg-uri", default=os.environ.get(ENV_URIS["postgresql"]))
-    parser.add_argument("--mysql-uri", default=os.environ.get(ENV_URIS["mysql"]))
+    add_run_options(parser, "ingest", quick_help="small sizes: a ~60 s smoke test")
     return parser.parse_args(argv)
 
 
@@ -699,7 +679,7 @@ def sizes_from(args: argparse.Namespace) -> Sizes:
     return Sizes(
         ingest_traces=args.ingest_traces or (500 if quick else 5000),
         batch=args.batch,
-        exporters=tuple(int(c) for c in args.exporters.split(",")),
+        exporters=ints(args.exporters),
         small_traces=args.small_traces or (200 if quick else 1000),
         traces=args.traces or (2000 if quick else 100_000),
         samples=args.samples or (20 if quick else 100),

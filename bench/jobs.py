@@ -13,50 +13,42 @@ See bench/README.md for what each metric means.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import datetime as dt
-import json
-import math
 import os
-import platform
 import signal
-import sqlite3
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
-from rich.console import Console
-from rich.table import Table
 
-from assay import Backend, StoreError, load_settings
-
-# Wide enough for the table when the output is piped to a file or a CI log.
-console = Console(width=None if sys.stdout.isatty() else 160)
-
-DEFAULT_URIS = {
-    "sqlite": "",  # a fresh file in a temporary directory
-    "postgresql": "postgresql+psycopg://postgres@127.0.0.1:5432/test",
-    "mysql": "mysql+pymysql://root@127.0.0.1:3306/test",
-}
-ENV_URIS = {"postgresql": "ASSAY_BENCH_PG_URI", "mysql": "ASSAY_BENCH_MYSQL_URI"}
-TABLES = ("job_attempts", "jobs", "job_locks", "leader_leases")  # children first
-UNFINISHED = "('PENDING', 'RUNNING')"
+from assay import Backend
+from common import (
+    Store,
+    add_run_options,
+    add_skipped,
+    console,
+    ints,
+    job_rows,
+    load_average,
+    new_parser,
+    new_table,
+    open_backend,
+    percentile,
+    percentiles,
+    run_benchmark,
+    verdict,
+    wait_drained,
+)
 
 # Targets from the issue (a 2-core machine): throughput from ONE worker process, and pickup
 # latency percentiles in milliseconds.
 THROUGHPUT_TARGET = {"sqlite": 1500.0, "postgresql": 1000.0}
 PICKUP_TARGET = {"sqlite": {"p50": 10.0, "p95": 25.0}, "postgresql": {"p50": 5.0, "p95": 10.0}}
-
-
-class Unreachable(Exception):
-    """The store cannot be used; the bench skips it with this reason."""
 
 
 @dataclass(frozen=True)
@@ -71,85 +63,12 @@ class Sizes:
     latency_s: float
     latency_concurrency: int
     repeat: int
-
-
-# -- stores ------------------------------------------------------------------------------------
-
-
-class Store:
-    """One kind of store. ``fresh()`` gives the URI of an empty queue (schema applied by the
-    first Backend that connects)."""
-
-    def __init__(self, kind: str, base_uri: str, tmp: Path) -> None:
-        self.kind = kind
-        self.base_uri = base_uri
-        self.tmp = tmp
-        self.version = ""
-        self.database: str | None = None
-        self._admin: sa.Engine | None = None
-        self._uri = ""
-        self._count = 0
-
-    def open(self) -> None:
-        if self.kind == "sqlite":
-            self.version = sqlite3.sqlite_version
-            return
-        try:
-            self._admin = sa.create_engine(self.base_uri, isolation_level="AUTOCOMMIT")
-            with self._admin.connect() as conn:
-                self.version = str(conn.execute(sa.text("SELECT version()")).scalar_one())
-                self.database = f"assay_bench_{os.getpid()}"
-                conn.execute(sa.text(f"DROP DATABASE IF EXISTS {self.database}"))
-                conn.execute(sa.text(f"CREATE DATABASE {self.database}"))
-        except (sa.exc.DBAPIError, ImportError) as exc:
-            self.database = None
-            raise Unreachable(f"{self.kind} unreachable at {self.base_uri}: {exc}") from exc
-        self._uri = sa.make_url(self.base_uri).set(database=self.database).render_as_string(False)
-
-    def fresh(self) -> str:
-        """An empty queue: a new SQLite file, or the bench database with its job tables
-        truncated (the schema stays)."""
-        self._count += 1
-        if self.kind == "sqlite":
-            return f"sqlite:///{self.tmp / f'bench-{self._count}.db'}"
-        engine = sa.create_engine(self._uri)
-        try:
-            with engine.begin() as conn:
-                existing = set(sa.inspect(conn).get_table_names())
-                names = [t for t in TABLES if t in existing]
-                if names and self.kind == "postgresql":
-                    conn.execute(sa.text(f"TRUNCATE TABLE {', '.join(names)}"))
-                elif names:  # MySQL truncates a referenced table only without the checks
-                    conn.execute(sa.text("SET FOREIGN_KEY_CHECKS = 0"))
-                    for name in names:
-                        conn.execute(sa.text(f"TRUNCATE TABLE {name}"))
-                    conn.execute(sa.text("SET FOREIGN_KEY_CHECKS = 1"))
-        finally:
-            engine.dispose()
-        return self._uri
-
-    def close(self) -> None:
-        if self._admin is None:
-            return
-        if self.database is not None:
-            force = " WITH (FORCE)" if self.kind == "postgresql" else ""
-            with self._admin.connect() as conn:
-                conn.execute(sa.text(f"DROP DATABASE IF EXISTS {self.database}{force}"))
-        self._admin.dispose()
-
-
-def open_backend(uri: str) -> Backend:
-    return Backend(load_settings(store_uri=uri, job_modules=["assay.examples"], maintenance=False))
+    notify_url: str | None
 
 
 def scalar_row(backend: Backend, sql: str, **params: Any) -> tuple[Any, ...]:
     with backend.engine.connect() as conn:
         return tuple(conn.execute(sa.text(sql), params).one())
-
-
-def unfinished(backend: Backend) -> int:
-    sql = f"SELECT count(*) FROM jobs WHERE status IN {UNFINISHED}"
-    return int(scalar_row(backend, sql)[0])
 
 
 # -- worker processes --------------------------------------------------------------------------
@@ -203,15 +122,6 @@ class WorkerProcs:
                 proc.wait()
 
 
-def wait_drained(backend: Backend, workers: WorkerProcs, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while unfinished(backend):
-        workers.check_alive()
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"jobs still unfinished after {timeout_s:.0f}s")
-        time.sleep(0.25)
-
-
 # -- measurements ------------------------------------------------------------------------------
 
 
@@ -246,7 +156,7 @@ def measure_throughput(
             backend.submit_many("noop", [{}] * min(batch, n - done))
         procs = WorkerProcs(uri, workers, concurrency, store.tmp)
         try:
-            wait_drained(backend, procs, timeout_s=max(120.0, n / 50))
+            wait_drained(backend, procs.check_alive, timeout_s=max(120.0, n / 50), poll_s=0.25)
         finally:
             procs.stop()
         total = scalar_row(
@@ -306,16 +216,10 @@ def measure_pickup(store: Store, sizes: Sizes) -> dict[str, Any]:
                 ids.append(backend.submit("noop").id)
                 submit_ms.append((time.perf_counter() - before) * 1000)
             achieved = count / (time.perf_counter() - start)
-            wait_drained(backend, procs, timeout_s=60)
+            wait_drained(backend, procs.check_alive, timeout_s=60, poll_s=0.25)
         finally:
             procs.stop()
-        query = sa.text(
-            "SELECT created_at_ms, started_at_ms, finished_at_ms FROM jobs WHERE id IN :ids"
-        ).bindparams(sa.bindparam("ids", expanding=True))
-        rows: list[tuple[Any, ...]] = []
-        with backend.engine.connect() as conn:
-            for chunk in range(0, len(ids), 500):
-                rows += [tuple(r) for r in conn.execute(query, {"ids": ids[chunk : chunk + 500]})]
+        rows = job_rows(backend, ids, "created_at_ms, started_at_ms, finished_at_ms")
     pickup = sorted(float(r[1] - r[0]) for r in rows)
     end_to_end = sorted(float(r[2] - r[0]) for r in rows)
     return {
@@ -327,21 +231,6 @@ def measure_pickup(store: Store, sizes: Sizes) -> dict[str, Any]:
         "submit_call_ms": percentiles(sorted(submit_ms)),
         "samples_ms": pickup,
     }
-
-
-def percentile(sorted_values: Sequence[float], q: float) -> float:
-    """Nearest-rank percentile (q in 0..100) of already sorted values."""
-    if not sorted_values:
-        return math.nan
-    rank = max(math.ceil(q / 100 * len(sorted_values)), 1)
-    return sorted_values[rank - 1]
-
-
-def percentiles(sorted_values: Sequence[float]) -> dict[str, float]:
-    out = {f"p{q}": percentile(sorted_values, q) for q in (50, 95, 99)}
-    out["max"] = sorted_values[-1] if sorted_values else math.nan
-    out["mean"] = statistics.fmean(sorted_values) if sorted_values else math.nan
-    return out
 
 
 # -- one store ---------------------------------------------------------------------------------
@@ -376,7 +265,7 @@ def bench_store(store: Store, sizes: Sizes, log: Callable[[str], None]) -> dict[
             f" p99 {p['p99']:.0f} max {p['max']:.0f} ms"
             f" ({run['jobs']} jobs at {run['achieved_rate']:.1f}/s)"
         )
-    result["summary"] = summarize(store.kind, result)
+    result["summary"] = summarize(store.kind, result, wakeups=sizes.notify_url is not None)
     return result
 
 
@@ -386,7 +275,7 @@ def _spread(values: Sequence[float], fmt: str = "{:.0f}") -> str:
     return f"{fmt.format(min(values))}-{fmt.format(max(values))}"
 
 
-def summarize(kind: str, result: dict[str, Any]) -> list[dict[str, Any]]:
+def summarize(kind: str, result: dict[str, Any], *, wakeups: bool = False) -> list[dict[str, Any]]:
     """Rows of the report: median over repeats, with the min-max range when repeated."""
     rows: list[dict[str, Any]] = []
 
@@ -451,7 +340,8 @@ def summarize(kind: str, result: dict[str, Any]) -> list[dict[str, Any]]:
                 "target": target,
                 "target_op": "<=",
                 "passed": None if target is None else value <= target,
-                "note": f"{len(pooled)} jobs at {rate:.0f}/s (all runs pooled)",
+                "note": f"{len(pooled)} jobs at {rate:.0f}/s (all runs pooled)"
+                + (", Redis wake-ups" if wakeups else ""),
             }
         )
     return rows
@@ -460,64 +350,40 @@ def summarize(kind: str, result: dict[str, Any]) -> list[dict[str, Any]]:
 # -- report ------------------------------------------------------------------------------------
 
 
-def machine_info(stores: dict[str, Store]) -> dict[str, Any]:
-    versions = {kind: s.version for kind, s in stores.items()}
-    commit = ""
-    with contextlib.suppress(OSError, subprocess.CalledProcessError):
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            check=True,
-            cwd=Path(__file__).parent,
-        ).stdout.strip()
-    return {
-        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "nproc": os.cpu_count(),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "sqlite": sqlite3.sqlite_version,
-        "postgresql": versions.get("postgresql", ""),
-        "mysql": versions.get("mysql", ""),
-        "git_commit": commit,
-    }
-
-
 def print_table(results: dict[str, Any]) -> None:
-    table = Table(title="assay jobs benchmark")
-    for col, justify in [
-        ("store", "left"),
-        ("metric", "left"),
-        ("value", "right"),
-        ("range", "right"),
-        ("target", "right"),
-        ("result", "center"),
-        ("note", "left"),
-    ]:
-        table.add_column(col, justify=justify)  # type: ignore[arg-type]
+    table = new_table(
+        "assay jobs benchmark",
+        {
+            "store": "left",
+            "metric": "left",
+            "value": "right",
+            "range": "right",
+            "target": "right",
+            "result": "center",
+            "note": "left",
+        },
+    )
     for kind, store in results["stores"].items():
         if "skipped" in store:
-            table.add_row(kind, "[yellow]skipped[/]", "", "", "", "", store["skipped"])
+            add_skipped(table, kind, reason=store["skipped"])
             continue
         for row in store["summary"]:
             target = "" if row["target"] is None else f"{row['target_op']} {row['target']:g}"
-            verdict = {None: "", True: "[green]pass[/]", False: "[red]FAIL[/]"}[row["passed"]]
             table.add_row(
                 kind,
                 row["metric"],
                 f"{row['value']:.0f} {row['unit']}",
                 row["range"],
                 target,
-                verdict,
+                verdict(row["passed"]),
                 row["note"],
             )
         table.add_section()
     console.print(table)
     info = results["machine"]
-    load = results["load_average"]
     console.print(
         f"{info['nproc']} CPUs, Python {info['python']}, SQLite {info['sqlite']},"
-        f" load average {load['before'][0]:.2f} before / {load['after'][0]:.2f} after"
+        f" {load_average(results)}"
     )
 
 
@@ -525,114 +391,42 @@ def print_table(results: dict[str, Any]) -> None:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--stores", default="sqlite,postgresql", help="sqlite,postgresql,mysql")
+    parser = new_parser(__doc__)
     parser.add_argument("--jobs", type=int, help="jobs per throughput run (default 20000)")
     parser.add_argument("--concurrency", help="worker concurrencies to try (default 16,32,64)")
     parser.add_argument("--workers", help="worker process counts (default 1,2)")
     parser.add_argument("--repeat", type=int, default=1, help="runs of every measurement")
     parser.add_argument("--latency-seconds", type=float, help="pickup test length (default 10)")
-    parser.add_argument("--quick", action="store_true", help="small sizes: a < 60 s smoke test")
-    parser.add_argument("--out", type=Path, default=Path("bench/results/jobs.json"))
-    parser.add_argument("--pg-uri", default=os.environ.get(ENV_URIS["postgresql"]))
-    parser.add_argument("--mysql-uri", default=os.environ.get(ENV_URIS["mysql"]))
+    parser.add_argument(
+        "--notify-url",
+        help="Redis URL for pub/sub wake-ups (ASSAY_NOTIFY_URL) in the bench and its workers",
+    )
+    add_run_options(parser, "jobs", quick_help="small sizes: a < 60 s smoke test")
     return parser.parse_args(argv)
 
 
-def _ints(text: str | None, default: tuple[int, ...]) -> tuple[int, ...]:
-    return tuple(int(x) for x in text.split(",")) if text else default
-
-
 def sizes_from(args: argparse.Namespace) -> Sizes:
-    if args.quick:
-        return Sizes(
-            single=200,
-            batched=2000,
-            batch=500,
-            jobs=args.jobs or 2000,
-            concurrencies=_ints(args.concurrency, (32,)),
-            workers=_ints(args.workers, (1, 2)),
-            latency_rate=50.0,
-            latency_s=args.latency_seconds or 2.0,
-            latency_concurrency=32,
-            repeat=args.repeat,
-        )
+    quick = args.quick
     return Sizes(
-        single=2000,
-        batched=20000,
+        single=200 if quick else 2000,
+        batched=2000 if quick else 20000,
         batch=500,
-        jobs=args.jobs or 20000,
-        concurrencies=_ints(args.concurrency, (16, 32, 64)),
-        workers=_ints(args.workers, (1, 2)),
+        jobs=args.jobs or (2000 if quick else 20000),
+        concurrencies=ints(args.concurrency or ("32" if quick else "16,32,64")),
+        workers=ints(args.workers or "1,2"),
         latency_rate=50.0,
-        latency_s=args.latency_seconds or 10.0,
+        latency_s=args.latency_seconds or (2.0 if quick else 10.0),
         latency_concurrency=32,
         repeat=args.repeat,
+        notify_url=args.notify_url,
     )
-
-
-@contextlib.contextmanager
-def opened(kind: str, uri: str, tmp: Path) -> Iterator[Store]:
-    store = Store(kind, uri, tmp)
-    try:
-        store.open()
-        yield store
-    finally:
-        store.close()
-
-
-def run_benchmark(
-    args: argparse.Namespace,
-    sizes: dict[str, Any],
-    bench_store: Callable[[Store], dict[str, Any]],
-    print_table: Callable[[dict[str, Any]], None],
-    *,
-    name: str,
-    machine: Callable[[dict[str, Store]], dict[str, Any]] = machine_info,
-) -> int:
-    """What every benchmark's ``main`` does once its options are checked: run ``bench_store``
-    on each store of ``--stores`` (a new temp dir each; a store that cannot be reached is
-    skipped, and said so), then print the table and write the JSON, with the load average
-    before and after and the machine. Returns the exit code."""
-    kinds = [k.strip() for k in args.stores.split(",") if k.strip()]
-    unknown = [k for k in kinds if k not in DEFAULT_URIS]
-    if unknown:
-        console.print(f"[red]unknown store(s): {', '.join(unknown)}[/]")
-        return 2
-    uris = dict(DEFAULT_URIS)
-    uris["postgresql"] = args.pg_uri or uris["postgresql"]
-    uris["mysql"] = args.mysql_uri or uris["mysql"]
-
-    started = time.monotonic()
-    results: dict[str, Any] = {
-        "sizes": sizes,
-        "load_average": {"before": os.getloadavg()},
-        "stores": {},
-    }
-    seen: dict[str, Store] = {}
-    for kind in kinds:
-        with tempfile.TemporaryDirectory(prefix=f"assay-bench-{name}-{kind}-") as tmp:
-            try:
-                with opened(kind, uris[kind], Path(tmp)) as store:
-                    seen[kind] = store
-                    results["stores"][kind] = bench_store(store)
-            except (Unreachable, StoreError) as exc:
-                reason = str(exc).splitlines()[0]
-                console.print(f"[yellow]skipping {kind}: {reason}[/]")
-                results["stores"][kind] = {"skipped": reason}
-    results["load_average"]["after"] = os.getloadavg()
-    results["machine"] = machine(seen)
-    results["elapsed_s"] = time.monotonic() - started
-    print_table(results)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2, default=str) + "\n")
-    console.print(f"wrote {args.out} in {results['elapsed_s']:.0f}s")
-    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     sizes = sizes_from(args)
+    if sizes.notify_url:  # read by load_settings here and by the worker processes
+        os.environ["ASSAY_NOTIFY_URL"] = sizes.notify_url
     return run_benchmark(
         args,
         sizes.__dict__,

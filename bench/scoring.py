@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import threading
 import time
@@ -33,10 +32,9 @@ from typing import Any
 
 import httpx
 import sqlalchemy as sa
-from rich.console import Console
+from rich.console import JustifyMethod
 from rich.table import Table
 
-from api import server as api_server
 from assay.config import load_settings
 from assay.db.engine import create_engine
 from assay.db.migrate import upgrade
@@ -50,17 +48,22 @@ from assay.tracing.model import Span
 from assay.tracing.otlp import PROTOBUF
 from assay.tracing.store import TraceStore
 from assay.tracking.store import TrackingStore
-from ingest import TraceFactory, create_experiment
-from ingest import fresh as fresh_traces
-from jobs import (
-    ENV_URIS,
+from common import (
     Store,
+    add_run_options,
+    console,
+    ints,
+    load_average,
     machine_info,
+    new_parser,
+    new_table,
     percentile,
     run_benchmark,
+    verdict,
 )
-
-console = Console(width=None if sys.stdout.isatty() else 160)
+from common import server as api_server
+from ingest import TraceFactory, create_experiment
+from ingest import fresh as fresh_traces
 
 SCORING_TABLES = ("scoring_tasks", "scorers")
 HEURISTICS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -464,15 +467,18 @@ def cpu_model() -> str:
     )
 
 
-def verdict(ok: bool) -> str:
-    return "[green]pass[/]" if ok else "[red]FAIL[/]"
+def store_table(title: str, columns: Sequence[str]) -> Table:
+    """A table of a store column (left) and number columns (right)."""
+    justify: dict[str, JustifyMethod] = {"store": "left"}
+    return new_table(title, justify | dict.fromkeys(columns, "right"))
 
 
 def print_tables(results: dict[str, Any]) -> None:
     stores = {k: v for k, v in results["stores"].items() if "skipped" not in v}
-    heuristics = Table(title="1. heuristic throughput (2 scorers, in-process ScoringEngine.run)")
-    for col in ("store", "traces", "pairs", "wall", "traces/s", "pairs/s", "target", "result"):
-        heuristics.add_column(col, justify="left" if col == "store" else "right")
+    heuristics = store_table(
+        "1. heuristic throughput (2 scorers, in-process ScoringEngine.run)",
+        ("traces", "pairs", "wall", "traces/s", "pairs/s", "target", "result"),
+    )
     for kind, store in stores.items():
         h = store["heuristics"]
         heuristics.add_row(
@@ -487,9 +493,10 @@ def print_tables(results: dict[str, Any]) -> None:
         )
     console.print(heuristics)
 
-    custom = Table(title="1b. custom code scorer throughput (sandboxed, in-process engine)")
-    for col in ("store", "traces", "wall", "traces/s"):
-        custom.add_column(col, justify="left" if col == "store" else "right")
+    custom = store_table(
+        "1b. custom code scorer throughput (sandboxed, in-process engine)",
+        ("traces", "wall", "traces/s"),
+    )
     for kind, store in stores.items():
         c = store["custom"]
         custom.add_row(
@@ -497,20 +504,20 @@ def print_tables(results: dict[str, Any]) -> None:
         )
     console.print(custom)
 
-    judge = Table(title="2. judge throughput (stand-in judge, 100 ms per call, fresh limiter)")
-    for col in (
-        "store",
-        "concurrency",
-        "traces",
-        "wall",
-        "traces/s",
-        "last 25 %/s",
-        "ideal/s",
-        "limiter at end",
-        "target",
-        "result",
-    ):
-        judge.add_column(col, justify="left" if col == "store" else "right")
+    judge = store_table(
+        "2. judge throughput (stand-in judge, 100 ms per call, fresh limiter)",
+        (
+            "concurrency",
+            "traces",
+            "wall",
+            "traces/s",
+            "last 25 %/s",
+            "ideal/s",
+            "limiter at end",
+            "target",
+            "result",
+        ),
+    )
     for kind, store in stores.items():
         for j in store["judge"]:
             judge.add_row(
@@ -528,20 +535,10 @@ def print_tables(results: dict[str, Any]) -> None:
         judge.add_section()
     console.print(judge)
 
-    latency = Table(title="3. completion → assessment, real server over OTLP (2 heuristics)")
-    for col in (
-        "store",
-        "sent",
-        "sent/s",
-        "scored",
-        "p50",
-        "p95",
-        "p99",
-        "max",
-        "target",
-        "result",
-    ):
-        latency.add_column(col, justify="left" if col == "store" else "right")
+    latency = store_table(
+        "3. completion → assessment, real server over OTLP (2 heuristics)",
+        ("sent", "sent/s", "scored", "p50", "p95", "p99", "max", "target", "result"),
+    )
     for kind, store in stores.items():
         lat = store["latency"]
         s = lat["latency_s"]
@@ -559,20 +556,15 @@ def print_tables(results: dict[str, Any]) -> None:
             verdict(s["p95"] <= LATENCY_P95_TARGET_S and not lat["unscored_traces"]),
         )
     console.print(latency)
-    load = results["load_average"]
     machine = results["machine"]
-    console.print(
-        f"nproc {machine['nproc']}, Python {machine['python']};"
-        f" load average {load['before'][0]:.2f} before / {load['after'][0]:.2f} after"
-    )
+    console.print(f"nproc {machine['nproc']}, Python {machine['python']}; {load_average(results)}")
 
 
 # -- main --------------------------------------------------------------------------------------
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--stores", default="sqlite,postgresql", help="sqlite,postgresql,mysql")
+    parser = new_parser(__doc__)
     parser.add_argument("--traces", type=int, help="heuristic traces (default 20000; 2000 --quick)")
     parser.add_argument(
         "--custom-traces", type=int, help="custom-scorer traces (default 5000; 500 --quick)"
@@ -588,10 +580,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--rate", type=float, default=200.0, help="traces/s of the latency phase")
     parser.add_argument("--seconds", type=float, help="length of the latency phase (20; 5 --quick)")
     parser.add_argument("--request-traces", type=int, default=10, help="traces per OTLP request")
-    parser.add_argument("--quick", action="store_true", help="small sizes: a smoke test")
-    parser.add_argument("--out", type=Path, default=Path("bench/results/scoring.json"))
-    parser.add_argument("--pg-uri", default=os.environ.get(ENV_URIS["postgresql"]))
-    parser.add_argument("--mysql-uri", default=os.environ.get(ENV_URIS["mysql"]))
+    add_run_options(parser, "scoring", quick_help="small sizes: a smoke test")
     return parser.parse_args(argv)
 
 
@@ -602,7 +591,7 @@ def sizes_from(args: argparse.Namespace) -> Sizes:
         custom_traces=args.custom_traces or (500 if quick else 5000),
         judge_traces=args.judge_traces or (300 if quick else 2000),
         ingest_batch=args.ingest_batch,
-        concurrencies=tuple(int(c) for c in args.concurrency.split(",")),
+        concurrencies=ints(args.concurrency),
         judge_latency_s=args.judge_latency,
         rate=args.rate,
         seconds=args.seconds or (5.0 if quick else 20.0),
