@@ -187,11 +187,16 @@ shown."""
 @router.get("/ui/traces/{trace_id}", response_class=HTMLResponse)
 def trace_page(request: Request, trace_id: str, caller: UiCaller) -> Response:
     """A trace: summary, span timeline, inputs/outputs, assessments and the decision log."""
-    detail = trace_store(request).trace_detail(_trace_id(trace_id))
-    if detail is None:
+    store = trace_store(request)
+    trace = store.trace_get(_trace_id(trace_id))
+    if trace is None:
         raise NotFoundError(f"trace {trace_id[:64]!r} not found")
-    require_scope(caller, "experiment_id", detail.trace.experiment_id)
-    decisions = scoring_service(request).decisions(detail.trace)
+    require_scope(caller, "experiment_id", trace.experiment_id)
+    decisions = scoring_service(request).decisions(trace)
+    # Read after the decisions, so an assessment they count as done is in the list: the live
+    # part stops refreshing once every decision has settled, and must not stop without it.
+    detail = store.trace_detail(trace.trace_id)
+    assert detail is not None  # traces are never deleted
     context: dict[str, Any] = {
         "trace": detail.trace,
         "assessments": detail.assessments,
