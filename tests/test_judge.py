@@ -97,6 +97,20 @@ def make_judge(standin: StandInJudge, fake: FakeTime) -> Iterator[Any]:
         judge.close()
 
 
+def test_the_judge_keeps_its_connections_under_load(standin: StandInJudge) -> None:
+    """Bursts of 40 concurrent calls: a pool that closed its surplus connections (httpx keeps
+    20 by default) would open new ones for every burst, the path on which httpcore can close a
+    connection under a request (encode/httpcore#1110)."""
+    standin.latency_s = 0.05
+    with Judge(YES_NO, JudgeEndpoint(standin.url), limiter=AimdLimiter(1000.0)) as judge:
+        for _ in range(3):
+            with ThreadPoolExecutor(40) as pool:
+                answers = list(pool.map(judge, [ScoringItem("q", "fine")] * 40))
+            assert {a.value for a in answers} == {"yes"}
+    assert standin.by_status == {200: 120}
+    assert standin.connections <= 40
+
+
 # answers
 
 

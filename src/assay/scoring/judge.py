@@ -357,6 +357,15 @@ def limiter_for(endpoint: JudgeEndpoint, model: str | None = None) -> AimdLimite
 # the judge
 
 
+POOL_LIMITS = httpx.Limits(max_connections=None, max_keepalive_connections=None)
+"""The judge's connection pool keeps every connection it opens (their number is bounded by the
+scoring threads calling the judge). With httpx's default limits (20 kept of 100) the pool
+closes surplus connections under load, and httpcore 1.0.9 can close one that it has just
+handed to another thread's request (encode/httpcore#1110): that request then hangs for the
+full timeout, or fails with "Bad file descriptor". Never closing a surplus connection avoids
+that path."""
+
+
 class Judge:
     """A judge scorer ready to run: ``judge(item) -> Feedback``; safe to call from many threads.
 
@@ -380,7 +389,7 @@ class Judge:
         self.url = endpoint.base_url.rstrip("/") + "/chat/completions"
         self._output: dict[str, Any] = self.definition["output"]
         self._owns_client = client is None
-        self._client = client if client is not None else httpx.Client()
+        self._client = client if client is not None else httpx.Client(limits=POOL_LIMITS)
         self.limiter = limiter if limiter is not None else limiter_for(endpoint, self.model)
         self._sleep, self._clock = sleep, clock
         self._headers = {"Authorization": f"Bearer {endpoint.api_key}"} if endpoint.api_key else {}

@@ -99,6 +99,7 @@ class StandInJudge:
         self.answer_override: str | None = None
         self._failures: deque[tuple[int, float | None]] = deque()
         self._requests = 0
+        self._connections = 0
         self._by_status: dict[int, int] = {}
         self._generation = 0  # bumped by reset(), so answers to older requests are not counted
 
@@ -159,6 +160,7 @@ class StandInJudge:
             self.answer_override = None
             self._failures.clear()
             self._requests = 0
+            self._connections = 0
             self._by_status = {}
             self._generation += 1
 
@@ -169,12 +171,22 @@ class StandInJudge:
             return self._requests
 
     @property
+    def connections(self) -> int:
+        """TCP connections accepted so far (a client that keeps its connections opens few)."""
+        with self._lock:
+            return self._connections
+
+    @property
     def by_status(self) -> dict[int, int]:
         """A copy of the count of answers per HTTP status."""
         with self._lock:
             return dict(self._by_status)
 
     # request handling (called from the handler threads)
+
+    def _connect(self) -> None:
+        with self._lock:
+            self._connections += 1
 
     def _arrive(self) -> int:
         """Count a request; the generation its answer is counted in."""
@@ -252,6 +264,10 @@ def _handler_for(judge: StandInJudge) -> type[BaseHTTPRequestHandler]:
         disable_nagle_algorithm = True  # headers and body go out in two writes: no 40 ms stall
 
         generation = 0
+
+        def setup(self) -> None:
+            super().setup()
+            judge._connect()
 
         def do_GET(self) -> None:
             self.generation = judge._arrive()
