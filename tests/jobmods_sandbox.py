@@ -6,7 +6,6 @@ In the sandbox this module is imported by a fresh interpreter where ``assay`` is
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import os
 import socket
@@ -77,6 +76,8 @@ def sb_connect(port: int) -> dict[str, Any]:
     except OSError as exc:
         seen["_socket"] = _error(exc)
     try:
+        import ctypes  # refused in the sandbox unless the job opts in
+
         libc = ctypes.CDLL(None, use_errno=True)
         fd = libc.socket(socket.AF_INET, socket.SOCK_STREAM, 0)
         addr = struct.pack("!HH4s8x", socket.AF_INET, port, socket.inet_aton("127.0.0.1"))
@@ -104,6 +105,8 @@ def sb_write(outside: str) -> dict[str, Any]:
     except OSError as exc:
         seen["outside"] = _error(exc)
     try:
+        import ctypes  # refused in the sandbox unless the job opts in
+
         libc = ctypes.CDLL(None, use_errno=True)
         fd = libc.open(outside.encode() + b".libc", os.O_WRONLY | os.O_CREAT, 0o644)
         seen["libc"] = "written" if fd >= 0 else errno.errorcode[ctypes.get_errno()]
@@ -128,6 +131,8 @@ def sb_fork_bomb() -> dict[str, Any]:
     except OSError as exc:
         seen["fork"] = f"{_error(exc)} after {children}"
     try:
+        import ctypes  # refused in the sandbox unless the job opts in
+
         libc = ctypes.CDLL(None, use_errno=True)
         pid = libc.fork()
         if pid == 0:
@@ -237,3 +242,193 @@ def sb_limits(file_bytes: int, files: int) -> dict[str, Any]:
 @job(name="sb_exit", executor="sandbox")
 def sb_exit() -> None:
     os._exit(3)
+
+
+# -- escapes through the kernel (tests/test_hostile_sandbox.py) ------------------------------------
+# Each job tries one escape two ways: the Python API, and raw libc calls through ctypes (the way
+# the issue's custom scorer reached PostgreSQL's unix socket). Each way reports "connected",
+# "created"... when it got through, else the error it met.
+
+_CLONE_NR = {"x86_64": 56, "aarch64": 220}
+_SETNS_NR = {"x86_64": 308, "aarch64": 268}
+_IO_URING_SETUP = 425
+CLONE_VM, CLONE_SIGHAND, CLONE_THREAD = 0x100, 0x800, 0x10000
+CLONE_NEWUSER = 0x10000000
+
+
+def _libc() -> Any:
+    import ctypes  # refused in the sandbox unless the job opts in
+
+    return ctypes.CDLL(None, use_errno=True)
+
+
+def _errno() -> str:
+    import ctypes
+
+    return errno.errorcode[ctypes.get_errno()]
+
+
+def _unix_address(path: str) -> bytes:
+    """A sockaddr_un: a file path, or an abstract name when ``path`` starts with NUL."""
+    return struct.pack("=H", socket.AF_UNIX) + path.encode()
+
+
+@job(name="sb_unix_connect", executor="sandbox")
+def sb_unix_connect(path: str) -> dict[str, Any]:
+    seen: dict[str, Any] = {"layers": getattr(assay, "SANDBOX", None)}
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(5)
+            sock.connect(path)
+            seen["socket"] = "connected"
+    except OSError as exc:
+        seen["socket"] = _error(exc)
+    try:
+        libc = _libc()
+        fd = libc.socket(socket.AF_UNIX, socket.SOCK_STREAM, 0)
+        if fd < 0:
+            seen["libc"] = f"socket: {_errno()}"
+        else:
+            address = _unix_address(path)
+            connected = libc.connect(fd, address, len(address)) == 0
+            seen["libc"] = "connected" if connected else f"connect: {_errno()}"
+            os.close(fd)
+    except Exception as exc:
+        seen["libc"] = _error(exc)
+    return seen
+
+
+@job(name="sb_unix_bind", executor="sandbox")
+def sb_unix_bind(outside: str) -> dict[str, Any]:
+    """Creates a named socket outside its temp dir, and one inside (its cwd)."""
+    seen: dict[str, Any] = {"layers": getattr(assay, "SANDBOX", None)}
+    for key, path in (("outside", outside), ("inside", "inside.sock")):
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+                sock.bind(path)
+                seen[key] = "bound"
+        except OSError as exc:
+            seen[key] = _error(exc)
+    try:
+        libc = _libc()
+        fd = libc.socket(socket.AF_UNIX, socket.SOCK_STREAM, 0)
+        if fd < 0:
+            seen["libc"] = f"socket: {_errno()}"
+        else:
+            address = _unix_address(outside + ".libc")
+            bound = libc.bind(fd, address, len(address)) == 0
+            seen["libc"] = "bound" if bound else f"bind: {_errno()}"
+            os.close(fd)
+    except Exception as exc:
+        seen["libc"] = _error(exc)
+    return seen
+
+
+@job(name="sb_socketpair", executor="sandbox")
+def sb_socketpair() -> dict[str, Any]:
+    seen: dict[str, Any] = {"layers": getattr(assay, "SANDBOX", None)}
+    try:
+        first, second = socket.socketpair()
+        first.close()
+        second.close()
+        seen["socket"] = "created"
+    except OSError as exc:
+        seen["socket"] = _error(exc)
+    try:
+        import ctypes
+
+        fds = (ctypes.c_int * 2)()
+        rc = _libc().socketpair(socket.AF_UNIX, socket.SOCK_STREAM, 0, fds)
+        seen["libc"] = "created" if rc == 0 else _errno()
+    except Exception as exc:
+        seen["libc"] = _error(exc)
+    return seen
+
+
+@job(name="sb_namespaces", executor="sandbox")
+def sb_namespaces() -> dict[str, Any]:
+    """unshare(CLONE_NEWUSER), setns() and clone() with CLONE_NEWUSER. The clone also has
+    CLONE_THREAD, which the kernel refuses with EINVAL before creating anything: the seccomp
+    filter must say EPERM first."""
+    seen: dict[str, Any] = {"layers": getattr(assay, "SANDBOX", None)}
+    unshare = getattr(os, "unshare", None)  # Python >= 3.12
+    if unshare is not None:
+        try:
+            unshare(CLONE_NEWUSER)
+            seen["os"] = "unshared"
+        except OSError as exc:
+            seen["os"] = _error(exc)
+    try:
+        import ctypes
+
+        libc = _libc()
+        libc.syscall.restype = ctypes.c_long
+        seen["unshare"] = "unshared" if libc.unshare(CLONE_NEWUSER) == 0 else _errno()
+        machine = os.uname().machine
+        rc = libc.syscall(_SETNS_NR[machine], -1, CLONE_NEWUSER)
+        seen["setns"] = "joined" if rc == 0 else _errno()
+        flags = CLONE_VM | CLONE_SIGHAND | CLONE_THREAD | CLONE_NEWUSER
+        rc = libc.syscall(_CLONE_NR[machine], flags, 0, 0, 0, 0)
+        seen["clone"] = f"cloned {rc}" if rc >= 0 else _errno()
+    except Exception as exc:
+        seen["unshare"] = _error(exc)
+    return seen
+
+
+@job(name="sb_exec", executor="sandbox")
+def sb_exec() -> dict[str, Any]:
+    """Replaces itself with a shell (no fork needed): on success the job ends without a result
+    and its log says EXECUTED."""
+    seen: dict[str, Any] = {"layers": getattr(assay, "SANDBOX", None)}
+    try:
+        os.execv("/bin/sh", ["sh", "-c", "echo EXECUTED by os.execv"])
+    except OSError as exc:
+        seen["os"] = _error(exc)
+    try:
+        import ctypes
+
+        argv = (ctypes.c_char_p * 4)(b"sh", b"-c", b"echo EXECUTED by libc", None)
+        _libc().execv(b"/bin/sh", argv)
+        seen["libc"] = _errno()
+    except Exception as exc:
+        seen["libc"] = _error(exc)
+    return seen
+
+
+@job(name="sb_io_uring", executor="sandbox")
+def sb_io_uring() -> dict[str, Any]:
+    """io_uring_setup(): its socket/connect operations would not pass the seccomp filter."""
+    seen: dict[str, Any] = {"layers": getattr(assay, "SANDBOX", None)}
+    try:
+        import ctypes
+
+        libc = _libc()
+        libc.syscall.restype = ctypes.c_long
+        params = ctypes.create_string_buffer(120)  # struct io_uring_params, zeroed
+        fd = libc.syscall(_IO_URING_SETUP, 4, params)
+        if fd >= 0:
+            os.close(fd)
+        seen["libc"] = "created" if fd >= 0 else _errno()
+    except Exception as exc:
+        seen["libc"] = _error(exc)
+    return seen
+
+
+@job(name="sb_ctypes", executor="sandbox")
+def sb_ctypes() -> dict[str, Any]:
+    seen: dict[str, Any] = {"layers": getattr(assay, "SANDBOX", None), "pid": os.getpid()}
+    try:
+        import ctypes
+
+        seen["import"] = "imported"
+        seen["call"] = ctypes.CDLL(None).getpid()
+    except Exception as exc:
+        seen.setdefault("import", _error(exc))
+        seen["call"] = _error(exc)
+    try:
+        import __main__  # the sandbox's bootstrap, which loaded ctypes for the kernel layers
+
+        seen["leftover"] = __main__.ctypes.CDLL(None).getpid()
+    except Exception as exc:
+        seen["leftover"] = _error(exc)
+    return seen

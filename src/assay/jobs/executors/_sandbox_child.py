@@ -5,17 +5,36 @@ application state. It reads one JSON request on stdin, locks itself down, then i
 module and runs the function. Order matters:
 
 1. read the request (stdin is then closed);
-2. kernel layers, while still privileged: a new network namespace (``unshare(CLONE_NEWNET)``),
-   rlimits, Landlock (writes only below the temp dir, reads only below the allowed roots, no TCP
-   bind/connect, no signals or abstract unix sockets outside the sandbox), a seccomp filter that
-   denies creating processes (threads stay allowed), and dropping every capability;
+2. kernel layers, while still privileged: a new network namespace (``unshare(CLONE_NEWNET)``:
+   no route for inet sockets, and the host's abstract unix sockets are out of reach), rlimits,
+   Landlock (writes only below the temp dir, reads only below the allowed roots, executing no
+   file at all, no TCP bind/connect (ABI >= 4), no signals or abstract unix sockets outside the
+   sandbox (ABI >= 6), no connecting to named unix sockets made outside it (ABI >= 9)), a seccomp
+   filter (below), and dropping every capability;
 3. the in-process layer, which also works where the kernel offers none of the above: an audit
-   hook (it cannot be removed) that refuses socket connect/bind/send/resolve, writes outside the
-   temp dir, opening ``/proc/<pid>`` of other processes, creating processes and, when a kernel
-   layer is missing, ``ctypes`` calls;
+   hook (it cannot be removed) that refuses socket connect/bind/send/resolve, sockets other than
+   inet and netlink (so no unix sockets), writes outside the temp dir, opening ``/proc/<pid>`` of
+   other processes, creating or replacing processes, and ``ctypes`` (its import and its calls)
+   unless the job opted in and every kernel layer is in place;
 4. a stand-in ``assay`` module (``job``, ``current_job``, ``JobCancelled``) so job modules that
    ``from assay import job`` import without loading the application;
 5. run the job and write ONE final JSON line on the message fd (progress lines before it).
+
+The seccomp filter makes these calls fail with ``EPERM``: ``fork``, ``vfork``, ``clone`` without
+``CLONE_THREAD`` or with any ``CLONE_NEW*`` flag (threads keep working; ``clone3`` reports
+``ENOSYS`` so libc falls back to ``clone``), ``execve``/``execveat``, ``unshare``/``setns`` (no user
+namespace, no way out of the network namespace), ``socket``/``socketpair`` of any family but
+``AF_INET``, ``AF_INET6`` and ``AF_NETLINK`` (so no ``AF_UNIX``: a named socket such as PostgreSQL's
+``/var/run/postgresql/.s.PGSQL.5432`` is found through the file system, which the network namespace
+does not cover and Landlock only covers from ABI 9), ``io_uring_*`` (its operations would bypass
+this filter), ``ptrace``, ``process_vm_readv``/``_writev`` and ``pidfd_getfd``.
+
+``ctypes`` is the child's own tool for the kernel layers; once they are on, unless the job opted in,
+it is dropped from ``sys.modules`` and the audit hook refuses importing it (ImportError) and its
+``dlopen``/``dlsym``/call/``from_address`` events. That refusal is defence in depth, not the
+boundary: Python code that really wants native code can still reach the already loaded ``_ctypes``
+types, which is why every escape above is also stopped by the kernel layers, with or without
+``ctypes``.
 
 The parent trusts nothing that comes back; this file only makes honest jobs easy to report.
 """
@@ -38,6 +57,9 @@ from typing import Any
 
 CLONE_NEWNET = 0x40000000
 CLONE_THREAD = 0x00010000
+CLONE_NEW_ANY = 0x7E020000  # CLONE_NEWNS, NEWCGROUP, NEWUTS, NEWIPC, NEWUSER, NEWPID, NEWNET
+AF_UNIX, AF_INET, AF_INET6, AF_NETLINK = 1, 2, 10, 16
+_SOCKET_FAMILIES = (AF_INET, AF_INET6, AF_NETLINK)  # the only ones the child may create
 PR_SET_NO_NEW_PRIVS = 38
 PR_SET_SECCOMP = 22
 PR_CAPBSET_DROP = 24
@@ -45,10 +67,64 @@ PR_CAP_AMBIENT = 47
 PR_CAP_AMBIENT_CLEAR_ALL = 4
 SECCOMP_MODE_FILTER = 2
 
-_SYSCALLS = {  # machine -> (audit arch, {name: number}); Landlock numbers are the same on both
-    "x86_64": (0xC000003E, {"clone": 56, "fork": 57, "vfork": 58, "clone3": 435}),
-    "aarch64": (0xC00000B7, {"clone": 220, "clone3": 435}),
+_COMMON_SYSCALLS = {  # the same number on every architecture (as are Landlock's)
+    "io_uring_setup": 425,
+    "io_uring_enter": 426,
+    "io_uring_register": 427,
+    "clone3": 435,
+    "pidfd_getfd": 438,
 }
+_SYSCALLS = {  # machine -> (audit arch, {name: number})
+    "x86_64": (
+        0xC000003E,
+        {
+            "socket": 41,
+            "socketpair": 53,
+            "clone": 56,
+            "fork": 57,
+            "vfork": 58,
+            "execve": 59,
+            "ptrace": 101,
+            "unshare": 272,
+            "setns": 308,
+            "process_vm_readv": 310,
+            "process_vm_writev": 311,
+            "execveat": 322,
+            **_COMMON_SYSCALLS,
+        },
+    ),
+    "aarch64": (
+        0xC00000B7,
+        {
+            "unshare": 97,
+            "ptrace": 117,
+            "socket": 198,
+            "socketpair": 199,
+            "clone": 220,
+            "execve": 221,
+            "setns": 268,
+            "process_vm_readv": 270,
+            "process_vm_writev": 271,
+            "execveat": 281,
+            **_COMMON_SYSCALLS,
+        },
+    ),
+}
+_DENIED_SYSCALLS = (  # always EPERM once the filter is on
+    "fork",
+    "vfork",
+    "execve",
+    "execveat",
+    "unshare",
+    "setns",
+    "io_uring_setup",
+    "io_uring_enter",
+    "io_uring_register",
+    "ptrace",
+    "process_vm_readv",
+    "process_vm_writev",
+    "pidfd_getfd",
+)
 _LANDLOCK_CREATE, _LANDLOCK_ADD_RULE, _LANDLOCK_RESTRICT = 444, 445, 446
 
 _LIBC: list[Any] = []
@@ -108,25 +184,36 @@ class _PathBeneathAttr(ctypes.Structure):
     _fields_ = [("allowed_access", ctypes.c_uint64), ("parent_fd", ctypes.c_int32)]
 
 
-_FS_EXECUTE, _FS_WRITE_FILE, _FS_READ_FILE, _FS_READ_DIR = 1, 2, 4, 8
-_FS_FILE_ONLY = 1 | 2 | 4 | (1 << 14) | (1 << 15)  # execute, write, read, truncate, ioctl_dev
+_FS_EXECUTE, _FS_READ_FILE, _FS_READ_DIR = 1, 4, 8
+_FS_RESOLVE_UNIX = 1 << 16  # ABI 9: connect/sendmsg to a named unix socket
+# Rights that apply to a file (not only to a directory): execute, write, read, truncate,
+# ioctl_dev, resolve_unix.
+_FS_FILE_ONLY = 1 | 2 | 4 | (1 << 14) | (1 << 15) | _FS_RESOLVE_UNIX
+
+
+def landlock_abi() -> int:
+    """The kernel's Landlock ABI version, 0 without Landlock."""
+    return max(_syscall(_LANDLOCK_CREATE, None, 0, 1), 0)  # LANDLOCK_CREATE_RULESET_VERSION
 
 
 def landlock(write_root: str, read_roots: list[str], write_files: list[str]) -> str | None:
-    """Confine the file system (and TCP, signals on newer kernels); None on success."""
-    abi = _syscall(_LANDLOCK_CREATE, None, 0, 1)  # LANDLOCK_CREATE_RULESET_VERSION
+    """Confine the file system (and TCP, signals, unix sockets where the ABI has them); None on
+    success. Every handled right but execute is granted below ``write_root``; reads below
+    ``read_roots``; execute nowhere (no ``execve``, while ``dlopen`` only needs read)."""
+    abi = landlock_abi()
     if abi < 1:
         return _err("landlock unavailable")
-    fs_bits = {1: 13, 2: 14, 3: 15, 4: 15, 5: 16}.get(abi, 16)
+    fs_bits = 13 if abi == 1 else 14 if abi == 2 else 15 if abi <= 4 else 16 if abi <= 8 else 17
     handled_fs = (1 << fs_bits) - 1
+    granted_fs = handled_fs & ~_FS_EXECUTE
     attr = _RulesetAttr(handled_fs, 0b11 if abi >= 4 else 0, 0b11 if abi >= 6 else 0)
     size = 8 if abi < 4 else 16 if abi < 6 else 24
     ruleset = _syscall(_LANDLOCK_CREATE, ctypes.byref(attr), size, 0)
     if ruleset < 0:
         return _err("landlock_create_ruleset")
-    read = _FS_EXECUTE | _FS_READ_FILE | _FS_READ_DIR
-    rules = [(root, read) for root in read_roots] + [(write_root, handled_fs)]
-    rules += [(path, handled_fs & _FS_FILE_ONLY) for path in write_files]
+    read = _FS_READ_FILE | _FS_READ_DIR
+    rules = [(root, read) for root in read_roots] + [(write_root, granted_fs)]
+    rules += [(path, granted_fs & _FS_FILE_ONLY) for path in write_files]
     try:
         for path, access in rules:
             try:
@@ -153,25 +240,32 @@ def _bpf(code: int, k: int, jt: int = 0, jf: int = 0) -> bytes:
     return struct.pack("HBBI", code, jt, jf, k)
 
 
-def seccomp_no_processes() -> str | None:
-    """Deny fork/vfork/clone without CLONE_THREAD (threads keep working) and make clone3 report
-    ENOSYS, so libc falls back to clone, which is checked. None on success."""
+def seccomp_filter() -> str | None:
+    """Install the filter described in the module docstring; None on success."""
     machine = os.uname().machine
     table = _SYSCALLS.get(machine)
     if table is None:
         return f"no seccomp table for {machine}"
     arch, nr = table
     ld_w, jeq, jset, jge, ret = 0x20, 0x15, 0x45, 0x35, 0x06
+    arg0 = 16  # the low 32 bits of the first argument (little-endian)
     allow, eperm = 0x7FFF0000, 0x00050000 | errno.EPERM
     enosys = 0x00050000 | errno.ENOSYS
-    denied = [nr[n] for n in ("fork", "vfork") if n in nr]
     prog = [_bpf(ld_w, 4), _bpf(jeq, arch, 1, 0), _bpf(ret, eperm), _bpf(ld_w, 0)]
     prog += [_bpf(jge, 0x40000000, 0, 1), _bpf(ret, eperm)]  # x32 syscalls
     prog += [_bpf(jeq, nr["clone3"], 0, 1), _bpf(ret, enosys)]
-    for number in denied:
-        prog += [_bpf(jeq, number, 0, 1), _bpf(ret, eperm)]
-    prog += [_bpf(jeq, nr["clone"], 1, 0), _bpf(ret, allow)]
-    prog += [_bpf(ld_w, 16), _bpf(jset, CLONE_THREAD, 0, 1), _bpf(ret, allow), _bpf(ret, eperm)]
+    for name in _DENIED_SYSCALLS:
+        if name in nr:
+            prog += [_bpf(jeq, nr[name], 0, 1), _bpf(ret, eperm)]
+    # socket() and socketpair(): allowed families only (the domain is the first argument).
+    inet, inet6, netlink = _SOCKET_FAMILIES
+    prog += [_bpf(jeq, nr["socket"], 1, 0), _bpf(jeq, nr["socketpair"], 0, 6), _bpf(ld_w, arg0)]
+    prog += [_bpf(jeq, inet, 3, 0), _bpf(jeq, inet6, 2, 0), _bpf(jeq, netlink, 1, 0)]
+    prog += [_bpf(ret, eperm), _bpf(ret, allow)]
+    # clone(): threads only, and never into a new namespace.
+    prog += [_bpf(jeq, nr["clone"], 1, 0), _bpf(ret, allow), _bpf(ld_w, arg0)]
+    prog += [_bpf(jset, CLONE_NEW_ANY, 2, 0), _bpf(jset, CLONE_THREAD, 0, 1)]
+    prog += [_bpf(ret, allow), _bpf(ret, eperm)]
     code = b"".join(prog)
     buf = ctypes.create_string_buffer(code, len(code))
 
@@ -224,7 +318,22 @@ _PROCESS_EVENTS = {
     "subprocess.Popen",
     "pty.spawn",
 }
-_CTYPES_EVENTS = {"ctypes.dlopen", "ctypes.dlsym", "ctypes.dlsym/handle", "ctypes.call_function"}
+_NAMESPACE_EVENTS = {"os.unshare", "os.setns"}  # Python >= 3.12
+_CTYPES_EVENTS = {
+    "ctypes.dlopen",
+    "ctypes.dlsym",
+    "ctypes.dlsym/handle",
+    "ctypes.call_function",
+    "ctypes.cdata",  # from_address: any memory
+    "ctypes.string_at",
+    "ctypes.wstring_at",
+    "ctypes.PyObj_FromPtr",
+}
+_CTYPES_MODULES = ("ctypes", "_ctypes")
+CTYPES_REFUSED = (
+    "sandbox: no native calls ({}): ctypes is refused unless the job is listed in the sandbox "
+    "executor option allow_ctypes, which takes effect only with every kernel layer in place"
+)
 _PATH_EVENTS = {  # event -> indexes of path arguments that are modified
     "os.remove": (0,),
     "os.rename": (0, 1),
@@ -245,7 +354,7 @@ _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
 
 def install_audit_hook(tmp: str, *, block_ctypes: bool, writable: tuple[str, ...]) -> None:
     """The in-process fallback. It works on any OS but is bypassable by native code, hence
-    ``block_ctypes`` when a kernel layer is missing."""
+    ``block_ctypes`` (see :func:`forget_ctypes`)."""
     root = os.path.realpath(tmp)
 
     def outside(path: object) -> bool:
@@ -270,8 +379,19 @@ def install_audit_hook(tmp: str, *, block_ctypes: bool, writable: tuple[str, ...
             raise PermissionError(f"sandbox: no network ({event})")
         if event in _PROCESS_EVENTS:
             raise PermissionError(f"sandbox: no new processes ({event})")
-        if block_ctypes and event in _CTYPES_EVENTS:
-            raise PermissionError(f"sandbox: no native calls ({event})")
+        if event in _NAMESPACE_EVENTS:
+            raise PermissionError(f"sandbox: no namespaces ({event})")
+        if event == "socket.__new__" and len(args) >= 2:
+            family = args[1]
+            if family not in _SOCKET_FAMILIES and family != -1:  # -1: from an existing fd
+                kind = "unix" if family == AF_UNIX else f"family {family}"
+                raise PermissionError(f"sandbox: no {kind} sockets ({event})")
+        if block_ctypes:
+            if event in _CTYPES_EVENTS:
+                raise PermissionError(CTYPES_REFUSED.format(event))
+            if event == "import" and args and str(args[0]).split(".")[0] in _CTYPES_MODULES:
+                # ImportError, so ``try: import ctypes / except ImportError`` degrades.
+                raise ImportError(CTYPES_REFUSED.format(f"import {args[0]}"))
         if event == "open" and len(args) >= 3:
             path, mode, flags = args[0], args[1], args[2]
             if other_process(path):
@@ -287,6 +407,14 @@ def install_audit_hook(tmp: str, *, block_ctypes: bool, writable: tuple[str, ...
                     raise PermissionError(f"sandbox: writes only below {root} ({event})")
 
     sys.addaudithook(hook)
+
+
+def forget_ctypes() -> None:
+    """Drop the child's ctypes from ``sys.modules``, so that a job's ``import ctypes`` is a real
+    import, which the audit hook refuses."""
+    _LIBC.clear()
+    for name in [n for n in sys.modules if n.split(".")[0] in _CTYPES_MODULES]:
+        del sys.modules[name]
 
 
 # -- the stand-in assay module ---------------------------------------------------------------------
@@ -371,10 +499,11 @@ def main() -> None:
     if wanted.get("landlock"):
         why = landlock(tmp, request["read_roots"], request["write_files"])
         layers["landlock"] = why is None
+        layers["landlock_abi"] = landlock_abi()
         if why:
             problems.append(why)
     if wanted.get("seccomp"):
-        why = seccomp_no_processes()
+        why = seccomp_filter()
         layers["seccomp"] = why is None
         if why:
             problems.append(why)
@@ -384,10 +513,13 @@ def main() -> None:
         if why:
             problems.append(why)
     if wanted.get("audit_hook"):
-        kernel_gap = not all(layers.get(k) for k in ("netns", "landlock", "seccomp"))
-        install_audit_hook(tmp, block_ctypes=kernel_gap, writable=tuple(request["write_files"]))
+        kernel = all(layers.get(k) for k in ("netns", "landlock", "seccomp"))
+        block_ctypes = not (kernel and request.get("allow_ctypes"))
+        install_audit_hook(tmp, block_ctypes=block_ctypes, writable=tuple(request["write_files"]))
+        if block_ctypes:
+            forget_ctypes()
         layers["audit_hook"] = True
-        layers["ctypes_blocked"] = kernel_gap
+        layers["ctypes_blocked"] = block_ctypes
     if problems:
         print("sandbox: " + "; ".join(problems), file=sys.stderr, flush=True)
 

@@ -6,8 +6,16 @@ are a private temp dir removed afterwards) and an explicit ``sys.path`` (the job
 the interpreter's site-packages, nothing inherited). The child never imports the real ``assay``:
 job modules see a stand-in with ``job``, ``current_job`` and ``JobCancelled``. The child's layers
 are described in :mod:`assay.jobs.executors._sandbox_child`: network namespace, rlimits,
-Landlock, a seccomp filter against new processes, no capabilities, and an in-process audit hook
-as the fallback where the kernel offers none of those.
+Landlock, a seccomp filter (no new processes, no ``execve``, no unix sockets, no user or other
+namespaces), no capabilities, and an in-process audit hook as the fallback where the kernel
+offers none of those.
+
+``ctypes`` is refused in the child unless the job opts in, with the executor option
+``allow_ctypes``: the names of the jobs that may use it, set by the operator
+(``ASSAY_EXECUTOR_OPTIONS='{"sandbox": {"allow_ctypes": ["my_job"]}}'``), never by the job
+itself. It takes effect only when every kernel layer is in place (then they, not the audit hook,
+confine the job's native code). assay's own sandboxed jobs (``assay.*``: custom scorers) can
+never be listed, and the custom scorers' executor is built without options anyway.
 
 The parent enforces the wall clock (the job's timeout, cancellation, and ``wall_s``) by killing
 the process group, caps what it reads (output and result), and trusts nothing it reads: the
@@ -32,9 +40,10 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from assay.config import Settings
+from assay.errors import ConfigError
 from assay.jobs.context import JobContext
 from assay.jobs.executors.base import (
     Completed,
@@ -115,11 +124,15 @@ class _Stop(Exception):
 
 class SandboxExecutor(Executor):
     name = "sandbox"
+    options: ClassVar[Mapping[str, Any]] = {"allow_ctypes": ()}
+    """``allow_ctypes``: names of the jobs whose sandbox lets ``ctypes`` through (when every
+    kernel layer is in place); any other job gets an ImportError on ``import ctypes``."""
 
     def __init__(
         self, settings: Settings, *, slots: int, options: Mapping[str, Any] | None = None
     ) -> None:
         super().__init__(settings, slots=slots, options=options)
+        self.allow_ctypes = _allow_ctypes(self.config["allow_ctypes"])
         self.limits = SandboxLimits.from_settings(settings)
         self._live: set[subprocess.Popen[bytes]] = set()
         self._lock = threading.Lock()
@@ -156,6 +169,7 @@ class SandboxExecutor(Executor):
             "job_id": ctx.job.id,
             "attempt": ctx.job.attempt,
             "sys_path": _child_sys_path(module),
+            "allow_ctypes": spec.name in self.allow_ctypes,
             "rlimits": self.limits.rlimits(),
             "layers": {
                 "netns": USE_NETWORK_NAMESPACE,
@@ -315,6 +329,18 @@ class SandboxExecutor(Executor):
 
 
 # -- helpers ---------------------------------------------------------------------------------------
+
+
+def _allow_ctypes(value: object) -> frozenset[str]:
+    if not isinstance(value, list | tuple) or not all(isinstance(n, str) for n in value):
+        raise ConfigError("sandbox executor: allow_ctypes must be a list of job names")
+    internal = [name for name in value if name.startswith("assay.")]
+    if internal:
+        raise ConfigError(
+            f"sandbox executor: allow_ctypes cannot list {internal[0]!r}: assay's own sandboxed "
+            "jobs (custom scorers) never get ctypes"
+        )
+    return frozenset(value)
 
 
 def _no_constants(name: str) -> Any:
