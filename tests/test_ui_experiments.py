@@ -46,7 +46,8 @@ def test_chart_buckets_are_hours_until_the_range_needs_more() -> None:
 def test_pages_show_traces_scores_decisions_and_manage_scorers(servers: Servers, tmp_path) -> None:
     server: ServerProcess = servers.start(f"sqlite:///{tmp_path / 'ui.db'}",
                                           scoring_interval_s=0.2)  # fmt: skip
-    with httpx.Client(base_url=server.url, timeout=10) as http:
+    # Origin: as a browser sends with the UI's forms (the CSRF check); the API ignores it.
+    with httpx.Client(base_url=server.url, headers={"Origin": server.url}, timeout=10) as http:
         experiment = http.post("/api/v1/experiments", json={"name": "ui-online"}).json()["id"]
         put = http.put(
             f"/api/v1/experiments/{experiment}/scorers/length",

@@ -34,7 +34,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Serve
 
 @pytest.fixture
 def ui(store: tuple[str, ServerProcess]) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=store[1].url, timeout=10) as client:
+    with httpx.Client(base_url=store[1].url, headers=same_site(store[1]), timeout=10) as client:
         yield client
 
 
@@ -54,6 +54,11 @@ def live_status(ui: httpx.Client, job_id: str) -> str:
     match = re.search(r'id="job-status"[^>]*>(\w+)<', response.text)
     assert match, response.text
     return match.group(1)
+
+
+def same_site(server: ServerProcess) -> dict[str, str]:
+    """The header a browser sends with a form of the server's own pages (the CSRF check)."""
+    return {"Origin": server.url}
 
 
 def row_ids(html: str) -> list[str]:
@@ -125,7 +130,7 @@ def test_the_list_pages_by_fifty_newest_first(store: tuple[str, ServerProcess]) 
     uri, server = store
     with assay.connect(uri, **{**FAST, **EXAMPLES}) as backend:
         submitted = [j.id for j in backend.submit_many("flaky", [{"fail_times": 0}] * 55)]
-    with httpx.Client(base_url=server.url, timeout=10) as ui:
+    with httpx.Client(base_url=server.url, headers=same_site(server), timeout=10) as ui:
         first = ui.get("/ui/jobs", params={"name": "flaky"})
         next_url = re.search(r'id="jobs-next-page" href="([^"]+)"', first.text)
         assert next_url, first.text
@@ -160,6 +165,7 @@ def test_bad_submissions_show_the_form_again_with_the_error(
         response = httpx.post(
             f"{server.url}/ui/jobs",
             data={"name": name, "params": params, "timeout": timeout},
+            headers=same_site(server),
             timeout=10,
         )
         assert len(backend.search(limit=1000).jobs) == before  # nothing was queued
@@ -232,7 +238,7 @@ def test_with_auth_the_pages_need_a_login_and_users_see_their_own_jobs(
     assert api.status_code == 201
     admins_job = api.json()["id"]
 
-    with httpx.Client(base_url=server.url, timeout=10) as ui:
+    with httpx.Client(base_url=server.url, headers=same_site(server), timeout=10) as ui:
         anonymous = ui.get("/ui/jobs")
         assert anonymous.status_code == 303
         assert anonymous.headers["location"].startswith("/ui/login")
@@ -258,7 +264,7 @@ def test_with_auth_the_pages_need_a_login_and_users_see_their_own_jobs(
         assert refused.status_code == 403
         assert '<p class="error" role="alert">job &#39;noop&#39; is not public' in refused.text
 
-    with httpx.Client(base_url=server.url, timeout=10) as ui:
+    with httpx.Client(base_url=server.url, headers=same_site(server), timeout=10) as ui:
         assert ui.post("/ui/login", data={"token": admin}).status_code == 303
         listed = ui.get("/ui/jobs")
         assert row_ids(listed.text) == [admins_job]

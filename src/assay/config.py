@@ -103,6 +103,10 @@ class Settings(BaseSettings):
     """Worker loops the server runs in its own process (0: an API-only replica)."""
     max_request_bytes: int = Field(16 * 2**20, gt=0)
     """Requests with a larger body are refused with 413 before they are read."""
+    artifact_root: str | None = None
+    """Where the MLflow-compatible API keeps artifacts and logged models (a directory all
+    replicas share). None: ``<database file>.artifacts`` beside a SQLite store, else
+    ``~/.assay/artifacts``."""
     auth: bool | None = None
     """Require API tokens (``Authorization: Bearer``) on every API request. None: required
     unless the server listens on a loopback address only (the local quickstart)."""
@@ -111,7 +115,15 @@ class Settings(BaseSettings):
     timeout)."""
     public_url: str | None = None
     """The API's address as running jobs should call it (``current_job().api_url``,
-    ``ASSAY_API_URL``). Default in ``assay server``: its own host and port."""
+    ``ASSAY_API_URL``). Default in ``assay server``: its own host and port. The web UI also
+    accepts forms sent from pages at this address (its CSRF check)."""
+    trust_proxy_headers: bool = False
+    """Behind a reverse proxy: the web UI takes the scheme and host browsers use from
+    ``X-Forwarded-Proto`` and ``X-Forwarded-Host`` (its CSRF check, the cookie's ``Secure``).
+    Turn on only when every request comes through a proxy that sets both: anyone reaching the
+    server directly could."""
+    ui_session_max_age_s: float = Field(12 * 3600.0, gt=0)
+    """How long a browser keeps the web UI's login cookie (its ``Max-Age``)."""
 
     # Online scoring.
     scoring_interval_s: float = Field(1.0, gt=0)
@@ -120,6 +132,8 @@ class Settings(BaseSettings):
     """Ledger rows one scoring job claims (and commits) at a time."""
     scoring_concurrency: int = Field(16, ge=1)
     """Judge (and custom scorer) calls one scoring job runs at once."""
+    scoring_regex_timeout_s: float = Field(1.0, gt=0, le=60)
+    """A regex scorer's match stops after this much CPU time and that assessment fails."""
     scoring_lease_s: float = Field(120.0, gt=0)
     """A claimed batch is someone else's to retry after this long (its job died or stalled)."""
     scoring_job_budget_s: float = Field(60.0, gt=0)

@@ -3,6 +3,7 @@ and the redirect from ``/``."""
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime
 from http import HTTPStatus
 from pathlib import Path
@@ -12,8 +13,10 @@ from fastapi import APIRouter, Depends, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
+from assay.config import Settings
 from assay.errors import AuthenticationError
 from assay.server.auth import Authenticator, Principal
+from assay.server.ui.csrf import same_origin
 
 __all__ = [
     "COOKIE",
@@ -108,13 +111,21 @@ def login_page(request: Request, reason: str | None = None, next: str = "/ui/job
     return render(request, "login.html", auth_enabled=False, reason=reason, next=_local(next))
 
 
+SentFrom = Annotated[str | None, Depends(same_origin)]
+"""The origin a POST came from: one of this server's (the UI router checked it already)."""
+
+
 @router.post("/ui/login")
 def login(
     request: Request,
+    origin: SentFrom,
     token: Annotated[str, Form(max_length=500)],
     next: Annotated[str, Form(max_length=2000)] = "/ui/jobs",
 ) -> Response:
+    """Check the token, then keep it in the session cookie: HttpOnly, SameSite=Strict,
+    ``Secure`` when the page was served over https, kept ``ui_session_max_age_s``."""
     authenticator: Authenticator = request.app.state.auth
+    settings: Settings = request.app.state.settings
     try:
         authenticator.authenticate(f"Bearer {token.strip()}")
     except AuthenticationError as exc:
@@ -122,17 +133,31 @@ def login(
             request, "login.html", 401, auth_enabled=False, reason=str(exc), next=_local(next)
         )
     response = RedirectResponse(_local(next), status_code=303)
-    response.set_cookie(COOKIE, token.strip(), httponly=True, samesite="strict")
+    response.set_cookie(
+        COOKIE,
+        token.strip(),
+        max_age=math.ceil(settings.ui_session_max_age_s),
+        httponly=True,
+        samesite="strict",
+        secure=_https(origin),
+    )
     return response
 
 
 @router.post("/ui/logout")
-def logout() -> Response:
+def logout(origin: SentFrom) -> Response:
     response = RedirectResponse("/ui/login", status_code=303)
-    response.delete_cookie(COOKIE)
+    response.delete_cookie(COOKIE, httponly=True, samesite="strict", secure=_https(origin))
     return response
 
 
+def _https(origin: str | None) -> bool:
+    """Whether the page that sent the form was served over https."""
+    return origin is not None and origin.startswith("https://")
+
+
 def _local(path: str) -> str:
-    """Only redirect within this site."""
-    return path if path.startswith("/") and not path.startswith("//") else "/ui/jobs"
+    """Only redirect within this site: a path, not ``//host`` or ``/\\host`` (which browsers
+    read as ``//host``), nor one with characters browsers drop from URLs (tab, newline)."""
+    local = path.startswith("/") and not path.startswith(("//", "/\\"))
+    return path if local and not any(c < " " or c == "\x7f" for c in path) else "/ui/jobs"
