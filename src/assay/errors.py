@@ -20,6 +20,7 @@
     │   ├── JudgeUnavailableError  rate limited, 5xx, timeout, unreachable: retry later
     │   ├── JudgeConfigError     401/403/404, unknown model: pause the scorer, do not retry
     │   └── JudgeOutputError     an answer that does not parse as the scorer's output type
+    ├── ScorerTimeoutError       a scorer call past its time limit (a regex match, custom code)
     ├── StoreError               the database failed or is unreachable (driver errors wrapped)
     │   └── MigrationError       the schema is missing or behind and cannot be upgraded
     └── JobCancelled             raised inside a running job that checks its cancel flag
@@ -54,6 +55,7 @@ __all__ = [
     "NotFoundError",
     "PermissionDeniedError",
     "RequestTooLargeError",
+    "ScorerTimeoutError",
     "StoreError",
     "UnknownJobError",
     "UnsupportedMediaTypeError",
@@ -164,6 +166,18 @@ class JudgeOutputError(JudgeError):
     """The judge answered, but not with a value of the scorer's output type."""
 
     code = "judge_output"
+
+
+class ScorerTimeoutError(AssayError):
+    """A scorer call ran past its time limit: that assessment fails with this message.
+    ``ran=False``: the call was not made, because an earlier call in the same chunk timed out;
+    the engine retries it later (a few times, then it fails too)."""
+
+    code = "scorer_timeout"
+
+    def __init__(self, message: str, *, ran: bool = True) -> None:
+        super().__init__(message)
+        self.ran = ran
 
 
 class StoreError(AssayError):

@@ -6,6 +6,12 @@ scorer is registered, to refuse syntax errors early. Items are scored in fresh s
 (:mod:`assay.jobs.executors.sandbox`: no network, no new processes, limited memory, CPU and
 files), with ``assay_sandboxed.scorer.run`` as the entry point: one sandbox per chunk of items
 (:data:`assay.scoring.engine.BATCH_CALL_ITEMS`), each item with its own time limit.
+
+A chunk costs at most :data:`TIMEOUTS_PER_CHUNK` time limits, whatever the code does: the
+sandbox stops once that many items timed out (the items after them are retried later, see
+:class:`~assay.errors.ScorerTimeoutError`), and an item that runs past its limit without being
+stopped by the sandbox's alarm (code that swallows the alarm's exception, or blocks in C) has
+its sandbox killed by the parent's watchdog a moment later, which ends the chunk too.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from assay.config import Settings
-from assay.errors import AssayError, InvalidRequestError
+from assay.errors import AssayError, InvalidRequestError, ScorerTimeoutError
 from assay.jobs.context import JobContext
 from assay.jobs.executors.base import Completed
 from assay.jobs.executors.sandbox import SandboxExecutor
@@ -27,12 +33,18 @@ from assay.jobs.registry import JobSpec
 from assay.scoring.model import Feedback, ScoringItem
 from assay_sandboxed import scorer as sandboxed
 
-__all__ = ["MAX_CODE_CHARS", "SandboxedScorer", "validate_custom"]
+__all__ = ["MAX_CODE_CHARS", "TIMEOUTS_PER_CHUNK", "SandboxedScorer", "validate_custom"]
 
 MAX_CODE_CHARS = 100_000
 _SPEC = JobSpec(name="assay.custom_scorer", fn=sandboxed.run, executor="sandbox")
+TIMEOUTS_PER_CHUNK = 2
+"""A chunk stops after this many items timed out: one is an accident, two a slow scorer."""
 _START_S = 10.0
-"""A sandbox run's wall limit is every item's ``timeout_s`` plus this, for its start."""
+"""A sandbox has this long (plus one item's ``timeout_s``, for the code's own imports) to start
+its first item; its whole run, every item's ``timeout_s`` plus this."""
+_GRACE_S = 2.0
+"""How long past its ``timeout_s`` an item may run before the parent kills its sandbox (the
+sandbox's own alarm normally stops it at ``timeout_s``)."""
 
 
 def validate_custom(definition: Mapping[str, Any]) -> dict[str, Any]:
@@ -65,8 +77,10 @@ class SandboxedScorer:
     """A :data:`~assay.scoring.model.ScoreFn` that runs the code in a sandbox, and a
     :data:`~assay.scoring.model.ScoreManyFn` that runs it on many items in one sandbox (a
     sandbox costs a fresh interpreter; an item, microseconds). Each item has its own
-    ``timeout_s``. A sandbox that dies as a whole (killed at its memory or CPU limit, stuck past
-    every item's time) is retried one item per sandbox, so only the item to blame fails."""
+    ``timeout_s``; once :data:`TIMEOUTS_PER_CHUNK` items timed out the chunk ends, and the items
+    after them come back as ``ScorerTimeoutError(ran=False)`` (retried later). A sandbox that
+    dies as a whole (killed at its memory or CPU limit) is retried one item per sandbox, so
+    only the item to blame fails."""
 
     def __init__(self, definition: Mapping[str, Any], settings: Settings) -> None:
         self.code = str(definition["code"])
@@ -82,20 +96,41 @@ class SandboxedScorer:
     def score_many(self, items: Sequence[ScoringItem]) -> list[Feedback | Exception]:
         try:
             answers = self._sandbox(items)
+        except _Overran as exc:
+            # Killed while on item ``exc.index``: the items before it were scored, but their
+            # answers went with the sandbox, so they are scored again.
+            timed_out = ScorerTimeoutError(
+                f"custom scorer timed out after {self.timeout_s:g}s (it ignored the time "
+                "limit, so its sandbox was stopped)"
+            )
+            before = self.score_many(items[: exc.index]) if exc.index else []
+            return [*before, timed_out, *_not_run(timed_out, len(items) - exc.index - 1)]
+        except _StartFailed as exc:
+            return [AssayError(str(exc)) for _ in items]
         except AssayError as exc:
             if len(items) == 1:
                 return [exc]
             return [result for item in items for result in self.score_many([item])]
-        return [_feedback(answer) for answer in answers]
+        results = [self._result(answer) for answer in answers]
+        if len(results) < len(items):
+            results += _not_run(results[-1], len(items) - len(results))
+        return results
+
+    def _result(self, answer: Any) -> Feedback | Exception:
+        if _timed_out(answer):
+            return ScorerTimeoutError(f"custom scorer timed out after {self.timeout_s:g}s")
+        return _feedback(answer)
 
     def _sandbox(self, items: Sequence[ScoringItem]) -> list[Any]:
-        """One sandbox run over ``items``: one answer per item, or AssayError for the run."""
+        """One sandbox run over ``items``: an answer per item up to the first that timed out,
+        or AssayError for the run (:class:`_Overran` when the watchdog stopped it)."""
         now = datetime.now(UTC)
         wall_s = self.timeout_s * len(items) + _START_S
         params = {
             "code": self.code,
             "items": [{"inputs": i.inputs, "outputs": i.outputs, "trace": i.trace} for i in items],
             "item_timeout_s": self.timeout_s,
+            "max_timeouts": TIMEOUTS_PER_CHUNK,
         }
         job = Job(
             id=str(uuid.uuid4()),
@@ -113,7 +148,7 @@ class SandboxedScorer:
             worker_id=None,
             progress=None,
         )
-        ctx = JobContext(job)
+        ctx = _Watched(job, len(items), self.timeout_s)
         timer = threading.Timer(
             wall_s, ctx.cancel, args=(f"timed out after {wall_s:g}s",), kwargs={"timed_out": True}
         )
@@ -122,16 +157,98 @@ class SandboxedScorer:
             outcome = self.executor.run(_SPEC, ctx)
         finally:
             timer.cancel()
+            ctx.disarm()
+        result = outcome.result if isinstance(outcome, Completed) else None
+        answers = result.get("results") if isinstance(result, dict) else None
+        if isinstance(answers, list) and (
+            len(answers) == len(items)
+            or (0 < len(answers) < len(items) and _timed_out(answers[-1]))
+        ):
+            return answers
+        if ctx.overran is not None and ctx.overran < 0:
+            raise _StartFailed(
+                "custom scorer failed: the code did not start scoring within "
+                f"{_START_S + self.timeout_s:g}s (does it run something slow at import?)"
+            )
+        if ctx.overran is not None:
+            raise _Overran(ctx.overran)
         if not isinstance(outcome, Completed):
             message = getattr(outcome, "error", None) or getattr(outcome, "reason", None)
             raise AssayError(f"custom scorer failed: {message or type(outcome).__name__}")
-        answers = outcome.result.get("results") if isinstance(outcome.result, dict) else None
-        if not isinstance(answers, list) or len(answers) != len(items):
-            raise AssayError("custom scorer failed: the sandbox returned no result per item")
-        return answers
+        raise AssayError("custom scorer failed: the sandbox returned no result per item")
 
     def close(self) -> None:
         self.executor.stop()
+
+
+class _Overran(AssayError):
+    """The watchdog stopped the sandbox while it ran item ``index``."""
+
+    def __init__(self, index: int) -> None:
+        super().__init__(f"item {index} ran past its time limit")
+        self.index = index
+
+
+class _StartFailed(AssayError):
+    """The sandbox did not start its first item in time."""
+
+
+class _Watched(JobContext):
+    """A sandbox run's context that follows which item runs (the sandbox reports each start as
+    progress) and cancels the run, which kills the sandbox, once an item is ``_GRACE_S`` past
+    its ``timeout_s`` (or the first item has not started ``_START_S`` after the run began).
+    Progress is the untrusted child's word: a report that is not an item index is ignored."""
+
+    def __init__(self, job: Job, items: int, timeout_s: float) -> None:
+        super().__init__(job)
+        self.items = items
+        self.timeout_s = timeout_s
+        self.overran: int | None = None
+        """The item the watchdog stopped the run at (-1: before the first item started)."""
+        self._running = -1
+        self._timer: threading.Timer | None = None
+        self._watch = threading.Lock()
+        self._arm(-1, _START_S + timeout_s)
+
+    def progress(
+        self, completed: float, total: float | None = None, message: str | None = None
+    ) -> None:
+        super().progress(completed, total, message)
+        index = int(completed)
+        if index == completed and 0 <= index < self.items:
+            self._arm(index, self.timeout_s + _GRACE_S)
+
+    def disarm(self) -> None:
+        with self._watch:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._running = self.items  # no item runs any more: a late timer does nothing
+
+    def _arm(self, index: int, after_s: float) -> None:
+        with self._watch:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._running = index
+            self._timer = threading.Timer(after_s, self._expired, args=(index,))
+            self._timer.daemon = True
+            self._timer.start()
+
+    def _expired(self, index: int) -> None:
+        with self._watch:
+            if self._running != index or self.overran is not None:
+                return
+            self.overran = index
+        self.cancel(f"item {index} ran past its time limit", timed_out=True)
+
+
+def _timed_out(answer: Any) -> bool:
+    return isinstance(answer, dict) and answer.get("timeout") is True
+
+
+def _not_run(cause: object, count: int) -> list[Feedback | Exception]:
+    """Results for the ``count`` items of a chunk that were not run after ``cause``."""
+    reason = f"not scored yet: an earlier item of its chunk timed out ({cause})"
+    return [ScorerTimeoutError(reason, ran=False) for _ in range(count)]
 
 
 def _feedback(answer: Any) -> Feedback | Exception:

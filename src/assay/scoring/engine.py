@@ -2,12 +2,15 @@
 
 One call of :meth:`ScoringEngine.run` is one online-scoring job (see :mod:`.jobs`): it loops
 claim → score → commit until the experiment has nothing due, its time budget is spent or it is
-cancelled. Every batch is committed before the next is claimed, so a crash loses at most the
-work of one batch, and that work is redone (once its lease expires) without duplicates: see
+cancelled. Every piece of work is committed as soon as it is done, so a crash loses at most the
+work in progress, and that work is redone (once its lease expires) without duplicates: see
 :mod:`assay.scoring.store` for why.
 
-Heuristics run inline (microseconds each); judges and custom scorers run on a bounded thread
-pool, ``scoring_concurrency`` calls at a time.
+Heuristics run inline (microseconds each) and are committed with the batch that claimed them.
+Judges, custom scorers and regexes (``slow``: their cost is their author's) run on a bounded
+thread pool, ``scoring_concurrency`` calls at a time, as one group per scorer that is committed
+on its own once its calls are done; until then the job claims no more rows of that scorer but
+goes on with the others, so a slow scorer holds back no one's assessments but its own.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import time
 import weakref
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, TypeVar
 
@@ -33,9 +36,10 @@ from assay.errors import (
     JudgeConfigError,
     JudgeOutputError,
     JudgeUnavailableError,
+    ScorerTimeoutError,
 )
 from assay.scoring import kinds
-from assay.scoring.model import Feedback, Level, ScoringItem
+from assay.scoring.model import Feedback, Level, ScoreManyFn, ScoringItem
 from assay.scoring.store import (
     ACTIVE,
     FAILED,
@@ -167,35 +171,58 @@ class ScoringEngine:
         progress: Callable[[RunStats], None] = lambda stats: None,
         budget_s: float | None = None,
     ) -> RunStats:
-        """Score due rows until none is left, ``budget_s`` is spent or ``cancelled()``."""
+        """Score due rows until none is left, ``budget_s`` is spent or ``cancelled()``; every
+        group still running then is waited for and committed before this returns."""
         stats = RunStats()
         deadline = time.monotonic() + (budget_s or self.settings.scoring_job_budget_s)
         lease_ms = round(self.settings.scoring_lease_s * 1000)
+        busy: dict[str, list[Future[list[Outcome]]]] = {}  # scorer → its calls on the pool
+
+        def commit(outcomes: Sequence[Outcome]) -> None:
+            if outcomes:
+                self.store.tasks_finish(owner, outcomes)
+                self._count(outcomes, stats)
+                progress(stats)
+
+        def commit_done(block: bool) -> None:
+            """Commit each scorer group whose calls are all done (all of them, waiting)."""
+            for name, group in list(busy.items()):
+                if block or all(f.done() for f in group):
+                    del busy[name]
+                    commit([o for f in group for o in f.result()])
+
         while not cancelled() and time.monotonic() < deadline:
+            commit_done(block=False)
             tasks = self.store.tasks_claim(
                 experiment_id,
                 level,
                 owner,
                 limit=self.settings.scoring_batch_size,
                 lease_ms=lease_ms,
+                skip=sorted(busy),
             )
-            if not tasks:
-                break
-            stats.claimed += len(tasks)
-            scorers = {s.name: s for s in self.store.scorers_list(experiment_id)}
-            self._forget_stale(experiment_id, scorers.values())
-            if level == Level.TRACE:
-                outcomes = self._score_traces(tasks, scorers, stats)
+            if tasks:
+                stats.claimed += len(tasks)
+                scorers = {s.name: s for s in self.store.scorers_list(experiment_id)}
+                self._forget_stale(experiment_id, scorers.values())
+                if level == Level.TRACE:
+                    decided, calls = self._plan_traces(tasks, scorers)
+                else:
+                    decided, calls = self._plan_sessions(tasks, scorers)
+                scored, pooled = self._run_all(calls, stats)
+                commit([*decided, *scored])
+                busy.update(pooled)
+            elif busy:
+                # Only busy scorers have work: wait for one to finish, or for rows of the
+                # others to come due.
+                futures = [f for group in busy.values() for f in group if not f.done()]
+                wait(futures, self.settings.scoring_interval_s, FIRST_COMPLETED)
             else:
-                outcomes = self._score_sessions(tasks, scorers, stats)
-            self.store.tasks_finish(owner, outcomes)
-            self._count(outcomes, scorers, stats)
-            progress(stats)
+                break
+        commit_done(block=True)
         return stats
 
-    def _count(
-        self, outcomes: Sequence[Outcome], scorers: dict[str, ScorerRecord], stats: RunStats
-    ) -> None:
+    def _count(self, outcomes: Sequence[Outcome], stats: RunStats) -> None:
         now = self.clock_ms()
         for outcome in outcomes:
             name = outcome.task.scorer_name
@@ -224,6 +251,20 @@ class ScoringEngine:
     def _score_traces(
         self, tasks: Sequence[Task], scorers: dict[str, ScorerRecord], stats: RunStats
     ) -> list[Outcome]:
+        """Every outcome of a batch of trace rows, waiting for the slow scorers."""
+        decided, calls = self._plan_traces(tasks, scorers)
+        scored, pooled = self._run_all(calls, stats)
+        return [
+            *decided,
+            *scored,
+            *(o for group in pooled.values() for f in group for o in f.result()),
+        ]
+
+    def _plan_traces(
+        self, tasks: Sequence[Task], scorers: dict[str, ScorerRecord]
+    ) -> tuple[list[Outcome], list[_Call]]:
+        """What is decided without a scorer call (filtered out, gone, scorer inactive), and
+        the calls to make."""
         found = {t.trace_id: t for t in self.traces.traces_get_many(_ids(tasks))}
         outcomes: list[Outcome] = []
         work: list[tuple[Task, ScorerRecord, Trace]] = []
@@ -266,8 +307,7 @@ class ScoringEngine:
             )
             for task, scorer, trace in work
         ]
-        outcomes.extend(self._run_all(calls, stats))
-        return outcomes
+        return outcomes, calls
 
     def _spans_for(self, work: Sequence[tuple[Task, ScorerRecord, Trace]]) -> dict[str, Any]:
         wanted = sorted(
@@ -280,9 +320,9 @@ class ScoringEngine:
 
     # -- sessions ---------------------------------------------------------------------------
 
-    def _score_sessions(
-        self, tasks: Sequence[Task], scorers: dict[str, ScorerRecord], stats: RunStats
-    ) -> list[Outcome]:
+    def _plan_sessions(
+        self, tasks: Sequence[Task], scorers: dict[str, ScorerRecord]
+    ) -> tuple[list[Outcome], list[_Call]]:
         outcomes: list[Outcome] = []
         calls: list[_Call] = []
         idle_ms = round(self.settings.session_idle_s * 1000)
@@ -319,16 +359,18 @@ class ScoringEngine:
                 first, others = session[0].trace_id, tuple(t.trace_id for t in session[1:])
                 key = session_key(task.target_id, scorer)
                 calls.append(_Call(task, scorer, item, first, key, None, others))
-        outcomes.extend(self._run_all(calls, stats))
-        return outcomes
+        return outcomes, calls
 
     # -- running scorers --------------------------------------------------------------------
 
-    def _run_all(self, calls: Sequence[_Call], stats: RunStats) -> list[Outcome]:
-        """Score every item: fast scorers inline, slow ones on the pool, one pool task per
-        item, or per chunk of up to ``BATCH_CALL_ITEMS`` items for scorers that score many
-        in one call (a sandbox per chunk, not per item). A scorer paused on the way has the
-        rest of its items given back."""
+    def _run_all(
+        self, calls: Sequence[_Call], stats: RunStats
+    ) -> tuple[list[Outcome], dict[str, list[Future[list[Outcome]]]]]:
+        """Score the fast scorers' items here, and start the slow ones' on the pool: one pool
+        task per item, or per chunk of up to ``BATCH_CALL_ITEMS`` items for scorers that score
+        many in one call (a sandbox per chunk, not per item). Returns the fast outcomes, and
+        each slow scorer's pool tasks. A scorer paused on the way has the rest of its items
+        given back."""
         paused: set[str] = set()
 
         def run(chunk: Sequence[_Call]) -> list[Outcome]:
@@ -337,7 +379,7 @@ class ScoringEngine:
                 return [TaskUpdate(c.task, None) for c in chunk]
             built = self._build(scorer)
             if built.many is not None:
-                results = built.many([c.item for c in chunk])
+                results = _call_many(built.many, [c.item for c in chunk])
             else:
                 results = [_call(built.fn, c.item) for c in chunk]
             try:
@@ -350,20 +392,16 @@ class ScoringEngine:
                 return [TaskUpdate(c.task, None) for c in chunk]
 
         inline: list[list[_Call]] = []
-        pooled: list[list[_Call]] = []
-        for group in _grouped(calls, lambda c: c.scorer.name).values():
+        pooled: dict[str, list[Future[list[Outcome]]]] = {}
+        for name, group in _grouped(calls, lambda c: c.scorer.name).items():
             built = self._build(group[0].scorer)
             if not built.slow:
                 inline += [[c] for c in group]
-            elif built.many is None:
-                pooled += [[c] for c in group]
-            else:
-                size = BATCH_CALL_ITEMS
-                pooled += [group[i : i + size] for i in range(0, len(group), size)]
-        futures = [self._pool.submit(run, chunk) for chunk in pooled]
-        outcomes = [o for chunk in inline for o in run(chunk)]
-        outcomes += [o for f in futures for o in f.result()]
-        return outcomes
+                continue
+            size = 1 if built.many is None else BATCH_CALL_ITEMS
+            chunks = [group[i : i + size] for i in range(0, len(group), size)]
+            pooled[name] = [self._pool.submit(run, chunk) for chunk in chunks]
+        return [o for chunk in inline for o in run(chunk)], pooled
 
     def _outcome(self, call: _Call, built: kinds.Built, result: Feedback | Exception) -> Outcome:
         """What one scorer call's result (or error) means for its ledger row."""
@@ -380,6 +418,13 @@ class ScoringEngine:
                 return TaskUpdate(task, FAILED, _reason(exc))
             if isinstance(exc, JobCancelled):
                 return TaskUpdate(task, None)
+            if isinstance(exc, ScorerTimeoutError) and not exc.ran:
+                # Not run: an earlier item of its chunk timed out. Again later, a few times.
+                if task.attempts < _OUTPUT_RETRIES:
+                    return self._retry(task, str(exc), None)
+                return TaskUpdate(
+                    task, FAILED, _reason(f"gave up after {task.attempts + 1} attempts: {exc}")
+                )
             # A scorer's own bug: the same input would fail again.
             if not isinstance(exc, AssayError):
                 log.warning("scoring.scorer_error scorer=%s", call.scorer.name, exc_info=exc)
@@ -472,6 +517,17 @@ def _call(fn: Callable[[ScoringItem], Feedback], item: ScoringItem) -> Feedback 
         return fn(item)
     except Exception as exc:
         return exc
+
+
+def _call_many(many: ScoreManyFn, items: Sequence[ScoringItem]) -> list[Feedback | Exception]:
+    try:
+        results = many(items)
+    except Exception as exc:
+        return [exc] * len(items)
+    if len(results) != len(items):
+        error = AssayError(f"the scorer returned {len(results)} results for {len(items)} items")
+        return [error] * len(items)
+    return results
 
 
 def _ids(tasks: Sequence[Task]) -> list[str]:

@@ -7,6 +7,11 @@ scorer is registered rather than on every trace. ``build`` compiles a definition
 expressions, keyword lists) into a :data:`~assay.scoring.model.ScoreFn`; the returned function
 only reads its closed-over values, so one instance can be called from many threads at once.
 
+A user's pattern runs in the ``regex`` package, not ``re``: its match has a time limit
+(:attr:`Limits.regex_timeout_s` of CPU time; past it the call raises
+:class:`~assay.errors.ScorerTimeoutError`) and lets go of the GIL while it runs, so a pattern
+that backtracks for ever (``^(a|a)*$``) fails its one assessment instead of freezing the process.
+
 A scorer reads its *target* (``item.outputs`` by default, or ``item.inputs``) as text: a string
 as it is, ``None`` as ``""``, anything else as its JSON. A session item's target is the list of
 its turns, so the same rule turns it into one JSON array. Every value is a bool where true means
@@ -25,13 +30,25 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
-from assay.errors import InvalidRequestError
+import regex
+
+from assay.errors import InvalidRequestError, ScorerTimeoutError
 from assay.scoring.model import Feedback, ScoreFn, ScoringItem
 
-__all__ = ["HEURISTICS", "MAX_PATTERN_CHARS", "PII_TYPES", "Heuristic", "luhn_valid"]
+__all__ = [
+    "HEURISTICS",
+    "MAX_PATTERN_CHARS",
+    "PII_TYPES",
+    "REGEX_TIMEOUT_S",
+    "Heuristic",
+    "Limits",
+    "luhn_valid",
+]
 
 MAX_PATTERN_CHARS: Final = 1000
 """Longest regular expression accepted; keeps compile time and the definition row small."""
+REGEX_TIMEOUT_S: Final = 1.0
+"""Default time limit of one regex scorer match (setting ``scoring_regex_timeout_s``)."""
 
 PII_TYPES: Final = ("email", "phone", "credit_card", "ssn", "ip_address")
 
@@ -39,6 +56,15 @@ _TARGETS: Final = ("outputs", "inputs")
 _NOUNS: Final = {"outputs": "output", "inputs": "input"}
 _LIST_LIMIT: Final = 10
 """At most this many keywords are quoted in a rationale; the rest are counted."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What a built scorer enforces while it runs (from the server's settings)."""
+
+    regex_timeout_s: float = REGEX_TIMEOUT_S
+    """Seconds of CPU time one regex scorer match may take (the process's CPU time, as the
+    ``regex`` package counts it: on a busy machine the wall time can be longer)."""
 
 
 # --- reading definitions -------------------------------------------------------------------
@@ -202,7 +228,7 @@ def _quoted(words: Sequence[str]) -> str:
 
 
 def _regex_flags(ignore_case: bool) -> int:
-    return re.IGNORECASE if ignore_case else 0
+    return regex.IGNORECASE if ignore_case else 0
 
 
 def _validate_regex(d: _Fields) -> dict[str, Any]:
@@ -214,9 +240,12 @@ def _validate_regex(d: _Fields) -> dict[str, Any]:
         )
     ignore_case = d.boolean("ignore_case", False)
     try:
-        re.compile(pattern, _regex_flags(ignore_case))
-    except re.error as exc:
-        raise d.error("pattern", f"is not a valid regular expression: {exc}") from exc
+        regex.compile(pattern, _regex_flags(ignore_case))
+    except regex.error as exc:
+        shown = pattern if len(pattern) <= 80 else pattern[:80] + "..."
+        raise d.error(
+            "pattern", f"is not a valid regular expression: {exc} (in {shown!r})"
+        ) from exc
     return {
         "pattern": pattern,
         "target": d.target(),
@@ -225,8 +254,9 @@ def _validate_regex(d: _Fields) -> dict[str, Any]:
     }
 
 
-def _build_regex(definition: dict[str, Any]) -> ScoreFn:
-    regex = re.compile(definition["pattern"], _regex_flags(definition["ignore_case"]))
+def _build_regex(definition: dict[str, Any], limits: Limits) -> ScoreFn:
+    compiled = regex.compile(definition["pattern"], _regex_flags(definition["ignore_case"]))
+    timeout_s = limits.regex_timeout_s
     read = _target_reader(definition["target"])
     noun = _NOUNS[definition["target"]]
     must_match: bool = definition["must_match"]
@@ -236,7 +266,17 @@ def _build_regex(definition: dict[str, Any]) -> ScoreFn:
     }
 
     def score(item: ScoringItem) -> Feedback:
-        matched = regex.search(read(item)) is not None
+        text = read(item)
+        try:
+            # concurrent: the GIL is let go while it matches (a str cannot change meanwhile).
+            found = compiled.search(text, timeout=timeout_s, concurrent=True)
+        except TimeoutError:
+            raise ScorerTimeoutError(
+                f"regex timed out after {timeout_s:g} s on {_fmt(len(text))} characters of "
+                f"{noun}: the pattern backtracks too much (nested quantifiers such as (a+)+ or "
+                "(a|a)*); simplify it"
+            ) from None
+        matched = found is not None
         return Feedback(value=matched == must_match, rationale=verdicts[matched])
 
     return score
@@ -257,7 +297,7 @@ def _validate_keywords(d: _Fields) -> dict[str, Any]:
     }
 
 
-def _build_keywords(definition: dict[str, Any]) -> ScoreFn:
+def _build_keywords(definition: dict[str, Any], _limits: Limits) -> ScoreFn:
     keywords: list[str] = list(dict.fromkeys(definition["keywords"]))
     ignore_case: bool = definition["ignore_case"]
     needles = [(k, k.casefold() if ignore_case else k) for k in keywords]
@@ -299,7 +339,7 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
-def _build_json_valid(definition: dict[str, Any]) -> ScoreFn:
+def _build_json_valid(definition: dict[str, Any], _limits: Limits) -> ScoreFn:
     target: str = definition["target"]
     noun = _NOUNS[target]
     required: list[str] = definition["required_keys"]
@@ -355,7 +395,7 @@ def _validate_output_length(d: _Fields) -> dict[str, Any]:
     return {"target": d.target(), "min_chars": min_chars, "max_chars": max_chars}
 
 
-def _build_output_length(definition: dict[str, Any]) -> ScoreFn:
+def _build_output_length(definition: dict[str, Any], _limits: Limits) -> ScoreFn:
     min_chars: int | None = definition["min_chars"]
     max_chars: int | None = definition["max_chars"]
     read = _target_reader(definition["target"])
@@ -384,7 +424,7 @@ def _validate_latency(d: _Fields) -> dict[str, Any]:
     return {"max_ms": d.positive_number("max_ms")}
 
 
-def _build_latency(definition: dict[str, Any]) -> ScoreFn:
+def _build_latency(definition: dict[str, Any], _limits: Limits) -> ScoreFn:
     max_ms: float | int = definition["max_ms"]
 
     def score(item: ScoringItem) -> Feedback:
@@ -440,7 +480,7 @@ def _trace_tokens(summary: Mapping[str, Any]) -> float | int | None:
     return sum(known) if known else None
 
 
-def _build_token_budget(definition: dict[str, Any]) -> ScoreFn:
+def _build_token_budget(definition: dict[str, Any], _limits: Limits) -> ScoreFn:
     max_tokens: int = definition["max_tokens"]
 
     def score(item: ScoringItem) -> Feedback:
@@ -565,7 +605,7 @@ def _validate_pii(d: _Fields) -> dict[str, Any]:
     return {"target": d.target(), "types": [t for t in PII_TYPES if t in types]}
 
 
-def _build_pii(definition: dict[str, Any]) -> ScoreFn:
+def _build_pii(definition: dict[str, Any], _limits: Limits) -> ScoreFn:
     detectors = [(name, _PII_DETECTORS[name]) for name in definition["types"]]
     read = _target_reader(definition["target"])
     noun = _NOUNS[definition["target"]]
@@ -594,15 +634,15 @@ class Heuristic:
     """One line for listings and docs."""
     fields: tuple[str, ...]
     normalise: Callable[[_Fields], dict[str, Any]]
-    compile: Callable[[dict[str, Any]], ScoreFn]
+    compile: Callable[[dict[str, Any], Limits], ScoreFn]
 
     def validate(self, definition: Mapping[str, Any]) -> dict[str, Any]:
         """The definition with defaults filled in; InvalidRequestError names a bad field."""
         return self.normalise(_Fields(self.kind, definition, self.fields))
 
-    def build(self, definition: Mapping[str, Any]) -> ScoreFn:
+    def build(self, definition: Mapping[str, Any], limits: Limits | None = None) -> ScoreFn:
         """A thread-safe score function; validates first, so a raw definition is fine too."""
-        return self.compile(self.validate(definition))
+        return self.compile(self.validate(definition), limits or Limits())
 
 
 HEURISTICS: Final[dict[str, Heuristic]] = {
