@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 
 import sqlalchemy as sa
 
+from assay import jsonvalue
 from assay.db.base import SqlStore
 from assay.db.tables import assessments, experiments, scorers, scoring_tasks
 from assay.errors import NotFoundError
@@ -213,7 +214,13 @@ class ScoringStore(SqlStore):
         filter_string: str | None,
     ) -> ScorerRecord:
         """Create or replace a scorer; it becomes ACTIVE (a PUT resumes a paused scorer). The
-        version goes up by one whenever kind, level or definition change."""
+        version goes up by one whenever kind, level or definition change.
+        :class:`InvalidRequestError` for a definition that is not plain JSON, or text no
+        database column can hold."""
+        _check_ids(experiment_id, name)
+        if filter_string is not None:
+            jsonvalue.check_text(filter_string, "filter_string")
+        jsonvalue.check(definition, "scorer definition")
         text = json.dumps(definition, sort_keys=True, separators=(",", ":"))
 
         def body(conn: sa.Connection) -> ScorerRecord:
@@ -250,6 +257,7 @@ class ScoringStore(SqlStore):
         return self._tx(body)
 
     def scorer_get(self, experiment_id: str, name: str) -> ScorerRecord | None:
+        _check_ids(experiment_id, name)
         key = (scorers.c.experiment_id == experiment_id) & (scorers.c.name == name)
         row = self._tx(
             lambda conn: conn.execute(sa.select(scorers).where(key)).first(), write=False
@@ -257,6 +265,7 @@ class ScoringStore(SqlStore):
         return None if row is None else _to_scorer(row)
 
     def scorers_list(self, experiment_id: str) -> list[ScorerRecord]:
+        _check_ids(experiment_id)
         query = (
             sa.select(scorers)
             .where(scorers.c.experiment_id == experiment_id)
@@ -269,6 +278,7 @@ class ScoringStore(SqlStore):
     ) -> ScorerRecord | None:
         """Pause, stop or resume a scorer. Stopping drops its pending ledger rows (a stopped
         scorer scores nothing more); pausing keeps them, so a resumed scorer catches up."""
+        _check_ids(experiment_id, name)
         key = (scorers.c.experiment_id == experiment_id) & (scorers.c.name == name)
 
         def body(conn: sa.Connection) -> ScorerRecord | None:
@@ -290,6 +300,7 @@ class ScoringStore(SqlStore):
 
     def scorer_delete(self, experiment_id: str, name: str) -> bool:
         """Delete a scorer and its ledger rows; its assessments stay."""
+        _check_ids(experiment_id, name)
         key = (scorers.c.experiment_id == experiment_id) & (scorers.c.name == name)
 
         def body(conn: sa.Connection) -> bool:
@@ -434,9 +445,17 @@ class ScoringStore(SqlStore):
         return sorted((row.experiment_id, Level(row.level)) for row in rows)
 
     def tasks_claim(
-        self, experiment_id: str, level: Level, owner: str, *, limit: int, lease_ms: int
+        self,
+        experiment_id: str,
+        level: Level,
+        owner: str,
+        *,
+        limit: int,
+        lease_ms: int,
+        skip: Sequence[str] = (),
     ) -> list[Task]:
-        """Lease up to ``limit`` due rows of the experiment's ACTIVE scorers, oldest first.
+        """Lease up to ``limit`` due rows of the experiment's ACTIVE scorers, oldest first
+        (none of the scorers named in ``skip``: the caller is still busy with their rows).
 
         The only place ledger rows are picked. ``FOR UPDATE SKIP LOCKED`` (PostgreSQL,
         MariaDB/MySQL) gives concurrent claimers disjoint rows; SQLite serialises claims in its
@@ -458,6 +477,7 @@ class ScoringStore(SqlStore):
                 .scalars()
                 .all()
             )
+            names = [name for name in names if name not in skip]
             if not names:
                 return []
             query = (
@@ -681,7 +701,7 @@ def _to_scorer(row: Any) -> ScorerRecord:
         kind=row.kind,
         level=Level(row.level),
         version=row.version,
-        definition=json.loads(row.definition),
+        definition=jsonvalue.loads(row.definition),  # an old row may not be plain JSON
         sample_rate=row.sample_rate,
         filter_string=row.filter_string,
         status=row.status,
@@ -689,3 +709,10 @@ def _to_scorer(row: Any) -> ScorerRecord:
         created_at_ms=row.created_at_ms,
         updated_at_ms=row.updated_at_ms,
     )
+
+
+def _check_ids(experiment_id: str, name: str | None = None) -> None:
+    """Ids no database can compare (PostgreSQL refuses NUL in text) are a 400, not a 503."""
+    jsonvalue.check_text(experiment_id, "experiment_id")
+    if name is not None:
+        jsonvalue.check_text(name, "scorer name")

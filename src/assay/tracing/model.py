@@ -12,6 +12,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+from assay import jsonvalue
 from assay.errors import InvalidRequestError
 
 __all__ = [
@@ -94,6 +95,8 @@ class Trace:
     span_count: int
     created_at_ms: int
     updated_at_ms: int
+    model: str | None = None
+    """The LLM the trace's spans name (:func:`assay.tracing.messages.model_name`)."""
 
 
 @dataclass(frozen=True)
@@ -173,19 +176,9 @@ ASSESSMENT_UPDATES = (
 
 
 def _json_text(value: Any, what: str) -> str | None:
-    """Standard JSON every reader can render again: no NaN or Infinity, no lone surrogates."""
-    if value is None:
-        return None
-    try:
-        text = json.dumps(value, allow_nan=False, ensure_ascii=False, separators=(",", ":"))
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        raise InvalidRequestError(
-            f"assessment {what} must be valid Unicode (it holds a lone surrogate)"
-        ) from None
-    except (TypeError, ValueError, RecursionError) as exc:
-        raise InvalidRequestError(f"assessment {what} must be JSON: {exc}") from None
-    return text
+    """Plain JSON every reader can render again (:mod:`assay.jsonvalue`): no NaN or Infinity,
+    no lone surrogates, at most 64 levels deep."""
+    return None if value is None else jsonvalue.dumps(value, f"assessment {what}")
 
 
 def _key(value: str, what: str) -> str:

@@ -23,6 +23,7 @@ import sqlalchemy as sa
 from fastapi import APIRouter, Form, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
+from assay import jsonvalue
 from assay.db.tables import assessments, traces
 from assay.errors import (
     ConflictError,
@@ -163,19 +164,19 @@ def span_tree(spans: Sequence[Span]) -> list[Timeline]:
         children[span.parent_span_id if span.parent_span_id in ids else None].append(span)
     rows: list[Timeline] = []
     seen: set[str] = set()
-
-    def walk(span: Span, depth: int) -> None:
-        seen.add(span.span_id)
-        left = (span.start_time_ns - start) / total * 100
-        width = max((span.end_time_ns - span.start_time_ns) / total * 100, 0.5)
-        rows.append(Timeline(span, depth, round(left, 2), round(min(width, 100 - left), 2)))
-        for child in children[span.span_id]:
-            if child.span_id not in seen:
-                walk(child, depth + 1)
-
-    for span in children[None] + ordered:
-        if span.span_id not in seen:
-            walk(span, 0)
+    for top in children[None] + ordered:
+        # Depth-first with a stack of its own (a chain of thousands of spans is no deeper for
+        # it): children pushed in reverse, so the earliest is shown first.
+        stack = [(top, 0)]
+        while stack:
+            span, depth = stack.pop()
+            if span.span_id in seen:
+                continue
+            seen.add(span.span_id)
+            left = (span.start_time_ns - start) / total * 100
+            width = max((span.end_time_ns - span.start_time_ns) / total * 100, 0.5)
+            rows.append(Timeline(span, depth, round(left, 2), round(min(width, 100 - left), 2)))
+            stack.extend((child, depth + 1) for child in reversed(children[span.span_id]))
     return rows
 
 
@@ -557,13 +558,9 @@ def _now_ms() -> int:
 
 
 def _decode(text: str | None) -> Any:
-    """An assessment value as stored (JSON text) back to its value."""
-    if text is None:
-        return None
-    try:
-        return json.loads(text)
-    except ValueError:
-        return text
+    """An assessment value as stored (JSON text) back to its value (never failing on an old
+    row that is not plain JSON: see :func:`assay.jsonvalue.loads`)."""
+    return jsonvalue.loads(text)
 
 
 def _show(value: Any) -> str:

@@ -19,6 +19,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from assay.errors import InvalidRequestError
+from assay.jsonvalue import loads_shallow
 from assay.tracing.filters.grammar import (
     TRACE_FIELDS,
     OrderKey,
@@ -33,6 +34,7 @@ MAX_RESULTS = 1000
 DEFAULT_MAX_RESULTS = 100
 MAX_EXPERIMENTS = 100
 MAX_TOKEN_CHARS = 4000
+_TOKEN_DEPTH = 2
 _BAD_CHARS = re.compile(r"[\x00\ud800-\udfff]")
 
 
@@ -93,7 +95,8 @@ class Keyset:
             if len(token) > MAX_TOKEN_CHARS:
                 raise ValueError("too long")
             raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
-            payload = json.loads(raw.decode())
+            # {"order": [...], "after": [...]}: two levels; deeper is refused before parsing.
+            payload = loads_shallow(raw, _TOKEN_DEPTH)
             order, values = payload["order"], payload["after"]
         except (ValueError, TypeError, KeyError, binascii.Error):
             raise InvalidRequestError(f"invalid page_token {shown}") from None
