@@ -16,11 +16,23 @@ import time
 from pathlib import Path
 
 import httpx
-from playwright.sync_api import sync_playwright
+from playwright.sync_api import Page, ViewportSize, sync_playwright
 
 OUT = Path(__file__).parent / "screenshots"
+VIEWPORT: ViewportSize = {"width": 1400, "height": 900}
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
         "--disable-background-networking", "--disable-component-update", "--disable-sync"]  # fmt: skip
+
+
+def fit_width(page: Page) -> None:
+    """Widen the viewport until the page needs no horizontal scrolling (the table stops at the
+    right edge of the picture, not in the middle of a column)."""
+    for _ in range(5):  # a wider page may lay the table out wider again: re-measure
+        width = page.viewport_size["width"] if page.viewport_size else VIEWPORT["width"]
+        needed = int(page.evaluate("document.documentElement.scrollWidth"))
+        if needed <= width:
+            return
+        page.set_viewport_size({"width": needed + 24, "height": VIEWPORT["height"]})
 
 
 def free_port() -> int:
@@ -63,11 +75,14 @@ def main() -> None:
 def shoot(url: str) -> None:
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=ARGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 900})
+        page = browser.new_page(viewport=VIEWPORT)
         page.goto(f"{url}/ui/experiments")
         page.click("tr[data-experiment-id] a")
         page.wait_for_url(re.compile(r"/ui/experiments/[^/]+$"))
+        page.locator("tr[data-trace-id]").first.wait_for()
+        fit_width(page)  # one column per scorer: the table is wider than the default viewport
         page.screenshot(path=str(OUT / "traces.png"))
+        page.set_viewport_size(VIEWPORT)
         experiment_url = page.url
         page.click("tr[data-trace-id] a")
         page.wait_for_url(re.compile(r"/ui/traces/"))

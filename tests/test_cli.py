@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -14,13 +15,14 @@ import pytest
 
 import assay
 from assay import JobStatus
+from assay.jobs.store import NewJob
 from conftest import FAST, JOB_KEYS, fast_env, wait_until
 
 
-def _popen(*args: str) -> subprocess.Popen[str]:
+def _popen(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", "assay", *args],
-        env=fast_env(),
+        env={**fast_env(), **(env or {})},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -31,13 +33,20 @@ def run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     return run_many([list(args)], timeout=timeout)[0]
 
 
+def run_with(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """One invocation with extra environment variables."""
+    return run_many([(args, env)])[0]
+
+
 def run_many(
-    commands: list[list[str]], timeout: float = 120
+    commands: list[list[str] | tuple[list[str], dict[str, str]]], timeout: float = 120
 ) -> list[subprocess.CompletedProcess[str]]:
-    """Run several CLI invocations at once (each is a fresh interpreter: ~1 s to start)."""
-    procs = [_popen(*args) for args in commands]
+    """Run several CLI invocations at once (each is a fresh interpreter: ~1 s to start); an
+    item is ``args`` or ``(args, extra_env)``."""
+    specs = [(c, {}) if isinstance(c, list) else c for c in commands]
+    procs = [_popen(*args, env=env) for args, env in specs]
     done = []
-    for args, proc in zip(commands, procs, strict=True):
+    for (args, _), proc in zip(specs, procs, strict=True):
         try:
             out, err = proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -228,3 +237,107 @@ def test_postgresql_smoke(store_uri, worker_processes):
     listed = run("jobs", "list", "--json", "--store", store_uri)
     assert listed.returncode == 0, listed.stderr
     assert [j["id"] for j in json.loads(listed.stdout)["jobs"]] == [shown["id"]]
+
+
+def _insert(backend: assay.Backend, job_id: str, name: str = "t_noop") -> None:
+    """A job with an id of our choosing (submits draw random ones)."""
+    backend.store.jobs_insert(
+        [NewJob(id=job_id, name=name, params={}, max_retries=0, timeout_s=60)]
+    )
+
+
+def test_show_and_cancel_take_a_unique_id_prefix(idle_store):
+    uri, backend = idle_store
+    first, second = (
+        "abcd0001-0000-4000-8000-000000000001",
+        "abcd0002-0000-4000-8000-000000000002",
+    )
+    for job_id in (first, second):
+        _insert(backend, job_id, "t_sleep")
+    shown, cancelled, ambiguous, short, unknown = run_many(
+        [
+            ["jobs", "show", "abcd0001", "--store", uri],
+            ["jobs", "cancel", "ABCD0002", "--store", uri],
+            ["jobs", "show", "abcd", "--store", uri],
+            ["jobs", "show", "abc", "--store", uri],
+            ["jobs", "cancel", "ffff", "--store", uri],
+        ]
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout)["id"] == first
+    assert cancelled.returncode == 0, cancelled.stderr
+    assert cancelled.stdout.strip() == f"{second} CANCELED"
+    assert backend.get(second).status == JobStatus.CANCELED
+    for proc in (ambiguous, short, unknown):
+        assert proc.returncode == 2, proc.stderr
+        assert proc.stdout == ""
+    line = _one_error_line(ambiguous)
+    assert "ambiguous" in line
+    assert first in line
+    assert second in line
+    assert "at least 4" in _one_error_line(short)
+    assert "no job id starts with 'ffff'" in _one_error_line(unknown)
+
+
+def test_list_prints_whole_ids_and_leaves_assay_s_own_jobs_out(idle_store):
+    uri, backend = idle_store
+    jobs = backend.submit_many("t_add", [{"a": i, "b": 1} for i in range(3)])
+    hidden = str(uuid.uuid4())
+    _insert(backend, hidden, "assay.scoring.traces")
+    # A terminal of 80 columns, as rich sees it.
+    tty = {"TTY_COMPATIBLE": "1", "COLUMNS": "80"}
+    table, every, as_json = run_many(
+        [
+            (["jobs", "list", "--store", uri], tty),
+            (["jobs", "list", "--all", "--store", uri], tty),
+            (["jobs", "list", "--json", "--store", uri], {}),
+        ]
+    )
+    for proc in (table, every, as_json):
+        assert proc.returncode == 0, proc.stderr
+    for job in jobs:
+        assert job.id in table.stdout
+    assert hidden not in table.stdout
+    assert "assay.scoring" not in table.stdout
+    assert hidden in every.stdout
+    assert hidden not in as_json.stdout
+    assert max(len(line) for line in _plain(table.stdout).splitlines()) <= 80
+
+
+def _plain(text: str) -> str:
+    """Text without terminal escape sequences (colours)."""
+    return re.sub(r"\x1b\[[0-9;?]*[a-zA-Z]", "", text)
+
+
+def test_wait_ends_on_the_final_progress_printed_as_integers(tmp_path, worker_processes):
+    uri = f"sqlite:///{tmp_path / 'progress.db'}"
+    # No progress flush while the job runs: its last report arrives with its result.
+    worker_processes.start(
+        uri, cancel_poll_s=60.0, lease_ttl_s=180.0, job_modules=["jobmods", "jobmods_newcomer"]
+    )
+    worker_processes.wait_ready(1)
+    tty = {"TTY_COMPATIBLE": "1", "TTY_INTERACTIVE": "1", "COLUMNS": "120"}
+    submit = ["jobs", "submit", "n_burst", "-p", "steps=30", "--wait", "--store", uri]
+    waited = run_with([*submit, "--jobs-module", "jobmods_newcomer"], tty)
+    assert waited.returncode == 0, waited.stderr + worker_processes.logs()
+    shown = json.loads(waited.stdout)
+    assert shown["progress"] == {"completed": 30, "total": 30, "message": "step 30"}
+    # The bar stays; its last frame is the job's end.
+    frames = [line for line in _plain(waited.stderr).splitlines() if "SUCCEEDED" in line]
+    assert frames, waited.stderr
+    assert "30/30" in frames[-1]
+    assert "step 30" in frames[-1]
+
+    listed = run_with(["jobs", "list", "--store", uri], {"COLUMNS": "120"})
+    assert listed.returncode == 0, listed.stderr
+    row = next(line for line in listed.stdout.splitlines() if shown["id"] in line)
+    assert re.search(r"\b30/30\b", row), row
+    assert ".0" not in row
+
+
+def test_server_with_a_bad_jobs_module_is_one_line_and_exit_2(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'server.db'}"
+    proc = run("server", "--store", uri, "--port", "0", "--jobs-module", "nosuchmod")
+    assert proc.returncode == 2, proc.stderr
+    assert "nosuchmod" in _one_error_line(proc)
+    assert proc.stdout == ""

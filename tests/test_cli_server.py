@@ -14,6 +14,7 @@ import pytest
 
 import assay
 from assay import JobStatus
+from assay.jobs.store import NewJob
 from assay.server.tokens import TokenStore
 from conftest import FAST, JOB_KEYS, Servers, fast_env, free_port, wait_until
 
@@ -240,3 +241,34 @@ def test_token_from_the_option_or_the_environment(servers, tmp_path):
     assert by_env.returncode == 0, by_env.stderr
     listed = json.loads(by_env.stdout)["jobs"]
     assert [(j["id"], j["owner"]) for j in listed] == [(job_id, "alice")]
+
+
+def test_prefixes_and_assay_s_own_jobs_over_the_server(live, direct):
+    url, _ = live
+    job = direct.submit("t_sleep", {"seconds": 60})
+    hidden = str(uuid.uuid4())
+    direct.store.jobs_insert(
+        [NewJob(id=hidden, name="assay.newcomer.hidden", params={}, max_retries=0, timeout_s=60)]
+    )
+    shown, listed, every, typo = run_many(
+        [
+            ["jobs", "show", job.id[:8], "--server", url],
+            ["jobs", "list", "--json", "--limit", "1000", "--server", url],
+            ["jobs", "list", "--json", "--limit", "1000", "--all", "--server", url],
+            ["jobs", "submit", "assay.scoring.trace", "--server", url],
+        ]
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout)["id"] == job.id
+    assert hidden not in {j["id"] for j in json.loads(listed.stdout)["jobs"]}
+    assert hidden in {j["id"] for j in json.loads(every.stdout)["jobs"]}
+    # The server registers the online-scoring jobs; an unknown name is not offered them.
+    assert typo.returncode == 2
+    assert "assay." not in one_error_line(typo).replace("'assay.scoring.trace'", "")
+
+    cancel = run("jobs", "cancel", job.id[:6], "--server", url)
+    assert cancel.returncode == 0, cancel.stderr
+    assert cancel.stdout.strip() == f"{job.id} CANCELED"
+    found = run("jobs", "show", hidden[:8], "--server", url)  # an id asked for is shown
+    assert found.returncode == 0, found.stderr
+    assert json.loads(found.stdout)["name"] == "assay.newcomer.hidden"

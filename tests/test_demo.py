@@ -37,7 +37,12 @@ def test_demo_scores_every_trace_and_prints_the_summary(tmp_path: Path) -> None:
     for scorer, _ in demo_scorers():
         assert scorer.name in rows, out
     assert re.search(r"│\s+60 │", rows["no_pii"]), rows["no_pii"]  # every trace scored
-    url = re.search(r"http://127\.0\.0\.1:(\d+)/ui/experiments/([0-9a-f-]{36})", out)
+    # It ends by saying how to serve the store again, not with a URL of the server it stopped.
+    demo_server = re.search(r"server: (http://127\.0\.0\.1:\d+) on ", out)
+    assert demo_server is not None, out
+    assert f"{demo_server.group(1)}/ui" not in out
+    assert f"assay server --store sqlite:///{db}" in out
+    url = re.search(r"open http://127\.0\.0\.1:8400/ui/experiments/([0-9a-f-]{36})", out)
     assert url is not None, out
 
     with closing(sqlite3.connect(db)) as conn:
@@ -45,7 +50,7 @@ def test_demo_scores_every_trace_and_prints_the_summary(tmp_path: Path) -> None:
             conn.execute(
                 "SELECT a.name, COUNT(*) FROM assessments a JOIN traces t USING (trace_id) "
                 "WHERE t.experiment_id = ? GROUP BY a.name",
-                (url.group(2),),
+                (url.group(1),),
             ).fetchall()
         )
     assert {name: by_name.get(name, 0) for name in ("length", "no_pii", "fast")} == {

@@ -2,6 +2,10 @@
 
 Exit codes: 0 success, 1 a job that did not succeed (``--wait``) or a store failure, 2 usage
 errors (unknown job, bad params, bad options). Errors print one line, never a traceback.
+
+The commands that talk to a server (``assay jobs|scorers … --server URL``) work on the
+client-only install: the store, the server and their packages are imported only by the
+commands that use them.
 """
 
 from __future__ import annotations
@@ -15,17 +19,15 @@ import re
 import signal
 import sys
 from collections.abc import Callable, Iterator
-from datetime import datetime
+from datetime import UTC, datetime
 from types import FrameType
 from typing import TYPE_CHECKING, Any, cast
 
 import click
-from prometheus_client import start_http_server
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from assay.config import Settings, load_settings
 from assay.errors import (
     AssayError,
     ConfigError,
@@ -33,9 +35,9 @@ from assay.errors import (
     MigrationError,
     NotFoundError,
 )
-from assay.jobs.backend import Backend, JobsAPI
+from assay.jobs.api import JobsAPI, find_job
 from assay.jobs.model import Job, JobStatus, ms_to_datetime
-from assay.scoring import jobs as scoring_jobs
+from assay.jobs.model import Progress as JobProgress
 from assay.scoring.scorers import (
     Scorer,
     backfill_scorer,
@@ -43,14 +45,35 @@ from assay.scoring.scorers import (
     list_scorers,
     set_scorer_status,
 )
-from assay.server.tokens import TokenRole, TokenStore
 
 if TYPE_CHECKING:
     from assay.client import Client
+    from assay.config import Settings
+    from assay.jobs.backend import Backend
+    from assay.server.tokens import TokenRole, TokenStore
 
 __all__ = ["main", "parse_duration"]
 
 _USAGE_ERRORS = (InvalidRequestError, NotFoundError, ConfigError)
+_SERVER_PACKAGES = frozenset(
+    {
+        "alembic",
+        "croniter",
+        "fastapi",
+        "fastapi_offline",
+        "google",
+        "jinja2",
+        "multipart",
+        "prometheus_client",
+        "pydantic",
+        "pydantic_settings",
+        "regex",
+        "sqlalchemy",
+        "starlette",
+        "uvicorn",
+    }
+)
+"""Packages of ``assay[server]``: a command that needs one on a client-only install says so."""
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
@@ -84,6 +107,15 @@ class _Group(click.Group):
             lines = str(exc).strip().splitlines() or [type(exc).__name__]
             click.echo(f"error: {lines[0]}", err=True)
             ctx.exit(2 if isinstance(exc, _USAGE_ERRORS) else 1)
+        except ModuleNotFoundError as exc:
+            if (exc.name or "").split(".")[0] not in _SERVER_PACKAGES:
+                raise
+            click.echo(
+                f"error: this command needs the store and server packages: "
+                f"pip install 'assay[server]' ({exc.name} is missing)",
+                err=True,
+            )
+            ctx.exit(2)
 
 
 store_option = click.option(
@@ -98,6 +130,8 @@ modules_option = click.option(
 
 
 def _settings(store_uri: str | None, job_modules: tuple[str, ...] = (), **kw: Any) -> Settings:
+    from assay.config import load_settings
+
     base = load_settings(store_uri=store_uri, **kw)
     if job_modules:
         base = base.model_copy(update={"job_modules": [*base.job_modules, *job_modules]})
@@ -142,6 +176,11 @@ def worker(
     metrics_host: str,
 ) -> None:
     """Run a worker until SIGTERM/SIGINT (a second signal stops at once)."""
+    from prometheus_client import start_http_server
+
+    from assay.jobs.backend import Backend
+    from assay.scoring import jobs as scoring_jobs
+
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )
@@ -187,6 +226,11 @@ def worker(
 @click.option("--host", help="Address to listen on (default 127.0.0.1).")
 @click.option("--port", type=click.IntRange(0, 65535), help="Port (default 8400).")
 @click.option(
+    "--otlp-grpc-port",
+    type=click.IntRange(0, 65535),
+    help="OTLP/gRPC receiver port (default 4317 when grpcio is installed; 0: off).",
+)
+@click.option(
     "--workers",
     type=click.IntRange(min=0),
     help="Worker loops in this process (default 1; 0 for an API-only replica).",
@@ -214,6 +258,7 @@ def server(
     job_modules: tuple[str, ...],
     host: str | None,
     port: int | None,
+    otlp_grpc_port: int | None,
     workers: int | None,
     concurrency: int | None,
     auth: bool | None,
@@ -234,11 +279,13 @@ def server(
         job_modules,
         host=host,
         port=port,
+        otlp_grpc_port=otlp_grpc_port,
         server_workers=workers,
         worker_concurrency=concurrency,
         auth=auth,
         allow_custom_scorers=allow_custom_scorers,
     )
+    _preflight(settings)
     app = create_app(settings)
     uvicorn.run(
         app,
@@ -247,6 +294,24 @@ def server(
         log_level=log_level.lower(),
         timeout_graceful_shutdown=int(settings.shutdown_grace_s) + 5,
     )
+
+
+def _preflight(settings: Settings) -> None:
+    """What the server's start-up does that can fail on the user's input (the store, its
+    schema, job modules, executors), done first so a mistake is one ``error:`` line and exit
+    2 rather than uvicorn's traceback of a failed lifespan."""
+    from assay.jobs.backend import Backend
+    from assay.jobs.executors import create_executor
+
+    with Backend(settings) as backend:
+        if settings.server_workers:
+            specs = [backend.registry.get(name) for name in backend.registry.names]
+            executors = {settings.default_executor}
+            # As the worker picks them (Worker._executor_for).
+            executors |= {"venv" if s.python_env else s.executor or "" for s in specs}
+            executors.discard("")
+            for name in sorted(executors):
+                create_executor(name, settings, slots=1)
 
 
 # -- demo --------------------------------------------------------------------------------------
@@ -318,6 +383,8 @@ def _open_jobs(
     if not server_url:
         if token and given("token"):
             raise ConfigError("--token applies to --server only")
+        from assay.jobs.backend import Backend
+
         return Backend(_settings(store_uri, job_modules))
     if job_modules:
         raise ConfigError("--jobs-module applies to --store only: a server imports its own")
@@ -358,7 +425,22 @@ def jobs_submit(
         sys.exit(0 if final.status == JobStatus.SUCCEEDED else 1)
 
 
+def _number(value: float) -> str:
+    """30.0 -> '30', 2.5 -> '2.5', 1234567.0 -> '1234567' (never '1.23457e+06')."""
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
+
+
+def format_progress(progress: JobProgress | None) -> str:
+    """'26/30', or '7' when the job gave no total; '' without progress."""
+    if progress is None:
+        return ""
+    done = _number(progress.completed)
+    return f"{done}/{_number(progress.total)}" if progress.total else done
+
+
 def _wait_with_progress(api: JobsAPI, job: Job) -> Job:
+    """Wait for ``job`` with a live bar on stderr; the bar stays, showing the job's final
+    status and the last progress it reported (written with its result)."""
     console = Console(stderr=True)
     columns = (
         TextColumn("{task.fields[status]:<9}"),
@@ -367,26 +449,21 @@ def _wait_with_progress(api: JobsAPI, job: Job) -> Job:
         TextColumn("{task.description}"),
         TimeElapsedColumn(),
     )
-    with Progress(*columns, console=console, transient=True) as bar:
+    with Progress(*columns, console=console) as bar:
         task = bar.add_task(job.name, total=None, status=job.status.value, counts="")
 
         def update(current: Job) -> None:
             p = current.progress
-            counts = (
-                ""
-                if p is None
-                else f"{p.completed:g}/{p.total:g}"
-                if p.total
-                else f"{p.completed:g}"
-            )
             bar.update(
                 task,
                 status=current.status.value,
                 completed=p.completed if p else 0,
                 total=p.total if p and p.total else None,
                 description=(p.message if p and p.message else current.name),
-                counts=counts,
+                counts=format_progress(p),
             )
+            if current.status.is_terminal:
+                bar.stop_task(task)  # the elapsed time stops with the job
 
         return api.wait(job.id, poll_s=0.2, on_update=update)
 
@@ -396,6 +473,12 @@ def _wait_with_progress(api: JobsAPI, job: Job) -> Job:
 @click.option("--status", multiple=True, help="Only jobs in this status (repeatable).")
 @click.option("--limit", type=int, default=50, show_default=True)
 @click.option("--page-token", help="Token printed by the previous page.")
+@click.option(
+    "--all",
+    "show_all",
+    is_flag=True,
+    help="Also assay's own jobs (online scoring, named assay.…).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @store_option
 @server_option
@@ -405,25 +488,26 @@ def jobs_list(
     status: tuple[str, ...],
     limit: int,
     page_token: str | None,
+    show_all: bool,
     as_json: bool,
     store_uri: str | None,
     server_url: str | None,
     token: str | None,
 ) -> None:
-    """List jobs, newest first."""
+    """List jobs, newest first (assay's own online-scoring jobs only with --all)."""
     with _open_jobs(store_uri, server_url, token) as api:
-        page = api.search(name=name, status=status, limit=limit, page_token=page_token)
+        page = api.search(
+            name=name,
+            status=status,
+            limit=limit,
+            page_token=page_token,
+            include_internal=show_all,
+        )
     if as_json:
         out = {"jobs": [j.to_dict() for j in page.jobs], "next_page_token": page.next_page_token}
         click.echo(json.dumps(out, indent=2))
         return
-    table = Table("id", "name", "status", "attempt", "created", "progress")
-    for j in page.jobs:
-        progress = f"{j.progress.completed:g}/{j.progress.total or '?'}" if j.progress else ""
-        table.add_row(
-            j.id, j.name, j.status.value, str(j.attempt), j.created_at.isoformat(), progress
-        )
-    Console().print(table)
+    _table_console().print(jobs_table(page.jobs))
     if page.next_page_token:
         click.echo(f"next page: --page-token {page.next_page_token}")
 
@@ -436,9 +520,9 @@ def jobs_list(
 def jobs_show(
     job_id: str, store_uri: str | None, server_url: str | None, token: str | None
 ) -> None:
-    """Show one job as JSON."""
+    """Show one job as JSON. JOB_ID may be any unique prefix of the id (at least 4 digits)."""
     with _open_jobs(store_uri, server_url, token) as api:
-        _print_job(api.get(job_id))
+        _print_job(find_job(api, job_id))
 
 
 @jobs.command("cancel")
@@ -449,9 +533,9 @@ def jobs_show(
 def jobs_cancel(
     job_id: str, store_uri: str | None, server_url: str | None, token: str | None
 ) -> None:
-    """Cancel a pending or running job."""
+    """Cancel a pending or running job. JOB_ID may be any unique prefix of the id."""
     with _open_jobs(store_uri, server_url, token) as api:
-        job = api.cancel(job_id)
+        job = api.cancel(find_job(api, job_id).id)
     click.echo(f"{job.id} {job.status.value}")
 
 
@@ -462,6 +546,8 @@ def jobs_cancel(
 @store_option
 def jobs_prune(older_than: str, store_uri: str | None) -> None:
     """Delete finished jobs older than a duration."""
+    from assay.jobs.backend import Backend
+
     seconds = parse_duration(older_than)
     with Backend(_settings(store_uri)) as backend:
         deleted = backend.prune(seconds)
@@ -470,6 +556,41 @@ def jobs_prune(older_than: str, store_uri: str | None) -> None:
 
 def _print_job(job: Job) -> None:
     click.echo(json.dumps(job.to_dict(), indent=2, default=str))
+
+
+def jobs_table(jobs: list[Job], now: datetime | None = None) -> Table:
+    """The table of ``assay jobs list``: ids in full (never folded or cut, so they can be
+    copied); the name and progress fold when the terminal is narrow."""
+    now = now or datetime.now(UTC)
+    table = Table(box=None, pad_edge=False)
+    table.add_column("id", no_wrap=True, min_width=36)
+    table.add_column("name", overflow="fold", min_width=8)
+    table.add_column("status", no_wrap=True)
+    table.add_column("try", justify="right", no_wrap=True)
+    table.add_column("age", justify="right", no_wrap=True)
+    table.add_column("progress", overflow="fold", min_width=5)
+    for j in jobs:
+        age = _age((now - j.created_at).total_seconds())
+        table.add_row(
+            j.id, j.name, j.status.value, str(j.attempt), age, format_progress(j.progress)
+        )
+    return table
+
+
+def _age(seconds: float) -> str:
+    """12s, 5m, 3h, 4d."""
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{int(seconds // size)}{unit}"
+    return f"{max(int(seconds), 0)}s"
+
+
+def _table_console() -> Console:
+    """stdout for tables: a terminal's width, or no limit when piped (nothing folds)."""
+    console = Console()
+    if not console.is_terminal:
+        console.width = 1000
+    return console
 
 
 # -- scorers -----------------------------------------------------------------------------------
@@ -688,8 +809,10 @@ def tokens() -> None:
 
 @contextlib.contextmanager
 def _token_store(store_uri: str | None) -> Iterator[TokenStore]:
+    from assay.config import load_settings
     from assay.db.engine import create_engine
     from assay.db.migrate import is_current, upgrade
+    from assay.server.tokens import TokenStore
 
     settings = load_settings(store_uri=store_uri)
     engine = create_engine(settings.store_uri)
@@ -769,6 +892,7 @@ def db() -> None:
 @store_option
 def db_upgrade(store_uri: str | None) -> None:
     """Apply pending migrations."""
+    from assay.config import load_settings
     from assay.db.engine import create_engine
     from assay.db.migrate import current_revision, upgrade
 

@@ -24,7 +24,7 @@ from assay.errors import (
     InvalidRequestError,
     StoreError,
 )
-from assay.jobs.backend import wait_for
+from assay.jobs.api import wait_for
 from assay.jobs.model import Attempt, Job, JobPage, JobStatus, Progress
 from assay.jobs.registry import JobSpec
 
@@ -152,8 +152,11 @@ class Client:
         owner: str | None = None,
         limit: int = 100,
         page_token: str | None = None,
+        id_prefix: str | None = None,
+        include_internal: bool = False,
     ) -> JobPage:
-        """Jobs newest first, filtered by name(s), status(es) and owner, one page at a time.
+        """Jobs newest first, filtered by name(s), status(es), owner and a prefix of the id,
+        one page at a time; assay's own jobs only with ``include_internal`` (or named).
 
         A server with auth on shows a user token only its own jobs; ``owner`` is for admins.
         """
@@ -166,6 +169,10 @@ class Client:
         query.append(("limit", limit))
         if page_token is not None:
             query.append(("page_token", page_token))
+        if id_prefix is not None:
+            query.append(("id_prefix", id_prefix))
+        if include_internal:
+            query.append(("include_internal", "true"))
         data = self._request("GET", "/api/v1/jobs", params=query)
         token = data.get("next_page_token")
         return JobPage(jobs=self._jobs(data), next_page_token=str(token) if token else None)

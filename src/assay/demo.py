@@ -31,11 +31,19 @@ from rich.table import Table
 import assay
 from assay.client import Client
 from assay.config import Settings, load_settings
-from assay.errors import AssayError, NotFoundError, WaitTimeoutError
+from assay.errors import AssayError, ConfigError, NotFoundError, WaitTimeoutError
 from assay.scoring.scorers import Scorer
 from assay.scoring.standin import StandInJudge
 
-__all__ = ["DemoReport", "ScorerStats", "listen", "plan_conversations", "run_demo", "scorer_stats"]
+__all__ = [
+    "DemoReport",
+    "ScorerStats",
+    "listen",
+    "plan_conversations",
+    "require_tracing",
+    "run_demo",
+    "scorer_stats",
+]
 
 HOST = "127.0.0.1"
 DEFAULT_PORT = 8400
@@ -491,7 +499,9 @@ def run_demo(
 ) -> DemoReport:
     """Run the demo (see the module docstring); with ``serve``, keep serving afterwards until
     Ctrl-C. Raises :class:`~assay.WaitTimeoutError` after the summary if scoring did not
-    finish in time and it is not serving."""
+    finish in time and it is not serving, and :class:`~assay.ConfigError` before doing
+    anything if the tracing extra is missing."""
+    require_tracing()
     out = console or Console()
     sock, moved = listen(port)
     actual_port = int(sock.getsockname()[1])
@@ -513,16 +523,38 @@ def run_demo(
             out.print(f"server: {base_url} on {settings.store_uri}")
             report = _run(base_url, traces, random.Random(seed), out)
             out.print(summary_table(report.stats))
-            out.print(f"open the experiment: {report.url}", soft_wrap=True)
             if not report.complete:
                 out.print("[yellow]scoring did not finish in time; the table shows it so far[/]")
             if serve:
+                out.print(f"open the experiment: {report.url}", soft_wrap=True)
                 _serve_until_interrupted(out)
-            elif not report.complete:
-                raise WaitTimeoutError(
-                    f"online scoring did not settle every trace within {SCORING_TIMEOUT_S:g} s"
-                )
+    if not serve:
+        # The demo's server is gone: say how to get one on the same store, not a dead URL.
+        out.print(
+            f"the demo's server has stopped (--no-serve). To browse the experiment, run\n"
+            f"  assay server --store {settings.store_uri}\n"
+            f"and open http://{HOST}:{DEFAULT_PORT}/ui/experiments/{report.experiment_id}",
+            soft_wrap=True,
+            highlight=False,
+        )
+        if not report.complete:
+            raise WaitTimeoutError(
+                f"online scoring did not settle every trace within {SCORING_TIMEOUT_S:g} s"
+            )
     return report
+
+
+def require_tracing() -> None:
+    """The demo's app sends its traces with the tracing SDK: check for its extra before the
+    demo starts a server or creates anything."""
+    try:
+        import opentelemetry.exporter.otlp.proto.http.trace_exporter
+        import opentelemetry.sdk.trace  # noqa: F401
+    except ImportError as exc:
+        raise ConfigError(
+            "assay demo sends traces with OpenTelemetry: pip install 'assay[tracing]' "
+            f"({exc.name} is missing)"
+        ) from exc
 
 
 def _run(base_url: str, traces: int, rng: random.Random, out: Console) -> DemoReport:

@@ -5,10 +5,9 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, Protocol, Self
+from typing import Any
 
 from assay.config import Settings, load_settings
 from assay.db.engine import create_engine
@@ -19,8 +18,8 @@ from assay.errors import (
     InvalidRequestError,
     MigrationError,
     NotFoundError,
-    WaitTimeoutError,
 )
+from assay.jobs.api import JobsAPI, check_id_prefix, wait_for
 from assay.jobs.executors import check_executor
 from assay.jobs.model import Attempt, Job, JobPage, JobStatus
 from assay.jobs.notify import RedisWakeups
@@ -31,49 +30,6 @@ from assay.jobs.worker import Worker
 __all__ = ["Backend", "JobsAPI", "connect", "wait_for"]
 
 MAX_PAGE = 1000
-
-
-class JobsAPI(Protocol):
-    """What :func:`connect` returns: a :class:`Backend` on a store, or an
-    :class:`assay.client.Client` of a server. Both have these methods and raise the same errors."""
-
-    def __enter__(self) -> Self: ...
-    def __exit__(self, *exc: object) -> None: ...
-    def close(self) -> None: ...
-    def submit(
-        self,
-        name: str | Callable[..., Any],
-        params: dict[str, Any] | None = None,
-        *,
-        timeout: float | None = None,
-    ) -> Job: ...
-    def submit_many(
-        self,
-        name: str | Callable[..., Any],
-        params_list: Iterable[dict[str, Any]],
-        *,
-        timeout: float | None = None,
-    ) -> list[Job]: ...
-    def get(self, job_id: str) -> Job: ...
-    def attempts(self, job_id: str) -> list[Attempt]: ...
-    def search(
-        self,
-        *,
-        name: str | Sequence[str] | None = None,
-        status: str | JobStatus | Sequence[str | JobStatus] | None = None,
-        owner: str | None = None,
-        limit: int = 100,
-        page_token: str | None = None,
-    ) -> JobPage: ...
-    def cancel(self, job_id: str) -> Job: ...
-    def wait(
-        self,
-        job_id: str,
-        timeout: float | None = None,
-        *,
-        poll_s: float = ...,
-        on_update: Callable[[Job], None] | None = None,
-    ) -> Job: ...
 
 
 class Backend:
@@ -183,8 +139,12 @@ class Backend:
         owner: str | None = None,
         limit: int = 100,
         page_token: str | None = None,
+        id_prefix: str | None = None,
+        include_internal: bool = False,
     ) -> JobPage:
-        """Jobs newest first, filtered by name(s), status(es) and owner, one page at a time."""
+        """Jobs newest first, filtered by name(s), status(es), owner and a prefix of the id,
+        one page at a time. assay's own jobs (online scoring, named ``assay.…``) are left out
+        unless ``include_internal`` or named in ``name``."""
         if not 1 <= limit <= MAX_PAGE:
             raise InvalidRequestError(f"limit must be between 1 and {MAX_PAGE}, not {limit}")
         names = [name] if isinstance(name, str) else list(name or [])
@@ -192,7 +152,13 @@ class Backend:
         statuses = [_parse_status(s) for s in raw_statuses]
         before = _decode_token(page_token) if page_token else None
         jobs = self.store.jobs_search(
-            names=names, statuses=statuses, owner=owner, limit=limit, before=before
+            names=names,
+            statuses=statuses,
+            owner=owner,
+            limit=limit,
+            before=before,
+            id_prefix=None if id_prefix is None else check_id_prefix(id_prefix),
+            include_internal=include_internal or bool(names),
         )
         token = None
         if len(jobs) == limit:
@@ -285,25 +251,3 @@ def _decode_token(token: str) -> tuple[int, str]:
         return created_ms, last_id
     except (ValueError, TypeError, OverflowError, binascii.Error):
         raise InvalidRequestError(f"invalid page_token {token!r}") from None
-
-
-def wait_for(
-    get: Callable[[str], Job],
-    job_id: str,
-    timeout: float | None,
-    *,
-    poll_s: float,
-    on_update: Callable[[Job], None] | None = None,
-) -> Job:
-    """Poll ``get(job_id)`` until the job is finished (the ``wait`` of the direct backend and
-    of the HTTP client); :class:`WaitTimeoutError` after ``timeout`` seconds."""
-    deadline = None if timeout is None else time.monotonic() + timeout
-    while True:
-        job = get(job_id)
-        if on_update is not None:
-            on_update(job)
-        if job.status.is_terminal:
-            return job
-        if deadline is not None and time.monotonic() >= deadline:
-            raise WaitTimeoutError(f"job {job_id} still {job.status} after {timeout}s")
-        time.sleep(poll_s)

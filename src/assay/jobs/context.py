@@ -109,6 +109,13 @@ class JobContext:
             self._progress = Progress(completed=completed, total=total, message=message)
             self._progress_dirty = True
 
+    @property
+    def last_progress(self) -> Progress | None:
+        """The latest progress reported (flushed or not): the worker writes it with the job's
+        result, so a finished job shows where it ended, not the last periodic flush."""
+        with self._lock:
+            return self._progress
+
     def take_progress(self) -> Progress | None:
         """The progress reported since the last call, if any (used by the worker)."""
         with self._lock:

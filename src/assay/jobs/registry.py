@@ -19,6 +19,7 @@ from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 
 from assay.errors import ConfigError, InvalidParamsError, UnknownJobError
+from assay.jobs.api import is_internal
 from assay.jobs.payload import dumps_plain
 
 if TYPE_CHECKING:
@@ -102,9 +103,11 @@ class Registry:
     def get(self, name: str) -> JobSpec:
         spec = self._specs.get(name)
         if spec is None:
-            hint = difflib.get_close_matches(name, list(self._specs), n=1)
+            # assay's own jobs are not offered: users do not submit them by hand.
+            offered = [n for n in self._specs if not is_internal(n)]
+            hint = difflib.get_close_matches(name, offered, n=1)
             suffix = f"; did you mean {hint[0]!r}?" if hint else ""
-            known = ", ".join(sorted(self._specs)) or "none registered"
+            known = ", ".join(sorted(offered)) or "none registered"
             raise UnknownJobError(f"unknown job {name!r}{suffix} (known: {known})")
         return spec
 
@@ -114,6 +117,11 @@ class Registry:
     @property
     def names(self) -> list[str]:
         return sorted(self._specs)
+
+    @property
+    def user_names(self) -> list[str]:
+        """The names users see and submit: all but assay's own (``assay.…``) jobs."""
+        return [n for n in self.names if not is_internal(n)]
 
     def register_schedule(self, schedule: Schedule) -> None:
         with self._lock:
@@ -207,7 +215,7 @@ def job(
     token_scopes: Sequence[str] = (),
     registry: Registry | None = None,
 ) -> F | Callable[[F], F]:
-    """Register a function as a named job. See DESIGN.md (Jobs) for each option."""
+    """Register a function as a named job. See docs/contract.md (Jobs) for each option."""
 
     def decorate(func: F) -> F:
         spec = _make_spec(

@@ -25,6 +25,7 @@ import sqlalchemy as sa
 
 from assay.db.base import SqlStore
 from assay.db.tables import job_attempts, job_locks, jobs, leader_leases, schedules
+from assay.jobs.api import INTERNAL_PREFIX
 from assay.jobs.metrics import JobMetrics
 from assay.jobs.model import TERMINAL_STATUSES, Attempt, Job, JobStatus, Progress, ms_to_datetime
 from assay.jobs.notify import RedisWakeups
@@ -91,6 +92,8 @@ class Finish:
     release_lock: bool = True
     """False when the code may still be executing (an inline job past its deadline)."""
     log_tail: str | None = None
+    progress: Progress | None = None
+    """The last progress the execution reported; None leaves the stored one as it is."""
 
 
 @dataclass(frozen=True)
@@ -166,6 +169,9 @@ class JobStore(SqlStore):
                 result=sa.bindparam("b_result"),
                 error=sa.bindparam("b_error"),
                 log_tail=sa.func.coalesce(sa.bindparam("b_log", type_=sa.Text), jobs.c.log_tail),
+                progress=sa.func.coalesce(
+                    sa.bindparam("b_progress", type_=sa.Text), jobs.c.progress
+                ),
                 finished_at_ms=self._now,
                 lease_expires_at_ms=None,
             )
@@ -295,13 +301,23 @@ class JobStore(SqlStore):
         owner: str | None = None,
         limit: int = 100,
         before: tuple[int, str] | None = None,
+        id_prefix: str | None = None,
+        include_internal: bool = True,
     ) -> list[Job]:
-        """Newest first; ``before`` is the (created_at_ms, id) of the last job already seen."""
+        """Newest first; ``before`` is the (created_at_ms, id) of the last job already seen.
+        ``id_prefix``: only ids starting with it; ``include_internal=False`` leaves out jobs
+        named :data:`~assay.jobs.api.INTERNAL_PREFIX`…"""
         query = sa.select(jobs)
         if owner is not None:
             query = query.where(jobs.c.owner == owner)
         if names:
             query = query.where(jobs.c.name.in_(list(names)))
+        if id_prefix is not None:
+            # LIKE 'prefix%' (escaped), not a range: a range depends on the collation's order,
+            # which need not be byte order (MySQL's UCA collations, glibc locales).
+            query = query.where(jobs.c.id.startswith(id_prefix, autoescape=True))
+        if not include_internal:
+            query = query.where(sa.not_(jobs.c.name.startswith(INTERNAL_PREFIX, autoescape=True)))
         if statuses:
             query = query.where(jobs.c.status.in_([s.value for s in statuses]))
         if before is not None:
@@ -602,7 +618,15 @@ class JobStore(SqlStore):
                     retry.append({**params, "b_delay": int(f.retry_delay_s * 1000)})
                 else:
                     result = None if f.result is None else json.dumps(f.result)
-                    done.append({**params, "b_status": f.status.value, "b_result": result})
+                    progress = None if f.progress is None else json.dumps(f.progress.__dict__)
+                    done.append(
+                        {
+                            **params,
+                            "b_status": f.status.value,
+                            "b_result": result,
+                            "b_progress": progress,
+                        }
+                    )
             ended = [_ended(p, p["b_status"], started) for p in done]
             ended += [_ended(p, RETRIED, started) for p in retry]
             if ended:  # one multi-row INSERT: the owners' rows were read above

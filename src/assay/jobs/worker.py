@@ -286,6 +286,7 @@ class Worker:
             retry_delay_s=delay,
             release_lock=job.lock_key is not None,
             log_tail=execution.ctx.log_tail,
+            progress=execution.ctx.last_progress,
         )
 
     def _complete_loop(self) -> None:
@@ -347,18 +348,22 @@ class Worker:
                 owned = list(self._executing.values())
             now = time.monotonic()
             try:
-                self._time_out([e for e in live if e.deadline <= now and not e.timed_out])
-                self._check_ownership(live)
-                self._flush_progress(live)
+                # Renew first, on its own schedule (a third of the lease), not at the next
+                # cancel poll after it: with the poll at 0.5 s and a 2 s lease that rounded
+                # renewals up to every 1 s, so a 1 s stall on a busy machine lost the lease
+                # and the rescuer ran the job a second time beside the first.
                 if now >= next_renew:
                     next_renew = now + renew_every
                     self.store.jobs_renew(
                         self.id, [e.key for e in owned], self.settings.lease_ttl_s
                     )
+                self._time_out([e for e in live if e.deadline <= now and not e.timed_out])
+                self._check_ownership(live)
+                self._flush_progress(live)
             except AssayError:
                 log.warning("worker.supervise_failed id=%s", self.id, exc_info=True)
-            deadlines = [e.deadline for e in live if not e.timed_out]
-            wait = min([poll, *(d - time.monotonic() for d in deadlines)])
+            wake_at = [next_renew, *(e.deadline for e in live if not e.timed_out)]
+            wait = min([poll, *(t - time.monotonic() for t in wake_at)])
             self._closing.wait(max(wait, 0.001))
 
     def _time_out(self, expired: list[_Execution]) -> None:
@@ -377,6 +382,7 @@ class Worker:
                     status=JobStatus.TIMEOUT,
                     error=reason,
                     release_lock=False,  # the code may still be running; its lock stays
+                    progress=e.ctx.last_progress,
                 )
             )
         applied = self.store.jobs_finish(finishes)

@@ -43,7 +43,7 @@ from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import httpx
 
@@ -56,8 +56,10 @@ from assay.errors import (
 )
 from assay.tracking import limits
 from assay.tracking.model import Metric, RunInput, RunStatus
-from assay.tracking.store import ParamValue
 from assay.tracking.transport import Transport, open_transport
+
+if TYPE_CHECKING:
+    from assay.tracking.store import ParamValue  # the store (SQLAlchemy) loads on use only
 
 __all__ = [
     "MAX_FLUSH_THREADS",

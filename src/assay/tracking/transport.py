@@ -13,16 +13,16 @@ from __future__ import annotations
 
 import urllib.parse
 from collections.abc import Mapping, Sequence
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import httpx
 
 from assay.client import Client
-from assay.db.engine import create_engine
-from assay.db.migrate import upgrade
 from assay.errors import ConfigError, StoreError
 from assay.tracking.model import Metric, RunInput, RunStatus
-from assay.tracking.store import TrackingStore
+
+if TYPE_CHECKING:  # the store (SQLAlchemy, Alembic) loads for a store URI only
+    from assay.tracking.store import TrackingStore
 
 __all__ = ["RestTransport", "StoreTransport", "Transport", "open_transport"]
 
@@ -68,6 +68,10 @@ class StoreTransport:
 
     @classmethod
     def open(cls, store_uri: str) -> StoreTransport:
+        from assay.db.engine import create_engine
+        from assay.db.migrate import upgrade
+        from assay.tracking.store import TrackingStore
+
         engine = create_engine(store_uri)
         try:
             upgrade(engine)

@@ -74,15 +74,24 @@ def main() -> int:
             super().progress(completed, total, message)
             now = time.monotonic()
             if now - self.last_sent >= 0.05 or (total is not None and completed >= total):
-                self.last_sent = now
-                report = {"completed": completed, "total": total, "message": message}
-                send({"type": "progress", **report})
+                self.send_progress()
+
+        def send_progress(self) -> None:
+            """The latest report, unless sent already (also after the job, before its
+            outcome, so the worker stores the last progress with the result)."""
+            progress = self.take_progress()
+            if progress is not None:
+                self.last_sent = time.monotonic()
+                send({"type": "progress", **progress.__dict__})
 
     env = os.environ
     ctx = _Context(job, api_token=env.get("ASSAY_API_TOKEN"), api_url=env.get("ASSAY_API_URL"))
     ctx.activate()
     try:
-        result = spec.fn(**job.params)
+        try:
+            result = spec.fn(**job.params)
+        finally:
+            ctx.send_progress()  # before the outcome, which ends what the worker reads
     except Exception as exc:
         transient = isinstance(exc, spec.retry_on)
         send({"type": "error", "error": traceback.format_exc(), "transient": transient})

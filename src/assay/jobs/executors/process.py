@@ -86,9 +86,11 @@ class ProcessExecutor(Executor):
     # -- pool ----------------------------------------------------------------------------------
 
     def start(self) -> None:
+        # Preload this module (what a pool process runs; ``assay`` alone imports nothing, its
+        # names load lazily) and the job modules, so pool processes start with them imported.
         # Effective only if this process has not started its forkserver yet; the children
         # import the job modules themselves in any case.
-        self._mp.set_forkserver_preload(["assay", *self.settings.job_modules])
+        self._mp.set_forkserver_preload([__name__, *self.settings.job_modules])
         try:
             for _ in range(self.slots):
                 self._idle.put(self._spawn())
@@ -222,8 +224,15 @@ class _ChildContext(JobContext):
         super().progress(completed, total, message)
         now = time.monotonic()
         if now - self._last_sent >= 0.05 or (total is not None and completed >= total):
-            self._last_sent = now
-            self._send(("progress", completed, total, message))
+            self.send_progress()
+
+    def send_progress(self) -> None:
+        """Send the latest report unless it was sent already: also called after the job
+        returns, so a report the throttle held back reaches the worker before the outcome."""
+        progress = self.take_progress()
+        if progress is not None:
+            self._last_sent = time.monotonic()
+            self._send(("progress", progress.completed, progress.total, progress.message))
 
 
 class _OutputPump:
@@ -333,9 +342,11 @@ def _run_job(
     # runs one job at a time, so its environment is the job's.
     before = {key: os.environ.pop(key, None) for key in ("ASSAY_API_TOKEN", "ASSAY_API_URL")}
     os.environ.update(api_env)
+    ctx = _ChildContext(job, send, api_env)
     try:
-        return call_job(spec.fn, _ChildContext(job, send, api_env), spec.retry_on)
+        return call_job(spec.fn, ctx, spec.retry_on)
     finally:
+        ctx.send_progress()
         for key, value in before.items():
             os.environ.pop(key, None)
             if value is not None:

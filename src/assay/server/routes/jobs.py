@@ -1,4 +1,4 @@
-"""``/api/v1/jobs``: submit, get, search and cancel (DESIGN.md, REST)."""
+"""``/api/v1/jobs``: submit, get, search and cancel (docs/contract.md, REST)."""
 
 from __future__ import annotations
 
@@ -109,6 +109,17 @@ def search_jobs(
     owner: Annotated[
         str | None, Query(max_length=200, description="Only jobs of this owner (admins).")
     ] = None,
+    id_prefix: Annotated[
+        str | None,
+        Query(
+            max_length=36,
+            description="Only jobs whose id starts with this (at least 4 hex digits).",
+        ),
+    ] = None,
+    include_internal: Annotated[
+        bool,
+        Query(description="Also assay's own jobs (online scoring, named assay.…)."),
+    ] = False,
 ) -> JobPageOut:
     page = _backend(request).search(
         name=name,
@@ -116,6 +127,8 @@ def search_jobs(
         owner=search_owner(caller, owner),
         limit=limit,
         page_token=page_token,
+        id_prefix=id_prefix,
+        include_internal=include_internal,
     )
     return JobPageOut(jobs=[JobOut.of(j) for j in page.jobs], next_page_token=page.next_page_token)
 

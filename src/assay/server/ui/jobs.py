@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 from urllib.parse import urlencode
 
-from fastapi import APIRouter, Form, Request
+from fastapi import APIRouter, Form, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from assay.errors import AssayError, InvalidParamsError, InvalidRequestError, NotFoundError
@@ -48,9 +48,16 @@ def _pretty(value: Any) -> str:
     return json.dumps(value, indent=2, sort_keys=True, default=str)
 
 
-def _list_url(name: str, status: str, page_token: str | None = None) -> str:
+def _list_url(
+    name: str, status: str, page_token: str | None = None, *, show_all: bool = False
+) -> str:
     """The list's URL with its filters (empty ones left out), for refreshes and paging."""
-    query = {"name": name, "status": status, "page_token": page_token or ""}
+    query = {
+        "name": name,
+        "status": status,
+        "all": "1" if show_all else "",
+        "page_token": page_token or "",
+    }
     kept = {key: value for key, value in query.items() if value}
     return f"/ui/jobs?{urlencode(kept)}" if kept else "/ui/jobs"
 
@@ -58,7 +65,7 @@ def _list_url(name: str, status: str, page_token: str | None = None) -> str:
 def _submittable(caller: Principal, backend: Backend) -> list[str]:
     """The job names the caller may submit, by the same check the submit itself makes."""
     names = []
-    for name in backend.registry.names:
+    for name in backend.registry.user_names:
         try:
             check_submit(caller, backend.registry, name)
         except AssayError:
@@ -74,6 +81,7 @@ def _list_page(
     name: str = "",
     status: str = "",
     page_token: str | None = None,
+    show_all: bool = False,
     form: dict[str, str] | None = None,
     form_error: str | None = None,
     status_code: int = 200,
@@ -90,10 +98,11 @@ def _list_page(
             owner=search_owner(caller, None),
             limit=PAGE_SIZE,
             page_token=page_token,
+            include_internal=show_all,
         )
         jobs = page.jobs
         if page.next_page_token:
-            next_url = _list_url(name, status, page.next_page_token)
+            next_url = _list_url(name, status, page.next_page_token, show_all=show_all)
     except AssayError as exc:
         list_error = str(exc)
         status_code = max(status_code, status_for(exc))
@@ -101,7 +110,7 @@ def _list_page(
         "jobs": jobs,
         "next_url": next_url,
         "list_error": list_error,
-        "refresh_url": _list_url(name, status, page_token),
+        "refresh_url": _list_url(name, status, page_token, show_all=show_all),
         "run_ms": _run_ms,
     }
     if is_fragment(request):
@@ -111,7 +120,7 @@ def _list_page(
         "jobs.html",
         status_code=status_code,
         section="jobs",
-        filters={"name": name, "status": status},
+        filters={"name": name, "status": status, "all": show_all},
         statuses=[s.value for s in JobStatus],
         submittable=_submittable(caller, backend),
         form=form or {"name": "", "params": "{}", "timeout": ""},
@@ -127,9 +136,16 @@ def jobs_page(
     name: str = "",
     status: str = "",
     page_token: str | None = None,
+    show_all: Annotated[bool, Query(alias="all")] = False,
 ) -> Response:
+    """The list; assay's own jobs (online scoring) only with ``?all=1``."""
     return _list_page(
-        request, caller, name=name.strip(), status=status.strip(), page_token=page_token
+        request,
+        caller,
+        name=name.strip(),
+        status=status.strip(),
+        page_token=page_token,
+        show_all=show_all,
     )
 
 
