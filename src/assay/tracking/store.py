@@ -34,6 +34,7 @@ from assay.db.tables import (
     runs,
 )
 from assay.errors import ConflictError, InvalidRequestError, NotFoundError
+from assay.jsonvalue import loads_shallow
 from assay.tracking import limits
 from assay.tracking.model import (
     Experiment,
@@ -46,11 +47,20 @@ from assay.tracking.model import (
     RunStatus,
 )
 
-__all__ = ["MAX_PAGE", "ParamValue", "TrackingStore"]
+__all__ = [
+    "DEFAULT_EXPERIMENT_ID",
+    "DEFAULT_EXPERIMENT_NAME",
+    "MAX_PAGE",
+    "ParamValue",
+    "TrackingStore",
+]
 
 T = TypeVar("T")
 MAX_PAGE = 1000
 """The most experiments, runs or metric values one page holds."""
+DEFAULT_EXPERIMENT_ID = "0"
+"""Names the default experiment wherever an experiment id is taken (MLflow's id for it)."""
+DEFAULT_EXPERIMENT_NAME = "Default"
 _CHUNK = 500
 ParamValue = str | int | float | bool
 """Param values are stored as text: ``str(value)`` for numbers and booleans."""
@@ -121,8 +131,40 @@ class TrackingStore(SqlStore):
 
         return self._tx(body)
 
+    def default_experiment(self) -> Experiment:
+        """Where runs go when a request names no experiment: MLflow's ``Default`` (id ``"0"``),
+        made on first use, so a store starts without it. ``"0"`` names it wherever an
+        experiment id is taken; an experiment already named ``Default`` under another id is
+        the default itself."""
+
+        def body(conn: sa.Connection) -> Experiment:
+            default = sa.or_(
+                experiments.c.id == DEFAULT_EXPERIMENT_ID,
+                experiments.c.name == DEFAULT_EXPERIMENT_NAME,
+            )
+            if self._experiment_row(conn, default) is None:
+                # Racing creators: the primary key (or the unique name) lets one row in.
+                self._insert_if_absent(
+                    conn,
+                    experiments,
+                    id=DEFAULT_EXPERIMENT_ID,
+                    name=DEFAULT_EXPERIMENT_NAME,
+                    created_at_ms=self._now,
+                )
+            return self._experiments(conn, default)[0]
+
+        return self._tx(body)
+
+    def _experiment_id(self, experiment_id: str) -> str:
+        """``experiment_id``, with the alias of the default experiment resolved."""
+        if experiment_id == DEFAULT_EXPERIMENT_ID:
+            return self.default_experiment().id
+        return experiment_id
+
     def get_experiment(self, experiment_id: str) -> Experiment:
         """The experiment; :class:`NotFoundError` if there is none with that id."""
+        if experiment_id == DEFAULT_EXPERIMENT_ID:
+            return self.default_experiment()
         _require_storable("experiment", experiment_id)
         found = self._tx(
             lambda conn: self._experiments(conn, experiments.c.id == experiment_id), write=False
@@ -133,6 +175,8 @@ class TrackingStore(SqlStore):
 
     def get_experiment_by_name(self, name: str) -> Experiment:
         """The experiment named ``name``; :class:`NotFoundError` if there is none."""
+        if name == DEFAULT_EXPERIMENT_NAME:
+            return self.default_experiment()
         if not _storable(name):
             raise NotFoundError(f"no experiment named {name!r}")
         found = self._tx(
@@ -207,6 +251,7 @@ class TrackingStore(SqlStore):
     ) -> Run:
         """A new RUNNING run; ``start_time`` in epoch ms (default: now)."""
         _require_storable("experiment", experiment_id)
+        experiment_id = self._experiment_id(experiment_id)
         if name is not None:
             limits.check_name("run name", name)
         limits.check_time("start_time", start_time)
@@ -249,6 +294,7 @@ class TrackingStore(SqlStore):
     ) -> RunPage:
         """The runs of one experiment, latest start first, one page at a time."""
         _require_storable("experiment", experiment_id)
+        experiment_id = self._experiment_id(experiment_id)
         _check_limit(limit)
         where: list[sa.ColumnElement[bool]] = [runs.c.experiment_id == experiment_id]
         if page_token:
@@ -585,7 +631,7 @@ def _encode_token(*parts: int | str) -> str:
 def _decode_token(token: str, *types: type) -> tuple[Any, ...]:
     """A page token's parts, checked against ``types`` (int within BIGINT, str without NUL)."""
     try:
-        parts = json.loads(base64.urlsafe_b64decode(token.encode()))
+        parts = loads_shallow(base64.urlsafe_b64decode(token.encode()), 1)
         if not isinstance(parts, list) or len(parts) != len(types):
             raise ValueError(token)
         for part, kind in zip(parts, types, strict=True):
