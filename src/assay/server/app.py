@@ -4,22 +4,54 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Literal
 from urllib.parse import urlencode
 
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import RedirectResponse
+from fastapi_offline import FastAPIOffline
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from assay import __version__
 from assay.config import Settings
-from assay.server import ui
-from assay.server.auth import Authenticator
-from assay.server.errors import error_response, install_error_handlers
-from assay.server.routes import jobs, scoring, system, traces, tracking
+from assay.errors import AssayError, AuthenticationError, RequestTooLargeError
+from assay.server import ui, validation
+from assay.server.auth import (
+    ANONYMOUS,
+    PRINCIPAL_KEY,
+    Authenticator,
+    Principal,
+    who_guards,
+)
+from assay.server.errors import (
+    BodyTooLarge,
+    CatchUnexpected,
+    assay_error_response,
+    install_error_handlers,
+)
+from assay.server.otlp_grpc import OtlpGrpcReceiver, start_receiver
+from assay.server.routes import (
+    jobs,
+    mlflow,
+    mlflow_artifacts,
+    mlflow_jobs,
+    mlflow_traces,
+    otlp_logs,
+    scoring,
+    system,
+    traces,
+    tracking,
+)
+from assay.server.routes.traces import otlp_error_response
 from assay.server.runtime import Runtime
-from assay.server.ui.pages import LoginRequired
+from assay.server.ui.pages import COOKIE, LoginRequired
 
-__all__ = ["create_app"]
+__all__ = ["OPEN_BODY_BYTES", "Gate", "create_app"]
+
+OPEN_BODY_BYTES = 64 * 1024
+"""The largest body a request may send where nobody is authenticated first (the login form)."""
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -31,12 +63,20 @@ def create_app(settings: Settings) -> FastAPI:
         app.state.runtime = runtime
         app.state.auth = Authenticator(settings, runtime.backend.engine)
         runtime.start()
+        receiver: OtlpGrpcReceiver | None = None
         try:
+            receiver = start_receiver(app.state, settings)  # OTLP/gRPC, unless off
             yield
         finally:
+            if receiver is not None:
+                receiver.stop()
             runtime.stop()
 
-    app = FastAPI(
+    # /docs (Swagger UI) and /redoc load their scripts and styles from this server (they ship in
+    # the fastapi-offline package), never from a CDN: they work with no network. Under
+    # /static/ they are open, as the UI's own static files are.
+    app = FastAPIOffline(
+        static_url="/static/docs",
         title="assay",
         version=__version__,
         description="Durable jobs and online scoring for LLM and ML platforms.",
@@ -44,26 +84,57 @@ def create_app(settings: Settings) -> FastAPI:
     )
     app.state.settings = settings
     install_error_handlers(app)
+    validation.install(app)  # before the routers: a NUL in the path or query is a 400
     app.include_router(jobs.router)
     app.include_router(system.router)
     app.include_router(tracking.router)
     app.include_router(traces.router)
     app.include_router(scoring.router)
+    # MLflow's REST API on the same stores (not in the published OpenAPI schema).
+    app.include_router(mlflow.router)
+    app.include_router(mlflow.version_router)
+    app.include_router(mlflow_artifacts.router)
+    app.include_router(mlflow_artifacts.artifacts_router)
+    app.include_router(mlflow_jobs.router)
+    app.include_router(mlflow_traces.router)
+    app.include_router(otlp_logs.router)
     ui.install(app)
     app.add_exception_handler(LoginRequired, _to_login)
-    app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes)
+    # The last added is the outermost: CatchUnexpected answers whatever the gate or the app
+    # raises unexpectedly.
+    app.add_middleware(Gate, max_bytes=settings.max_request_bytes)
+    app.add_middleware(CatchUnexpected)
     return app
 
 
 async def _to_login(request: Request, exc: Exception) -> Response:
     """A UI page without a valid session: to the login page, then back."""
-    query = urlencode({"reason": str(exc), "next": request.url.path})
+    return _login_redirect(request.url.path, str(exc))
+
+
+def _login_redirect(path: str, reason: str) -> Response:
+    query = urlencode({"reason": reason, "next": path})
     return RedirectResponse(f"/ui/login?{query}", status_code=303)
 
 
-class BodyLimit:
-    """Refuses request bodies over ``max_bytes`` with 413: by Content-Length, or, for a body
-    sent without one (chunked), by reading it up to the limit before the app sees it."""
+class Gate:
+    """What every HTTP request passes before the app reads a byte of its body.
+
+    1. A body announced (Content-Length) over the limit: 413 at once.
+    2. A request with a body, on a path that needs a caller
+       (:func:`~assay.server.auth.who_guards`): the caller is authenticated from the
+       ``Authorization`` header or the UI's session cookie. A missing or bad token is
+       answered (401; 403 for an expired job token; a UI page: the login page) without
+       reading the body; the caller is kept in the scope for the routes
+       (:func:`~assay.server.auth.principal`), so the token is checked once. Requests
+       without a body are authenticated by their routes, as before.
+    3. The body is counted while the app reads it: past the limit, reading raises
+       :class:`~assay.server.errors.BodyTooLarge` (413), so a body sent without a
+       Content-Length (chunked) is never held beyond the limit either.
+
+    The limit is ``max_request_bytes``, and :data:`OPEN_BODY_BYTES` where no caller is
+    authenticated first.
+    """
 
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
         self.app = app
@@ -73,36 +144,60 @@ class BodyLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        length = dict(scope["headers"]).get(b"content-length")
-        if length is not None:
-            if length.isdigit() and int(length) > self.max_bytes:
-                await self._refuse(scope, receive, send)
-                return
-            await self.app(scope, receive, send)
+        guard = who_guards(scope["path"])
+        limit, setting = self.max_bytes, "max_request_bytes"
+        if guard is None and limit > OPEN_BODY_BYTES:
+            limit, setting = OPEN_BODY_BYTES, "unauthenticated requests"
+        headers = Headers(scope=scope)
+        length = headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > limit:
+            message = f"request body over the {limit}-byte limit ({setting})"
+            await _refuse(scope, receive, send, RequestTooLargeError(message))
             return
-        messages: list[Message] = []
-        seen = 0
-        while True:
-            message = await receive()
-            messages.append(message)
-            if message["type"] != "http.request":
-                break
-            seen += len(message.get("body", b""))
-            if seen > self.max_bytes:
-                await self._refuse(scope, receive, send)
+        has_body = "transfer-encoding" in headers or length not in (None, "0")
+        if guard is not None and has_body:
+            try:
+                scope[PRINCIPAL_KEY] = await _authenticate(scope, guard)
+            except AssayError as exc:
+                await _refuse(scope, receive, send, exc)
                 return
-            if not message.get("more_body", False):
-                break
+        seen = 0
 
-        async def replay() -> Message:
-            return messages.pop(0) if messages else await receive()
+        async def counted() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > limit:
+                    raise BodyTooLarge(limit, setting)
+            return message
 
-        await self.app(scope, replay, send)
+        await self.app(scope, counted, send)
 
-    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
-        response = error_response(
-            413,
-            "request_too_large",
-            f"request body over the {self.max_bytes}-byte limit (max_request_bytes)",
-        )
-        await response(scope, receive, send)
+
+async def _authenticate(scope: Scope, guard: Literal["header", "cookie"]) -> Principal:
+    authenticator: Authenticator | None = getattr(scope["app"].state, "auth", None)
+    if authenticator is None:  # the app is not started (no lifespan): nothing to check against
+        raise AuthenticationError("the server is not ready to authenticate requests")
+    if not authenticator.enabled:
+        return ANONYMOUS
+    if guard == "header":
+        credential = Headers(scope=scope).get("authorization")
+    else:
+        token = Request(scope).cookies.get(COOKIE)
+        credential = f"Bearer {token}" if token else None
+    # Verifying an API token reads the database: not on the event loop.
+    return await run_in_threadpool(authenticator.authenticate, credential)
+
+
+async def _refuse(scope: Scope, receive: Receive, send: Send, exc: AssayError) -> None:
+    """Answer a request the gate stops, as its route would have: OTLP's google.rpc.Status,
+    the login page for a UI page without a session, else the JSON error (a UI error page)."""
+    path: str = scope["path"]
+    if path.startswith("/v1/"):
+        response = otlp_error_response(Headers(scope=scope).get("content-type"), exc)
+    elif who_guards(path) == "cookie" and isinstance(exc, AuthenticationError):
+        response = _login_redirect(path, str(exc))
+    else:
+        response = assay_error_response(Request(scope), exc)
+    await response(scope, receive, send)

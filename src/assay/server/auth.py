@@ -38,6 +38,8 @@ from assay.server.tokens import TokenStore
 
 __all__ = [
     "ANONYMOUS",
+    "OPEN_PATHS",
+    "PRINCIPAL_KEY",
     "Authenticator",
     "Caller",
     "Principal",
@@ -48,12 +50,20 @@ __all__ = [
     "require_admin",
     "require_api_token",
     "require_scope",
+    "require_some_scope",
     "search_owner",
+    "who_guards",
 ]
 
 log = logging.getLogger("assay.server")
 
 Role = Literal["admin", "user", "job"]
+
+PRINCIPAL_KEY = "assay.principal"
+"""Where the app's gate keeps the caller it authenticated in the ASGI scope."""
+OPEN_PATHS = frozenset({"/ui/login", "/ui/logout"})
+"""Paths anyone may send a body to (the login and logout forms), besides ``/static/…``;
+elsewhere a request with a body needs a caller before the body is read."""
 
 
 @dataclass(frozen=True)
@@ -127,8 +137,24 @@ class Authenticator:
         return Principal(subject=row.subject, role=row.role)
 
 
+def who_guards(path: str) -> Literal["header", "cookie"] | None:
+    """How a request with a body to ``path`` is authenticated before the body is read: not at
+    all on :data:`OPEN_PATHS` and static files; by the web UI's session cookie on UI pages;
+    by the ``Authorization`` header everywhere else (closed by default: a route that reads a
+    body from anyone must be added to OPEN_PATHS)."""
+    if path in OPEN_PATHS or path.startswith("/static/"):
+        return None
+    if path.startswith("/ui/"):
+        return "cookie"
+    return "header"
+
+
 def principal(request: Request) -> Principal:
-    """FastAPI dependency: the caller of this request (401/403 when it may not call at all)."""
+    """FastAPI dependency: the caller of this request (401/403 when it may not call at all);
+    the one the app's gate authenticated before the body was read, when it did."""
+    known: Principal | None = request.scope.get(PRINCIPAL_KEY)
+    if known is not None:
+        return known
     authenticator: Authenticator | None = getattr(request.app.state, "auth", None)
     if authenticator is None:  # the app is not started (no lifespan): nothing to check against
         raise AuthenticationError("the server is not ready to authenticate requests")
@@ -167,6 +193,15 @@ def require_scope(caller: Principal, name: str, value: Any) -> None:
         raise PermissionDeniedError(
             f"the token of job {caller.job_id} is not scoped to {scope(name, value)} "
             f"(its scopes: {held})"
+        )
+
+
+def require_some_scope(caller: Principal, name: str, action: str) -> None:
+    """403 for a job token that holds no ``name:…`` scope at all, so can ``action`` nothing,
+    whatever the request names: checked before a request body is read."""
+    if caller.is_job and not any(s.startswith(f"{name}:") for s in caller.scopes):
+        raise PermissionDeniedError(
+            f"the token of job {caller.job_id} may not {action}: it holds no {name} scope"
         )
 
 

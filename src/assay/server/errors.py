@@ -10,10 +10,15 @@
     NotFoundError                          404
     ConflictError                          409
     request validation (FastAPI)           422
-    body over max_request_bytes            413
+    body over max_request_bytes            413 (BodyTooLarge, raised while the body is read)
     JudgeError                             502 (an LLM judge endpoint failed)
     StoreError                             503 (the database is unreachable or failing)
     any other AssayError                   500
+    any other exception                    500 ``internal_error`` (CatchUnexpected)
+
+Every answer is a complete response on a connection that stays open: an unexpected exception
+is answered by :class:`CatchUnexpected` and not raised on to the server, which would close
+the keep-alive connection after the 500.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from assay.errors import (
     AssayError,
@@ -38,8 +44,16 @@ from assay.errors import (
     StoreError,
     UnsupportedMediaTypeError,
 )
+from assay.server.mlflow_schemas import MLFLOW_PATH_PREFIXES, unmatched_response
 
-__all__ = ["error_response", "install_error_handlers", "status_for"]
+__all__ = [
+    "BodyTooLarge",
+    "CatchUnexpected",
+    "assay_error_response",
+    "error_response",
+    "install_error_handlers",
+    "status_for",
+]
 
 log = logging.getLogger("assay.server")
 
@@ -103,22 +117,44 @@ def _allowed_methods(request: Request) -> list[str]:
     ]
 
 
+class BodyTooLarge(StarletteHTTPException):
+    """A request body read past ``max_request_bytes``: raised from the ASGI ``receive`` while
+    the body streams in, so nothing more is read. An HTTPException, which FastAPI's body
+    parsing passes on (it would turn any other exception into a 400), answered with 413."""
+
+    def __init__(self, max_bytes: int, setting: str = "max_request_bytes") -> None:
+        super().__init__(413, f"request body over the {max_bytes}-byte limit ({setting})")
+
+
 def _respond(request: Request, status: int, code: str, message: str) -> Response:
-    """The API's JSON error, or, for a web UI page, the same reason as a page."""
+    """The API's JSON error, or, for a web UI page, the same reason as a page; on MLflow's
+    paths, MLflow's error shape (its routes answer their own errors in it)."""
     if request.url.path.startswith("/ui/"):
         from assay.server.ui.pages import error_page  # the UI's routes import this module
 
         return error_page(request, status, message)
+    if request.url.path.startswith(MLFLOW_PATH_PREFIXES):
+        return unmatched_response(
+            status, message, detail=request.url.path.startswith("/ajax-api/")
+        )
     return error_response(status, code, message)
 
 
+def assay_error_response(request: Request, exc: AssayError) -> Response:
+    """The answer to an AssayError (JSON, or a page for the web UI)."""
+    status = status_for(exc)
+    if status >= 500:
+        log.error("request.failed code=%s", exc.code, exc_info=exc)
+    return _respond(request, status, exc.code, str(exc))
+
+
 def install_error_handlers(app: FastAPI) -> None:
+    """The handlers of expected errors. Unexpected ones are answered by the
+    :class:`CatchUnexpected` middleware, which the app adds outermost."""
+
     @app.exception_handler(AssayError)
     async def _assay_error(request: Request, exc: AssayError) -> Response:
-        status = status_for(exc)
-        if status >= 500:
-            log.error("request.failed code=%s", exc.code, exc_info=exc)
-        return _respond(request, status, exc.code, str(exc))
+        return assay_error_response(request, exc)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> Response:
@@ -133,7 +169,42 @@ def install_error_handlers(app: FastAPI) -> None:
             response.headers["Allow"] = ", ".join(_allowed_methods(request))
         return response
 
-    @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception) -> Response:
-        log.error("request.crashed", exc_info=exc)
-        return _respond(request, 500, "internal_error", f"internal error: {type(exc).__name__}")
+
+class CatchUnexpected:
+    """Answers any exception the app raises before it started a response with a 500
+    ``internal_error`` and returns normally, so the server keeps the connection open.
+
+    Starlette hands an ``Exception`` handler to its outermost middleware, which answers and
+    then raises the exception again for the server to log; uvicorn then closes the
+    connection, so every 500 cost the client its keep-alive connection. An exception raised
+    after the response started cannot be answered any more: it is raised on (the connection
+    is closed, as it must be with half a response sent)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracked(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracked)
+        except Exception as exc:
+            if started:
+                raise
+            request = Request(scope)
+            log.error(
+                "request.crashed method=%s path=%s", request.method, scope["path"], exc_info=exc
+            )
+            response = _respond(
+                request, 500, "internal_error", f"internal error: {type(exc).__name__}"
+            )
+            await response(scope, receive, send)

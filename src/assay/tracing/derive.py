@@ -18,9 +18,20 @@ assay              ``assay.metadata.<key>`` and ``assay.tags.<key>`` (what :func
                    writes)
 =================  ===========================================================================
 
-The request and response are the root span's inputs and outputs. Token usage and cost add up
-the top-most spans that report them (a span whose ancestor reports usage is already counted in
-it). Metadata and tags are merged over all spans, the root's winning.
+The request and response are the root span's inputs and outputs; for chat messages (an LLM
+span's OpenInference ``llm.input_messages``/``llm.output_messages``, GenAI messages and message
+events) they are the message text: the last user message and the first answer
+(:mod:`assay.tracing.messages`), while the full JSON stays on the span as it came. The model is
+the first of ``gen_ai.request.model``, ``llm.model_name``, ``mlflow.llm.model``,
+``gen_ai.response.model`` that the root, else the earliest span, names. Token usage and cost
+add up the top-most spans that report them (a span whose ancestor reports usage is already
+counted in it). Metadata and tags are merged over all spans, the root's winning.
+
+A summary holds only plain JSON (:mod:`assay.jsonvalue`), so a trace can always be rendered
+again: a JSON-encoded attribute that is not plain JSON (NaN, a lone surrogate, nesting deeper
+than 64 levels) stays the text it came as, and wherever a request or response would nest
+deeper than that (messages built around decoded values), the deepest parts are kept as their
+JSON text.
 """
 
 from __future__ import annotations
@@ -31,6 +42,13 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from assay import jsonvalue
+from assay.tracing.messages import (
+    model_name,
+    openinference_messages,
+    request_text,
+    response_text,
+)
 from assay.tracing.model import Span, TraceStatus
 
 __all__ = ["PREVIEW_CHARS", "Summary", "summarize"]
@@ -69,6 +87,8 @@ class Summary:
     tags: dict[str, str]
     root_span_id: str | None
     span_count: int
+    model: str | None = None
+    """The model the root (else the first span in start order) names."""
 
     @property
     def complete(self) -> bool:
@@ -113,8 +133,8 @@ def summarize(spans: Sequence[Span]) -> Summary:
     precedence = [*ordered, root] if root is not None else ordered
     return Summary(
         status=status,
-        request=request,
-        response=response,
+        request=jsonvalue.to_storable(request),
+        response=jsonvalue.to_storable(response),
         has_request=has_request,
         has_response=has_response,
         start_time_ms=start_ns // 1_000_000,
@@ -128,6 +148,7 @@ def summarize(spans: Sequence[Span]) -> Summary:
         tags=_bounded(_tags(precedence)),
         root_span_id=root.span_id if root is not None else None,
         span_count=len(spans),
+        model=model_name([root, *ordered] if root is not None else ordered),
     )
 
 
@@ -138,6 +159,9 @@ def _inputs(span: Span) -> tuple[bool, Any]:
     attrs = span.attributes
     if "mlflow.spanInputs" in attrs:
         return True, _json(attrs["mlflow.spanInputs"])
+    text = request_text(openinference_messages(attrs, "llm.input_messages."))
+    if text is not None:  # the question, not the whole request JSON in input.value
+        return True, text
     if "input.value" in attrs:
         return True, _openinference(attrs["input.value"], attrs.get("input.mime_type"))
     messages = _genai_messages(span, "gen_ai.input.messages")
@@ -145,7 +169,7 @@ def _inputs(span: Span) -> tuple[bool, Any]:
         instructions = attrs.get("gen_ai.system_instructions")
         if instructions is not None:
             messages = [{"role": "system", "parts": _json(instructions)}, *messages]
-        return True, messages
+        return True, _text_or(request_text, messages)
     for event in span.events:
         if event["name"] == "gen_ai.content.prompt" and "gen_ai.prompt" in event["attributes"]:
             return True, _json(event["attributes"]["gen_ai.prompt"])
@@ -155,12 +179,12 @@ def _inputs(span: Span) -> tuple[bool, Any]:
         if e["name"] in _GENAI_ROLE_EVENTS
     ]
     if role_messages:
-        return True, role_messages
+        return True, _text_or(request_text, role_messages)
     if "gen_ai.prompt" in attrs:
         return True, _json(attrs["gen_ai.prompt"])
     indexed = _indexed(attrs, "gen_ai.prompt.")
     if indexed:
-        return True, indexed
+        return True, _text_or(request_text, indexed)
     return False, None
 
 
@@ -168,11 +192,14 @@ def _outputs(span: Span) -> tuple[bool, Any]:
     attrs = span.attributes
     if "mlflow.spanOutputs" in attrs:
         return True, _json(attrs["mlflow.spanOutputs"])
+    text = response_text(openinference_messages(attrs, "llm.output_messages."))
+    if text is not None:  # the answer, not the whole response JSON in output.value
+        return True, text
     if "output.value" in attrs:
         return True, _openinference(attrs["output.value"], attrs.get("output.mime_type"))
     messages = _genai_messages(span, "gen_ai.output.messages")
     if messages is not None:
-        return True, messages
+        return True, _text_or(response_text, messages)
     for event in span.events:
         if event["name"] == "gen_ai.content.completion" and (
             "gen_ai.completion" in event["attributes"]
@@ -180,13 +207,20 @@ def _outputs(span: Span) -> tuple[bool, Any]:
             return True, _json(event["attributes"]["gen_ai.completion"])
     choices = [_event_body(e["attributes"]) for e in span.events if e["name"] == "gen_ai.choice"]
     if choices:
-        return True, choices
+        return True, _text_or(response_text, choices)
     if "gen_ai.completion" in attrs:
         return True, _json(attrs["gen_ai.completion"])
     indexed = _indexed(attrs, "gen_ai.completion.")
     if indexed:
-        return True, indexed
+        return True, _text_or(response_text, indexed)
     return False, None
+
+
+def _text_or(text_of: Any, messages: Any) -> Any:
+    """The text of chat messages (:mod:`assay.tracing.messages`), else the messages as they
+    are (a tool-call-only answer has no text); the raw messages stay on the span."""
+    text = text_of(messages)
+    return messages if text is None else text
 
 
 def _genai_messages(span: Span, key: str) -> Any:
@@ -229,16 +263,16 @@ def _openinference(value: Any, mime_type: Any) -> Any:
 
 
 def _json(value: Any) -> Any:
-    """A JSON-encoded string decoded; anything else, or text that is not standard JSON (NaN,
-    Infinity, numbers out of range, lone surrogates), as it is."""
+    """A JSON-encoded string decoded; anything else, or text that does not decode to plain
+    JSON (NaN, Infinity, numbers out of range, lone surrogates, nesting deeper than
+    :data:`assay.jsonvalue.MAX_DEPTH`), as it is."""
     if not isinstance(value, str):
         return value
     try:
         decoded = json.loads(value, parse_constant=_refuse, parse_float=_finite)
-        json.dumps(decoded, ensure_ascii=False).encode("utf-8")
-    except (ValueError, RecursionError):  # UnicodeEncodeError is a ValueError
+    except (ValueError, RecursionError):
         return value
-    return decoded
+    return decoded if jsonvalue.is_plain(decoded) else value
 
 
 def _refuse(constant: str) -> Any:
@@ -339,20 +373,40 @@ def _cost(span: Span) -> float | None:
 
 
 def _top_most(spans: Sequence[Span], measure: Any) -> list[Any]:
-    """``measure(span)`` of every span that has one and no ancestor that has one."""
+    """``measure(span)`` of every span that has one and no ancestor that has one.
+
+    Linear in the spans (a chain of thousands with a measured span on every link is not
+    walked once per span): the first measured span at or above each unmeasured one is
+    remembered on the way up. Parent links may be missing or circular; a measured span that
+    is its own ancestor counts as top-most."""
     by_id = {s.span_id: s for s in spans}
     measured = {s.span_id: m for s in spans if (m := measure(s)) is not None}
-    out = []
-    for span_id, value in measured.items():
-        parent = by_id[span_id].parent_span_id
-        seen = {span_id}
-        while parent is not None and parent not in measured and parent not in seen:
-            seen.add(parent)
-            ancestor = by_id.get(parent)
-            parent = ancestor.parent_span_id if ancestor is not None else None
-        if parent is None or parent in seen:
-            out.append(value)
-    return out
+    first: dict[str | None, str | None] = {None: None}
+
+    def first_measured(span_id: str | None) -> str | None:
+        path: list[str] = []
+        on_path: set[str] = set()
+        current = span_id
+        while current not in first and current not in measured and current not in on_path:
+            assert current is not None  # None is in ``first``
+            path.append(current)
+            on_path.add(current)
+            span = by_id.get(current)
+            current = span.parent_span_id if span is not None else None
+        if current in first:
+            found = first[current]
+        elif current in measured:
+            found = current
+        else:  # a circle of spans that measure nothing
+            found = None
+        first.update(dict.fromkeys(path, found))
+        return found
+
+    return [
+        value
+        for span_id, value in measured.items()
+        if first_measured(by_id[span_id].parent_span_id) in (None, span_id)
+    ]
 
 
 def _sum(values: Iterable[int | None]) -> int | None:

@@ -33,7 +33,9 @@ __all__ = [
     "EXPERIMENT_ATTRIBUTE",
     "EXPERIMENT_HEADER",
     "JSON",
+    "MAX_GZIP_MEMBERS",
     "PROTOBUF",
+    "RESOURCE_COPIES_FACTOR",
     "Decoded",
     "IncomingSpan",
     "decode_request",
@@ -53,6 +55,13 @@ _MEDIA_TYPES = {PROTOBUF: PROTOBUF, "application/protobuf": PROTOBUF, JSON: JSON
 _MAX_NAME_CHARS = 1000
 _MAX_INT64 = 2**63 - 1
 _MAX_ATTRIBUTE_DEPTH = 32
+MAX_GZIP_MEMBERS = 64
+"""A gzip body may be several members (streams) back to back; more than this is refused (400).
+Exporters send one."""
+_INFLATE_SLICE = 64 * 1024
+RESOURCE_COPIES_FACTOR = 8
+"""A request may store at most this many times ``max_request_bytes`` of resource and scope
+attributes, which are copied to each of their spans (413 beyond)."""
 _KINDS = {v: k.removeprefix("SPAN_KIND_") for k, v in PbSpan.SpanKind.items()}
 _STATUS_CODES = {0: "UNSET", 1: "OK", 2: "ERROR"}
 
@@ -111,6 +120,7 @@ def decode_request(
             json_format.ParseDict(_hex_ids_to_base64(document), message, ignore_unknown_fields=True)
         except (json_format.ParseError, ValueError, TypeError, RecursionError) as exc:
             raise InvalidRequestError(f"malformed OTLP JSON body: {exc}") from None
+    _check_copies(message, max_bytes)
     return _spans_of(message, default_experiment_id)
 
 
@@ -152,19 +162,31 @@ def _decompress(body: bytes, encoding: str | None, max_bytes: int) -> bytes:
         raise UnsupportedMediaTypeError(
             f"unsupported content encoding {encoding!r}: send gzip, deflate or none"
         )
+    # gzip allows several members back to back. The input is fed in slices of a view (no
+    # copies), so a member's end costs at most one slice of ``unused_data``, never a copy of
+    # the rest of the body: the work is linear in the body, capped at MAX_GZIP_MEMBERS members
+    # and ``max_bytes`` of output.
     out = bytearray()
-    data = body
+    view = memoryview(body)
+    pos = members = 0
     try:
-        while data:
-            inflater = zlib.decompressobj(wbits)
-            out += inflater.decompress(data, max_bytes + 1 - len(out))
-            if len(out) > max_bytes:
-                raise RequestTooLargeError(
-                    f"decompressed body over the {max_bytes}-byte limit (max_request_bytes)"
+        while pos < len(view):
+            members += 1
+            if members > MAX_GZIP_MEMBERS:
+                raise InvalidRequestError(
+                    f"{encoding} body of more than {MAX_GZIP_MEMBERS} members (streams)"
                 )
+            inflater = zlib.decompressobj(wbits)
+            while not inflater.eof and pos < len(view):
+                piece = view[pos : pos + _INFLATE_SLICE]
+                out += inflater.decompress(piece, max_bytes + 1 - len(out))
+                if len(out) > max_bytes:
+                    raise RequestTooLargeError(
+                        f"decompressed body over the {max_bytes}-byte limit (max_request_bytes)"
+                    )
+                pos += len(piece) - len(inflater.unused_data)
             if not inflater.eof:
                 raise InvalidRequestError(f"truncated {encoding} body")
-            data = inflater.unused_data  # gzip allows several members back to back
     except zlib.error as exc:
         raise InvalidRequestError(f"malformed {encoding} body: {exc}") from None
     return bytes(out)
@@ -203,6 +225,25 @@ def _convert_ids(obj: dict[str, Any], camel_names: tuple[str, ...]) -> None:
                     ) from None
 
 
+def _check_copies(message: ExportTraceServiceRequest, max_bytes: int) -> None:
+    """Resource and scope attributes are stored with every span of their scope: refuse (413)
+    a request that would store more than RESOURCE_COPIES_FACTOR times ``max_bytes`` of
+    them (a large resource over many small spans), before any is decoded."""
+    copies = 0
+    for resource_spans in message.resource_spans:
+        size = resource_spans.resource.ByteSize()
+        for scope_spans in resource_spans.scope_spans:
+            copies += len(scope_spans.spans) * (size + scope_spans.scope.ByteSize())
+    limit = RESOURCE_COPIES_FACTOR * max_bytes
+    if copies > limit:
+        raise RequestTooLargeError(
+            f"resource attributes are stored with every span: this request would store "
+            f"{copies} bytes of them, over the limit of {limit} "
+            f"({RESOURCE_COPIES_FACTOR} x max_request_bytes); send fewer spans per request "
+            "or fewer resource attributes"
+        )
+
+
 def _spans_of(message: ExportTraceServiceRequest, default_experiment: str | None) -> Decoded:
     spans: list[IncomingSpan] = []
     rejected = 0
@@ -212,6 +253,8 @@ def _spans_of(message: ExportTraceServiceRequest, default_experiment: str | None
         experiment = resource.pop(EXPERIMENT_ATTRIBUTE, None)
         experiment_id = clean_text(str(experiment)) if experiment else default_experiment
         for scope_spans in resource_spans.scope_spans:
+            if not scope_spans.spans:  # nothing to copy the resource to
+                continue
             scope = dict(resource)
             if scope_spans.scope.name:
                 scope["otel.scope.name"] = clean_text(scope_spans.scope.name)
@@ -287,8 +330,11 @@ def _kv(pairs: Any, depth: int) -> dict[str, Any]:
 
 
 def _value(value: AnyValue, depth: int) -> Any:
-    if depth > _MAX_ATTRIBUTE_DEPTH:
-        raise InvalidRequestError(f"attribute values nest deeper than {_MAX_ATTRIBUTE_DEPTH}")
+    if depth > _MAX_ATTRIBUTE_DEPTH:  # kept as its OTLP JSON text: the batch is not refused
+        try:
+            return clean_text(json_format.MessageToJson(value, indent=None))
+        except RecursionError:
+            return f"<attribute value nested deeper than {_MAX_ATTRIBUTE_DEPTH} levels>"
     which = value.WhichOneof("value")
     if which == "string_value":
         return clean_text(value.string_value)

@@ -3,8 +3,12 @@ assessments lives here.
 
 Rules this module keeps:
 
-- One ingest request is one transaction: spans, trace summaries, metadata and tags are all
-  written, or none are (an unknown experiment fails the whole request).
+- An ingest request is written in transactions of whole traces, at most ``INGEST_TX_SPANS``
+  spans each (a trace with more spans in one request has a transaction of its own): a
+  trace's spans, summary, metadata, tags, completion and scoring-ledger rows are always
+  written together. A usual request is one transaction; a large one holds SQLite's write lock
+  (or row locks) for a bounded time at once, and what would fail it (an unknown experiment,
+  a trace of another experiment) is checked before anything is written.
 - Spans of one trace may arrive in any order, in several requests, concurrently. Every ingest
   locks the rows of the traces it touches (in trace id order) before it writes their spans and
   recomputes their summaries from *all* their stored spans, so no summary misses a span.
@@ -25,7 +29,9 @@ import sqlalchemy as sa
 from assay.db.base import SqlStore
 from assay.db.tables import assessments, experiments, spans, trace_metadata, trace_tags, traces
 from assay.errors import InvalidRequestError, NotFoundError
+from assay.jsonvalue import loads
 from assay.scoring.store import Completed, ScoringStore
+from assay.tracing import log_events
 from assay.tracing.derive import MAX_VALUE_CHARS, Summary, summarize
 from assay.tracing.filters import (
     DEFAULT_MAX_RESULTS,
@@ -33,6 +39,7 @@ from assay.tracing.filters import (
     compile_filter,
     parse_filter,
 )
+from assay.tracing.log_events import LogEvent
 from assay.tracing.model import (
     ASSESSMENT_UPDATES,
     Assessment,
@@ -47,10 +54,12 @@ from assay.tracing.model import (
     clean_text,
 )
 
-__all__ = ["TraceStore"]
+__all__ = ["INGEST_TX_SPANS", "TraceStore"]
 
 T = TypeVar("T")
 _CHUNK = 200
+INGEST_TX_SPANS = 1000
+"""The most spans one ingest transaction writes, unless one trace of the request has more."""
 
 _SPAN_UPDATES = (
     "parent_span_id",
@@ -104,6 +113,7 @@ class TraceStore(SqlStore):
                         "root_span_id",
                         "span_count",
                         "updated_at_ms",
+                        "model",
                     )
                 }
             )
@@ -116,11 +126,18 @@ class TraceStore(SqlStore):
 
     # -- ingest ----------------------------------------------------------------------------------
 
-    def spans_ingest(self, spans_by_experiment: Mapping[str, Sequence[Span]]) -> list[str]:
-        """Store spans and recompute the summaries of their traces, in one transaction.
+    def spans_ingest(
+        self,
+        spans_by_experiment: Mapping[str, Sequence[Span]],
+        *,
+        tx_spans: int = INGEST_TX_SPANS,
+    ) -> list[str]:
+        """Store spans and recompute the summaries of their traces, in transactions of at most
+        ``tx_spans`` spans (see the module's rules).
 
         Raises NotFoundError for an unknown experiment and InvalidRequestError for a trace
-        whose spans name two experiments; nothing is written then. Returns the trace ids."""
+        whose spans name two experiments or that belongs to another experiment; nothing is
+        written then. Returns the trace ids."""
         experiment_of: dict[str, str] = {}
         rows: dict[tuple[str, str], Span] = {}
         for experiment_id, items in spans_by_experiment.items():
@@ -135,19 +152,54 @@ class TraceStore(SqlStore):
         if not rows:
             return []
         trace_ids = sorted(experiment_of)
-        # Everything that needs no database is done before the transaction (and SQLite's write
-        # lock): the span rows, and each trace's summary from this request's spans alone, which
-        # is its summary unless the trace had spans stored already.
         incoming: dict[str, list[Span]] = {t: [] for t in trace_ids}
         for span in rows.values():
             incoming[span.trace_id].append(span)
-        first_start = {t: min(s.start_time_ns for s in incoming[t]) for t in trace_ids}
-        encoded: dict[int, str] = {}
-        span_rows = [_span_row(s, encoded) for s in rows.values()]
-        summaries_of_request = {t: summarize(incoming[t]) for t in trace_ids}
+        batches = _batches(trace_ids, incoming, tx_spans)
+        if len(batches) > 1:  # one transaction checks its own request as it writes it
+            self._tx(lambda conn: self._check_request(conn, experiment_of), write=False)
+        for batch in batches:
+            self._ingest_batch({t: incoming[t] for t in batch}, experiment_of)
+        return trace_ids
 
-        def body(conn: sa.Connection) -> list[str]:
-            self._check_experiments(conn, sorted(spans_by_experiment))
+    def _check_request(self, conn: sa.Connection, experiment_of: Mapping[str, str]) -> None:
+        """Before the first of several transactions: the experiments exist and no trace
+        belongs to another one (each transaction checks its part again, under its locks)."""
+        experiment_ids = sorted(set(experiment_of.values()))
+        found: set[str] = set()
+        for chunk in _chunks(experiment_ids):
+            query = sa.select(experiments.c.id).where(experiments.c.id.in_(chunk))
+            found.update(conn.execute(query).scalars().all())
+        missing = [e for e in experiment_ids if e not in found]
+        if missing:
+            raise NotFoundError(f"experiment {missing[0]!r} not found")
+        for chunk in _chunks(sorted(experiment_of)):
+            query = sa.select(traces.c.trace_id, traces.c.experiment_id).where(
+                traces.c.trace_id.in_(chunk)
+            )
+            for row in conn.execute(query):
+                if row.experiment_id != experiment_of[row.trace_id]:
+                    raise _other_experiment(
+                        row.trace_id, row.experiment_id, experiment_of[row.trace_id]
+                    )
+
+    def _ingest_batch(
+        self, incoming: Mapping[str, Sequence[Span]], experiment_of: Mapping[str, str]
+    ) -> None:
+        """One transaction of an ingest: whole traces (``incoming``: their spans of this
+        request, by trace id in id order), with their summaries, completion and ledger rows."""
+        trace_ids = list(incoming)
+        # Everything that needs no database is done before the transaction (and SQLite's write
+        # lock): the span rows, and each trace's summary from this request's spans alone, which
+        # is its summary unless the trace had spans stored already.
+        encoded: dict[int, str] = {}
+        span_rows = [_span_row(s, encoded) for t in trace_ids for s in incoming[t]]
+        first_start = {t: min(s.start_time_ns for s in incoming[t]) for t in trace_ids}
+        summaries_of_request = {t: summarize(incoming[t]) for t in trace_ids}
+        experiment_ids = sorted({experiment_of[t] for t in trace_ids})
+
+        def body(conn: sa.Connection) -> None:
+            self._check_experiments(conn, experiment_ids)
             now = int(conn.execute(sa.select(self._now)).scalar_one())
             conn.execute(
                 self._insert_placeholder,
@@ -156,16 +208,17 @@ class TraceStore(SqlStore):
             locked = self._lock_traces(conn, trace_ids)
             for trace_id in trace_ids:
                 if locked[trace_id].experiment_id != experiment_of[trace_id]:
-                    raise InvalidRequestError(
-                        f"trace {trace_id} belongs to experiment "
-                        f"{locked[trace_id].experiment_id!r}, not {experiment_of[trace_id]!r}"
+                    raise _other_experiment(
+                        trace_id, locked[trace_id].experiment_id, experiment_of[trace_id]
                     )
             conn.execute(self._upsert_span, span_rows)
-            # A trace with no stored span before this request (span_count still 0 under the
+            # A trace with no stored span before this transaction (span_count still 0 under the
             # lock) now has exactly the spans of this request. Only the traces that had spans
             # already are read back and summarised again.
             summaries = dict(summaries_of_request)
-            earlier = [t for t in trace_ids if locked[t].span_count > 0]
+            # So are traces with GenAI log events stored before their spans (log_events).
+            with_logs = log_events.traces_with_events(conn, trace_ids)
+            earlier = [t for t in trace_ids if locked[t].span_count > 0 or t in with_logs]
             if earlier:
                 stored = self._read_spans(conn, earlier)
                 summaries.update({t: summarize(stored[t]) for t in earlier})
@@ -193,9 +246,8 @@ class TraceStore(SqlStore):
                 for t in trace_ids
             ]
             self.scoring.on_ingest(conn, now, touched, self.session_idle_ms)
-            return trace_ids
 
-        return self._tx(body)
+        self._tx(body)
 
     def _check_experiments(self, conn: sa.Connection, experiment_ids: Sequence[str]) -> None:
         """Check that the experiments exist and take a shared lock on their rows (PostgreSQL:
@@ -237,12 +289,36 @@ class TraceStore(SqlStore):
                 out[row.trace_id] = row
         return out
 
-    def _read_spans(self, conn: sa.Connection, trace_ids: Sequence[str]) -> dict[str, list[Span]]:
+    def _read_spans(
+        self, conn: sa.Connection, trace_ids: Sequence[str], *, with_logs: bool = True
+    ) -> dict[str, list[Span]]:
+        """The stored spans of the traces; ``with_logs``: with the GenAI log events that name
+        them among their events (as read and summarised; never written back)."""
         out: dict[str, list[Span]] = {t: [] for t in trace_ids}
         for chunk in _chunks(trace_ids):
             for row in conn.execute(sa.select(spans).where(spans.c.trace_id.in_(chunk))):
                 out[row.trace_id].append(_to_span(row))
+        if with_logs:
+            log_events.attach(conn, out)
         return out
+
+    def log_events_ingest(self, by_experiment: Mapping[str, Sequence[LogEvent]]) -> None:
+        """Store GenAI log events (:mod:`assay.tracing.log_events`; its errors, nothing written
+        then). The traces whose stored spans they name are summarised again, by ingesting one
+        of those spans as stored (an upsert of the same row)."""
+
+        def body(conn: sa.Connection) -> dict[str, list[Span]]:
+            now = int(conn.execute(sa.select(self._now)).scalar_one())
+            stale = log_events.insert(conn, now, by_experiment)
+            again: dict[str, list[Span]] = {}
+            for experiment_id, trace_ids in stale.items():
+                stored = self._read_spans(conn, sorted(trace_ids), with_logs=False)
+                again[experiment_id] = [found[0] for found in stored.values() if found]
+            return again
+
+        again = self._tx(body)
+        if again:
+            self.spans_ingest(again)
 
     def _replace_pairs(
         self,
@@ -468,6 +544,33 @@ class TraceStore(SqlStore):
         return self._tx(body)
 
 
+# -- ingest batches --------------------------------------------------------------------------------
+
+
+def _batches(
+    trace_ids: Sequence[str], incoming: Mapping[str, Sequence[Span]], size: int
+) -> list[list[str]]:
+    """The transactions of an ingest: whole traces in id order, at most ``size`` spans each
+    (a trace with more, alone)."""
+    batches: list[list[str]] = []
+    current: list[str] = []
+    count = 0
+    for trace_id in trace_ids:
+        spans = len(incoming[trace_id])
+        if current and count + spans > size:
+            batches.append(current)
+            current, count = [], 0
+        current.append(trace_id)
+        count += spans
+    if current:
+        batches.append(current)
+    return batches
+
+
+def _other_experiment(trace_id: str, stored: str, wanted: str) -> InvalidRequestError:
+    return InvalidRequestError(f"trace {trace_id} belongs to experiment {stored!r}, not {wanted!r}")
+
+
 # -- rows ------------------------------------------------------------------------------------------
 
 
@@ -560,6 +663,7 @@ def _summary_params(
         "b_root_span_id": summary.root_span_id,
         "b_span_count": summary.span_count,
         "b_updated_at_ms": now,
+        "b_model": _clean(summary.model),
     }
 
 
@@ -572,8 +676,8 @@ def _to_trace(row: Mapping[Any, Any]) -> Trace:
         trace_id=row["trace_id"],
         experiment_id=row["experiment_id"],
         status=TraceStatus(row["status"]),
-        request=None if row["request"] is None else json.loads(row["request"]),
-        response=None if row["response"] is None else json.loads(row["response"]),
+        request=loads(row["request"]),  # loads never fails: an old row may not be plain JSON
+        response=loads(row["response"]),
         request_preview=row["request_preview"],
         response_preview=row["response_preview"],
         start_time_ms=row["start_time_ms"],
@@ -590,6 +694,7 @@ def _to_trace(row: Mapping[Any, Any]) -> Trace:
         span_count=row["span_count"],
         created_at_ms=row["created_at_ms"],
         updated_at_ms=row["updated_at_ms"],
+        model=row["model"],
     )
 
 
@@ -598,12 +703,12 @@ def _to_assessment(row: Any) -> Assessment:
         id=row.id,
         trace_id=row.trace_id,
         name=row.name,
-        value=None if row.value is None else json.loads(row.value),
+        value=loads(row.value),
         rationale=row.rationale,
         source_type=AssessmentSource(row.source_type),
         source_id=row.source_id,
-        error=None if row.error is None else json.loads(row.error),
-        metadata=None if row.metadata_json is None else json.loads(row.metadata_json),
+        error=loads(row.error),
+        metadata=loads(row.metadata_json),
         idempotency_key=row.idempotency_key,
         created_at_ms=row.created_at_ms,
         updated_at_ms=row.updated_at_ms,

@@ -10,18 +10,20 @@ from __future__ import annotations
 
 import re
 import threading
-from collections import defaultdict
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from assay.errors import AssayError, InvalidRequestError, NotFoundError
-from assay.server.auth import Caller, Principal, principal, require_scope
+from assay.errors import AssayError, NotFoundError
+from assay.server.auth import Caller, Principal, principal, require_scope, require_some_scope
 from assay.server.errors import status_for
+from assay.server.otlp_ingest import OtlpIngest, experiment_header, log_rejected
 from assay.server.schemas import ErrorOut
 from assay.tracing.filters import DEFAULT_MAX_RESULTS, MAX_RESULTS
+from assay.tracing.messages import span_type
 from assay.tracing.model import (
     Assessment,
     AssessmentSource,
@@ -31,11 +33,8 @@ from assay.tracing.model import (
     TraceDetail,
 )
 from assay.tracing.otlp import (
-    EXPERIMENT_ATTRIBUTE,
-    EXPERIMENT_HEADER,
     JSON,
     Decoded,
-    decode_request,
     encode_response,
     encode_status,
     media_type_of,
@@ -50,6 +49,7 @@ __all__ = [
     "TraceDetailOut",
     "TraceOut",
     "TracePageOut",
+    "otlp_error_response",
     "router",
     "trace_store",
 ]
@@ -104,6 +104,10 @@ class TraceOut(BaseModel):
     span_count: int
     created_at_ms: int
     updated_at_ms: int
+    model: str | None = Field(
+        description="The LLM the spans name (gen_ai.request.model, llm.model_name, "
+        "mlflow.llm.model, gen_ai.response.model); searchable as trace.model."
+    )
 
     @classmethod
     def of(cls, trace: Trace) -> TraceOut:
@@ -136,6 +140,7 @@ class TraceOut(BaseModel):
             span_count=trace.span_count,
             created_at_ms=trace.created_at_ms,
             updated_at_ms=trace.updated_at_ms,
+            model=trace.model,
         )
 
 
@@ -164,6 +169,10 @@ class SpanOut(BaseModel):
     events: list[dict[str, Any]]
     links: list[dict[str, Any]]
     resource: dict[str, Any]
+    span_type: str | None = Field(
+        description="LLM, CHAIN, TOOL, AGENT, RETRIEVER...: openinference.span.kind, "
+        "mlflow.spanType, else from gen_ai.operation.name."
+    )
 
     @classmethod
     def of(cls, span: Span) -> SpanOut:
@@ -180,6 +189,7 @@ class SpanOut(BaseModel):
             events=span.events,
             links=span.links,
             resource=span.resource,
+            span_type=span_type(span),
         )
 
 
@@ -280,47 +290,54 @@ otlp = APIRouter(tags=["traces"])
     },
 )
 async def export_traces(request: Request) -> Response:
-    """Store the spans of an OTLP export request; all of them, or (on an error) none."""
-    media = JSON
+    """Store the spans of an OTLP export request (see TraceStore.spans_ingest)."""
+    content_type = request.headers.get("content-type")
     try:
-        media = media_type_of(request.headers.get("content-type"))
+        media = media_type_of(content_type)
+        # The app's gate authenticated the caller before any of the body was read; what can
+        # be refused without the body is refused before it is read too.
         caller = principal(request)
-        body = await request.body()
+        require_some_scope(caller, "experiment_id", "send traces")
+        body = await request.body()  # counted by the gate: at most max_request_bytes
         decoded = await run_in_threadpool(_ingest, request, caller, body, media)
-    except AssayError as exc:
-        status = status_for(exc)
-        headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
-        return Response(
-            encode_status(media, status, str(exc)),
-            status_code=status,
-            media_type=media,
-            headers=headers,
-        )
+    except (AssayError, StarletteHTTPException) as exc:
+        return otlp_error_response(content_type, exc, signal="traces")
     return Response(
         encode_response(media, decoded.rejected, decoded.error_message), media_type=media
     )
 
 
-def _ingest(request: Request, caller: Principal, body: bytes, media: str) -> Decoded:
-    decoded = decode_request(
-        body,
-        content_type=media,
-        content_encoding=request.headers.get("content-encoding"),
-        default_experiment_id=request.headers.get(EXPERIMENT_HEADER) or None,
-        max_bytes=request.app.state.settings.max_request_bytes,
+def otlp_error_response(
+    content_type: str | None, exc: AssayError | StarletteHTTPException, *, signal: str = "otlp"
+) -> Response:
+    """A failed OTLP request's answer: a google.rpc.Status in the request's encoding (JSON
+    when it has none we know). Logged at WARNING with its reason."""
+    try:
+        media = media_type_of(content_type)
+    except AssayError:
+        media = JSON
+    if isinstance(exc, AssayError):
+        status, message = status_for(exc), str(exc)
+    else:
+        status, message = exc.status_code, str(exc.detail)
+    log_rejected(signal, "http", status, message)
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    return Response(
+        encode_status(media, status, message), status_code=status, media_type=media, headers=headers
     )
-    by_experiment: dict[str, list[Span]] = defaultdict(list)
-    for incoming in decoded.spans:
-        if incoming.experiment_id is None:
-            raise InvalidRequestError(
-                f"no experiment for the spans: set the resource attribute {EXPERIMENT_ATTRIBUTE} "
-                f"or the header {EXPERIMENT_HEADER}"
-            )
-        by_experiment[incoming.experiment_id].append(incoming.span)
-    for experiment_id in by_experiment:
-        require_scope(caller, "experiment_id", experiment_id)
-    trace_store(request).spans_ingest(by_experiment)
-    return decoded
+
+
+def _ingest(request: Request, caller: Principal, body: bytes, media: str) -> Decoded:
+    """The same code path as OTLP/gRPC (:mod:`assay.server.otlp_ingest`: experiments from
+    the resource or the headers, else the default experiment)."""
+    return OtlpIngest.of(request.app.state).spans(
+        caller,
+        body,
+        media=media,
+        encoding=request.headers.get("content-encoding"),
+        experiment=experiment_header(request.headers.get),
+        transport="http",
+    )
 
 
 # -- REST ------------------------------------------------------------------------------------------
@@ -341,8 +358,9 @@ Store = Annotated[TraceStore, Depends(trace_store)]
 
 
 def _trace_id(trace_id: str) -> str:
-    """Trace ids are 32 hex digits (any case); anything else names no trace."""
-    normal = trace_id.lower()
+    """Trace ids are 32 hex digits (any case), optionally as MLflow writes them
+    (``tr-<hex>``); anything else names no trace."""
+    normal = trace_id.lower().removeprefix("tr-")
     if not _TRACE_ID.fullmatch(normal):
         raise NotFoundError(f"trace {trace_id[:64]!r} not found")
     return normal
