@@ -52,6 +52,7 @@ def make_trace(
     response: str | None = None,
     tokens: int | None = None,
     cost: float | None = None,
+    model: str | None = None,
     **kwargs: Any,
 ) -> Seed:
     columns = {
@@ -67,6 +68,7 @@ def make_trace(
         "total_tokens": None if tokens is None else tokens * 3,
         "cost": cost,
         "span_count": len(kwargs.get("spans", [])),
+        "model": model,
         "created_at_ms": start,
         "updated_at_ms": start,
     }
@@ -84,6 +86,7 @@ SEEDS = [
         "fine",
         10,
         0.5,
+        model="gpt-4o",
         metadata={"user": "u1", "assay.source_run": "r1"},
         tags={"env": "prod"},
         spans=[("chat", "SERVER", "OK"), ("llm", "CLIENT", "OK")],
@@ -99,6 +102,7 @@ SEEDS = [
         None,
         5,
         0.25,
+        model="gpt-4o-mini",
         metadata={"user": "u2"},
         tags={"env": "dev"},
         spans=[("chat", "SERVER", "ERROR")],
@@ -330,7 +334,7 @@ TEXT_POOL = [
         | {
             s.columns[c]
             for s in SEEDS
-            for c in ("status", "session_id", "request_preview", "response_preview")
+            for c in ("status", "session_id", "request_preview", "response_preview", "model")
             if s.columns[c]
         }
         | {n for s in SEEDS for span in s.spans for n in span}

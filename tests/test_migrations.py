@@ -49,6 +49,8 @@ TABLES = {
     "scoring_tasks",
     # 0006: job attempts
     "job_attempts",
+    # 0007: GenAI log events of spans (and traces.model)
+    "span_log_events",
 }
 
 

@@ -39,6 +39,7 @@ from assay.tracing.filters import (
     compile_filter,
     parse_filter,
 )
+from assay.tracing.filters.sql import keyed_lookups
 from assay.tracing.log_events import LogEvent
 from assay.tracing.model import (
     ASSESSMENT_UPDATES,
@@ -60,6 +61,8 @@ T = TypeVar("T")
 _CHUNK = 200
 INGEST_TX_SPANS = 1000
 """The most spans one ingest transaction writes, unless one trace of the request has more."""
+_DRIVE_MAX = 2000
+"""SQLite: a metadata or tag value of fewer traces than this drives a search (traces_run)."""
 
 _SPAN_UPDATES = (
     "parent_span_id",
@@ -464,11 +467,38 @@ class TraceStore(SqlStore):
             max_results=max_results,
             page_token=page_token,
         )
-        return self.traces_run(search)
+        if self.dialect != "sqlite":
+            return self.traces_run(search)
+        return self.traces_run(search, keyed_lookups(parse_filter(filter_string)))
 
-    def traces_run(self, search: TraceSearch) -> TracePage:
-        """Run a planned :class:`TraceSearch` in one read transaction."""
-        rows, token = self._tx(search.run, write=False)
+    def traces_run(
+        self, search: TraceSearch, lookups: Sequence[sa.Select[tuple[str]]] = ()
+    ) -> TracePage:
+        """Run a planned :class:`TraceSearch` in one read transaction.
+
+        ``lookups`` (from :func:`keyed_lookups`, on SQLite): when the rarest of them matches
+        fewer than ``_DRIVE_MAX`` traces, the search starts from its rows (joined to traces,
+        then sorted) instead of walking the experiment's traces in order and probing each.
+        SQLite has no statistics (assay never runs ANALYZE), so it always walks: right for a
+        common value, a scan of the whole experiment for one that 100 traces of a million
+        have. Counting stops at ``_DRIVE_MAX`` index entries, so the check stays cheap.
+        PostgreSQL and MySQL choose between the two plans from their own statistics.
+        """
+
+        def body(conn: sa.Connection) -> tuple[list[sa.RowMapping], str | None]:
+            statement = search.statement()
+            counted = [(_count_upto(conn, q, _DRIVE_MAX), i) for i, q in enumerate(lookups)]
+            if counted and min(counted)[0] < _DRIVE_MAX:
+                # The LIMIT (no row is cut: there are fewer) keeps SQLite from flattening the
+                # subquery into the join, where it would be free to walk the traces again.
+                rarest = lookups[min(counted)[1]].limit(_DRIVE_MAX).subquery("rarest")
+                table = search.tables.traces
+                statement = statement.select_from(
+                    rarest.join(table, table.c.trace_id == rarest.c.trace_id)
+                )
+            return search.page(conn.execute(statement).mappings().all())
+
+        rows, token = self._tx(body, write=False)
         return TracePage([_to_trace(row) for row in rows], token)
 
     # -- assessments -------------------------------------------------------------------------------
@@ -569,6 +599,15 @@ def _batches(
 
 def _other_experiment(trace_id: str, stored: str, wanted: str) -> InvalidRequestError:
     return InvalidRequestError(f"trace {trace_id} belongs to experiment {stored!r}, not {wanted!r}")
+
+
+# -- search ----------------------------------------------------------------------------------------
+
+
+def _count_upto(conn: sa.Connection, query: sa.Select[Any], most: int) -> int:
+    """The rows of ``query``, counted up to ``most`` (it reads no further)."""
+    limited = query.limit(most).subquery()
+    return int(conn.execute(sa.select(sa.func.count()).select_from(limited)).scalar_one())
 
 
 # -- rows ------------------------------------------------------------------------------------------

@@ -95,6 +95,7 @@ TRACE_FIELDS: dict[str, FieldSpec] = {
     "total_tokens": FieldSpec("total_tokens", "number"),
     "cost": FieldSpec("cost", "number"),
     "span_count": FieldSpec("span_count", "number"),
+    "model": FieldSpec("model", "text"),
     "created_at_ms": FieldSpec("created_at_ms", "number"),
     "updated_at_ms": FieldSpec("updated_at_ms", "number"),
 }
