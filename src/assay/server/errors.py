@@ -134,9 +134,7 @@ def _respond(request: Request, status: int, code: str, message: str) -> Response
 
         return error_page(request, status, message)
     if request.url.path.startswith(MLFLOW_PATH_PREFIXES):
-        return unmatched_response(
-            status, message, detail=request.url.path.startswith("/ajax-api/")
-        )
+        return unmatched_response(status, message, detail=request.url.path.startswith("/ajax-api/"))
     return error_response(status, code, message)
 
 
