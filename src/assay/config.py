@@ -99,6 +99,9 @@ class Settings(BaseSettings):
     """``assay server`` listens here..."""
     port: int = Field(8400, ge=0, le=65535)
     """...on this port."""
+    otlp_grpc_port: int | None = Field(None, ge=0, le=65535)
+    """OTLP/gRPC receiver port, on ``host`` (needs ``assay[grpc]``). None: 4317 when grpcio is
+    installed, skipped with a warning when that port is taken; 0: off."""
     server_workers: int = Field(1, ge=0)
     """Worker loops the server runs in its own process (0: an API-only replica)."""
     max_request_bytes: int = Field(16 * 2**20, gt=0)
@@ -122,6 +125,11 @@ class Settings(BaseSettings):
     ``X-Forwarded-Proto`` and ``X-Forwarded-Host`` (its CSRF check, the cookie's ``Secure``).
     Turn on only when every request comes through a proxy that sets both: anyone reaching the
     server directly could."""
+    allowed_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    """Host names (no port; comma separated in the environment; ``*``: any) requests may be
+    addressed to, besides ``localhost``, IP addresses, ``host`` and the host of
+    ``public_url``. Checked (403 "host not allowed", against DNS rebinding) whenever auth is
+    off; with auth on, only when this is set."""
     ui_session_max_age_s: float = Field(12 * 3600.0, gt=0)
     """How long a browser keeps the web UI's login cookie (its ``Max-Age``)."""
 
@@ -133,7 +141,8 @@ class Settings(BaseSettings):
     scoring_concurrency: int = Field(16, ge=1)
     """Judge (and custom scorer) calls one scoring job runs at once."""
     scoring_regex_timeout_s: float = Field(1.0, gt=0, le=60)
-    """A regex scorer's match stops after this much CPU time and that assessment fails."""
+    """A regex scorer's match is stopped after this many seconds of CPU time, and that one
+    assessment fails ("regex timed out after ... s")."""
     scoring_lease_s: float = Field(120.0, gt=0)
     """A claimed batch is someone else's to retry after this long (its job died or stalled)."""
     scoring_job_budget_s: float = Field(60.0, gt=0)
@@ -163,7 +172,7 @@ class Settings(BaseSettings):
     """How long one judge call keeps retrying 429s, 5xx and timeouts before the trace is put
     back in the ledger for later."""
 
-    @field_validator("job_modules", mode="before")
+    @field_validator("job_modules", "allowed_hosts", mode="before")
     @classmethod
     def _split_modules(cls, value: Any) -> Any:
         if isinstance(value, str):

@@ -16,12 +16,18 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from assay import __version__
 from assay.config import Settings
-from assay.errors import AssayError, AuthenticationError, RequestTooLargeError
+from assay.errors import (
+    AssayError,
+    AuthenticationError,
+    PermissionDeniedError,
+    RequestTooLargeError,
+)
 from assay.server import ui, validation
 from assay.server.auth import (
     ANONYMOUS,
     PRINCIPAL_KEY,
     Authenticator,
+    HostCheck,
     Principal,
     who_guards,
 )
@@ -46,6 +52,7 @@ from assay.server.routes import (
 )
 from assay.server.routes.traces import otlp_error_response
 from assay.server.runtime import Runtime
+from assay.server.ui.csrf import refuse_cross_site
 from assay.server.ui.pages import COOKIE, LoginRequired
 
 __all__ = ["OPEN_BODY_BYTES", "Gate", "create_app"]
@@ -102,7 +109,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_exception_handler(LoginRequired, _to_login)
     # The last added is the outermost: CatchUnexpected answers whatever the gate or the app
     # raises unexpectedly.
-    app.add_middleware(Gate, max_bytes=settings.max_request_bytes)
+    app.add_middleware(Gate, settings=settings)
     app.add_middleware(CatchUnexpected)
     return app
 
@@ -120,6 +127,11 @@ def _login_redirect(path: str, reason: str) -> Response:
 class Gate:
     """What every HTTP request passes before the app reads a byte of its body.
 
+    0. Requests a browser was made to send by a page of another site, refused with 403:
+       a ``Host`` the server is not known by, while auth is off (DNS rebinding:
+       :class:`~assay.server.auth.HostCheck`), and an unsafe method (POST, PUT, PATCH,
+       DELETE) from another origin (:func:`~assay.server.ui.csrf.refuse_cross_site`).
+       Programs send no ``Origin`` and the name they dialled as ``Host``: they pass.
     1. A body announced (Content-Length) over the limit: 413 at once.
     2. A request with a body, on a path that needs a caller
        (:func:`~assay.server.auth.who_guards`): the caller is authenticated from the
@@ -136,19 +148,29 @@ class Gate:
     authenticated first.
     """
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, settings: Settings) -> None:
         self.app = app
-        self.max_bytes = max_bytes
+        self.settings = settings
+        self.max_bytes = settings.max_request_bytes
+        self.hosts = HostCheck(settings)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        headers = Headers(scope=scope)
+        try:
+            refused = self.hosts.refusal(headers)
+            if refused is not None:
+                raise PermissionDeniedError(refused)
+            refuse_cross_site(Request(scope), self.settings)
+        except AssayError as exc:
+            await _refuse(scope, receive, send, exc)
+            return
         guard = who_guards(scope["path"])
         limit, setting = self.max_bytes, "max_request_bytes"
         if guard is None and limit > OPEN_BODY_BYTES:
             limit, setting = OPEN_BODY_BYTES, "unauthenticated requests"
-        headers = Headers(scope=scope)
         length = headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > limit:
             message = f"request body over the {limit}-byte limit ({setting})"

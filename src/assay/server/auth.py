@@ -5,6 +5,13 @@ Callers send ``Authorization: Bearer <token>``: an API token (``assay_…``, rol
 When auth is off (the default on a loopback address) every caller is :data:`ANONYMOUS`, an
 admin.
 
+With auth off, a web page on any site could still reach the server through the user's browser.
+Two rules of the app's gate keep it out: an unsafe request a browser sent from another origin
+is refused (:func:`assay.server.ui.csrf.refuse_cross_site`), and so is any request whose
+``Host`` names a host this server is not known by (:class:`HostCheck`), which is what a DNS
+rebinding attack sends: its page at ``http://evil.example:8400`` whose name now resolves to
+127.0.0.1 is same-origin with itself, so only the name gives it away.
+
 =========  =======================================================================================
 admin      everything; jobs it submits are owned by its subject; may filter searches by owner
 user       submits ``@job(public=True)`` jobs only; sees and cancels only the jobs it owns (any
@@ -18,8 +25,11 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 import sqlalchemy as sa
 from fastapi import Depends, Request
@@ -42,6 +52,7 @@ __all__ = [
     "PRINCIPAL_KEY",
     "Authenticator",
     "Caller",
+    "HostCheck",
     "Principal",
     "auth_enabled",
     "check_job",
@@ -61,6 +72,8 @@ Role = Literal["admin", "user", "job"]
 
 PRINCIPAL_KEY = "assay.principal"
 """Where the app's gate keeps the caller it authenticated in the ASGI scope."""
+_HOST = re.compile(r"(?:\[(?P<v6>[^\]]*)\]|(?P<name>[^:\[\]]*))(?::[0-9]{1,5})?")
+"""A ``Host`` header: ``name``, ``name:port``, ``[v6 address]`` or ``[v6 address]:port``."""
 OPEN_PATHS = frozenset({"/ui/login", "/ui/logout"})
 """Paths anyone may send a body to (the login and logout forms), besides ``/static/…``;
 elsewhere a request with a body needs a caller before the body is read."""
@@ -135,6 +148,67 @@ class Authenticator:
             )
         row = self.tokens.verify(token)
         return Principal(subject=row.subject, role=row.role)
+
+
+class HostCheck:
+    """Which ``Host`` headers the server answers (DNS rebinding): checked while auth is off,
+    and with auth on only when ``allowed_hosts`` is set.
+
+    Accepted: ``localhost``, any IP address (a rebinding attack needs a name it controls, so
+    an address cannot be one), the name the server listens on (``host``), the host of
+    ``public_url``, and the names in ``allowed_hosts`` (``*``: any); with any port. A request
+    without a ``Host`` header (HTTP/1.0, never a browser's) passes. With
+    ``trust_proxy_headers`` the ``X-Forwarded-Host`` a proxy reports is checked as well.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        names = {name.strip().lower().rstrip(".") for name in settings.allowed_hosts}
+        names.discard("")
+        self.active = bool(names) or not auth_enabled(settings)
+        self.any = "*" in names
+        public = urlsplit(settings.public_url or "").hostname
+        own = [settings.host.strip("[]").lower(), public.lower() if public else ""]
+        self.names = frozenset({"localhost", *names, *own} - {""})
+        self.proxy = settings.trust_proxy_headers
+
+    def refusal(self, headers: Mapping[str, str]) -> str | None:
+        """Why a request with these headers is refused, or None when it is not."""
+        if not self.active or self.any:
+            return None
+        sent = [("Host", headers.get("host"))]
+        if self.proxy:
+            forwarded = (headers.get("x-forwarded-host") or "").split(",")[0].strip()
+            sent.append(("X-Forwarded-Host", forwarded or None))
+        for header, value in sent:
+            if value and not self.allows(value):
+                return (
+                    f"host not allowed: the {header} header is {value[:200]!r}. This server "
+                    "answers requests addressed to localhost, an IP address, the host of "
+                    "ASSAY_PUBLIC_URL or a name in ASSAY_ALLOWED_HOSTS (against DNS "
+                    "rebinding: a page of another site whose name resolves to this server)"
+                )
+        return None
+
+    def allows(self, host: str) -> bool:
+        """Whether a ``Host`` header value (``name[:port]``, ``[v6][:port]``) is accepted."""
+        name = _host_name(host)
+        if name in self.names:
+            return True
+        try:
+            ipaddress.ip_address(name)
+        except ValueError:
+            return False
+        return True
+
+
+def _host_name(host: str) -> str:
+    """The name (or address) in a ``Host`` header, lower case, without its port, the brackets
+    of an IPv6 address or a trailing dot; a value of another shape comes back whole."""
+    host = host.strip().lower()
+    match = _HOST.fullmatch(host)
+    if match is None:
+        return host
+    return match["v6"] if match["v6"] is not None else match["name"].rstrip(".")
 
 
 def who_guards(path: str) -> Literal["header", "cookie"] | None:

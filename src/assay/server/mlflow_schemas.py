@@ -198,7 +198,10 @@ def _no_nul(value: object) -> object:
 
 
 Id = Annotated[str, BeforeValidator(_no_nul), Field(max_length=1000)]
-OptionalMillis = Annotated[int | None, BeforeValidator(_empty_is_none), Field(ge=0, lt=2**63)]
+# The bounds on the int only: on the whole union, pydantic applies them to None too (TypeError).
+OptionalMillis = Annotated[
+    Annotated[int, Field(ge=0, lt=2**63)] | None, BeforeValidator(_empty_is_none)
+]
 
 
 class MlflowBody(BaseModel):

@@ -43,6 +43,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import PlainTextResponse
 
 from assay.errors import ConflictError, InvalidRequestError
+from assay.jsonvalue import loads_shallow
 from assay.server.auth import Caller, Principal, require_api_token, require_scope
 from assay.server.mlflow_schemas import (
     MLFLOW_VERSION,
@@ -158,16 +159,25 @@ def pairs(items: list[Any], what: str) -> dict[str, str]:
 # -- offsets as page tokens -------------------------------------------------------------------
 
 
+MAX_TOKEN_CHARS = 1000
+"""The longest page token read (the ones :func:`offset_page` makes are about 20 characters)."""
+
+
 def _offset(token: str) -> int:
+    """The offset in a page token made by :func:`offset_page`: ``{"offset": n}``, base64. A
+    long or nested token is refused before it is parsed (the parser recurses)."""
     if not token:
         return 0
+    shown = repr(token if len(token) <= 60 else token[:60] + "...")
     try:
-        offset = json.loads(base64.urlsafe_b64decode(token.encode()))["offset"]
+        if len(token) > MAX_TOKEN_CHARS:
+            raise ValueError("too long")
+        offset = loads_shallow(base64.urlsafe_b64decode(token.encode()), 1)["offset"]
         if type(offset) is not int or offset < 0:
             raise ValueError(token)
         return offset
-    except (ValueError, TypeError, KeyError, binascii.Error, UnicodeDecodeError):
-        raise InvalidRequestError(f"invalid page_token {token!r}") from None
+    except (ValueError, TypeError, KeyError, binascii.Error):
+        raise InvalidRequestError(f"invalid page_token {shown}") from None
 
 
 def offset_page(items: list[Any], token: str, size: int) -> tuple[list[Any], str | None]:

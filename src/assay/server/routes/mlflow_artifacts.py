@@ -20,6 +20,7 @@ from fastapi.responses import FileResponse
 from pydantic import Field
 from starlette.concurrency import run_in_threadpool
 
+from assay import jsonvalue
 from assay.errors import InvalidRequestError
 from assay.server.auth import Caller, Principal, require_scope
 from assay.server.mlflow_schemas import KeyValue, MlflowBody, MlflowRoute
@@ -94,7 +95,10 @@ async def upload_artifact(artifact_path: str, request: Request, caller: Caller) 
 def download_artifact(artifact_path: str, request: Request, caller: Caller) -> Any:
     _scope(caller, artifact_path)
     path = _artifacts(request).file(artifact_path)
-    return FileResponse(path, media_type="application/octet-stream")
+    # Never rendered as HTML or script by a browser that sniffs the bytes.
+    return FileResponse(
+        path, media_type="application/octet-stream", headers={"X-Content-Type-Options": "nosniff"}
+    )
 
 
 @artifacts_router.get("/artifacts")
@@ -327,13 +331,19 @@ def log_model(body: LogModelBody, request: Request, caller: Caller) -> dict[str,
     (the oldest entries give way when the tag would pass its size limit)."""
     store = tracking_store(request)
     run_id = writable_run(caller, store, body.run_id)
+    if len(body.model_json) > limits.MAX_TAG_VALUE_CHARS:
+        raise InvalidRequestError(
+            f"model_json is over the {limits.MAX_TAG_VALUE_CHARS}-character limit of the "
+            f"{LOG_MODEL_HISTORY_TAG} tag"
+        )
     try:
-        entry = json.loads(body.model_json)
-    except ValueError:
-        raise InvalidRequestError("model_json is not JSON") from None
+        entry = jsonvalue.loads_shallow(body.model_json, jsonvalue.MAX_DEPTH)
+    except ValueError as exc:
+        raise InvalidRequestError(f"model_json is not JSON: {exc}") from None
+    jsonvalue.check(entry, "model_json")
     history_text = store.get_run(run_id).tags.get(LOG_MODEL_HISTORY_TAG, "[]")
-    try:
-        history = json.loads(history_text)
+    try:  # a tag anyone may have set: what is not a JSON list is started afresh
+        history = jsonvalue.loads_shallow(history_text, jsonvalue.MAX_DEPTH)
     except ValueError:
         history = []
     history = [*(history if isinstance(history, list) else []), entry]

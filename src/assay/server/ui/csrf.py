@@ -6,6 +6,14 @@ must be this server: the ``Origin`` header, or, when a browser sent none, the or
 ``Referer``. Anything else is refused with 403 "cross-site request refused" before the route
 runs, through the one error mapping (:mod:`assay.server.errors`), so nothing changes.
 
+The rest of the server (the REST, MLflow and OTLP APIs) gets the lenient form of the rule,
+from the app's gate before any body is read (:func:`refuse_cross_site`): an unsafe request
+whose ``Origin`` names another origin, or that the browser marks ``Sec-Fetch-Site:
+cross-site``, is refused the same way. Programs send neither header and pass; so does a
+request a browser sends to the API from one of this server's own pages. Without it, a page on
+any site could cancel a job on a server without auth with a bodiless ``fetch(…, {method:
+"POST", mode: "no-cors"})``, or post form-encoded or text bodies to the other routes.
+
 A request with neither header is refused too (fail closed). Every current browser sends
 ``Origin`` with a form POST, same-site or not; an old one that sends neither cannot be told
 from a forged request, so it is refused rather than trusted. That is why there is no
@@ -35,7 +43,7 @@ from fastapi import Request
 from assay.config import Settings
 from assay.errors import PermissionDeniedError
 
-__all__ = ["SAFE_METHODS", "origin_of", "own_origins", "same_origin"]
+__all__ = ["SAFE_METHODS", "origin_of", "own_origins", "refuse_cross_site", "same_origin"]
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
 """Methods that never change anything (no UI route does on them), so are not checked."""
@@ -99,6 +107,28 @@ def same_origin(request: Request) -> str | None:
             "cannot be told from a forged one (browsers send them with every form; programs "
             "should call the REST API at /api/v1 instead)"
         )
+    return _ours(sent, header, ours)
+
+
+def refuse_cross_site(request: Request, settings: Settings) -> None:
+    """Raise :class:`PermissionDeniedError` for an unsafe request a browser sent from another
+    site: its ``Origin`` is not one of :func:`own_origins` (``null`` included), or its
+    ``Sec-Fetch-Site`` is ``cross-site``. A request with neither header (a program) passes.
+    The app's gate calls it for every request, before the body is read."""
+    if request.method in SAFE_METHODS:
+        return
+    if request.headers.get("sec-fetch-site", "").strip().lower() == "cross-site":
+        raise PermissionDeniedError(
+            "cross-site request refused: the browser sent it from a page of another site "
+            "(Sec-Fetch-Site: cross-site)"
+        )
+    sent = request.headers.get("origin")
+    if sent is not None:
+        _ours(sent, "Origin", own_origins(request, settings))
+
+
+def _ours(sent: str, header: str, ours: set[str]) -> str:
+    """The origin of ``sent`` (an Origin or Referer header), if it is one of ``ours``."""
     origin = origin_of(sent)
     if origin is None or origin not in ours:
         raise PermissionDeniedError(
