@@ -51,13 +51,21 @@ def is_transient(exc: sa.exc.DBAPIError) -> bool:
 
 class SqlStore:
     """Base of the stores: ``dialect`` ("sqlite", "postgresql" or "mysql"), ``_now`` (the DB
-    clock as a SQL expression) and :meth:`_tx`."""
+    clock as a SQL expression) and :meth:`_tx`.
 
-    def __init__(self, engine: sa.Engine) -> None:
+    ``clock_ms`` replaces the database clock with a Python one (epoch milliseconds, read once
+    per statement), so that a test moves time past a lease instead of waiting it out.
+    """
+
+    def __init__(self, engine: sa.Engine, *, clock_ms: Callable[[], int] | None = None) -> None:
         self.engine = engine
         name = engine.dialect.name
         self.dialect = "mysql" if name in ("mysql", "mariadb") else name
-        self._now = sa.literal_column(NOW_SQL[self.dialect], sa.BigInteger)
+        self._now: sa.ColumnElement[Any] = (
+            sa.literal_column(NOW_SQL[self.dialect], sa.BigInteger)
+            if clock_ms is None
+            else sa.bindparam("assay_now", type_=sa.BigInteger, callable_=clock_ms)
+        )
         self._writer: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
         if self.dialect == "sqlite":
             with _WRITERS_LOCK:

@@ -6,6 +6,7 @@ an advisory lock on PostgreSQL, GET_LOCK on MySQL/MariaDB, the write lock on SQL
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -19,7 +20,11 @@ from assay.errors import MigrationError, StoreError
 __all__ = ["current_revision", "head_revision", "is_current", "upgrade"]
 
 _MIGRATIONS = Path(__file__).with_name("migrations")
-_PG_LOCK_ID = 0x61_73_73_61_79  # "assay"
+_PG_LOCK_ID = 0x61_73_73_61_79  # "assay" (PostgreSQL advisory locks are per database)
+# MySQL lock names are server-wide: one per database, so that the stores of one server (test
+# databases, tenants) do not queue behind each other's migrations.
+_MYSQL_LOCK = "LEFT(CONCAT('assay_migrate:', DATABASE()), 64)"
+_MYSQL_LOCK_WAIT_S = 60
 
 
 def _config(connection: sa.Connection | None = None) -> Config:
@@ -29,7 +34,9 @@ def _config(connection: sa.Connection | None = None) -> Config:
     return cfg
 
 
+@functools.cache
 def head_revision() -> str:
+    """The newest migration shipped with assay (read once: ``/health`` asks on every call)."""
     head = ScriptDirectory.from_config(_config()).get_current_head()
     assert head is not None
     return head
@@ -56,8 +63,15 @@ def upgrade(engine: sa.Engine, revision: str = "head") -> None:
                 conn.execute(sa.text("SELECT pg_advisory_lock(:id)"), {"id": _PG_LOCK_ID})
                 conn.commit()
             elif dialect in ("mysql", "mariadb"):
-                conn.execute(sa.text("SELECT GET_LOCK('assay_migrate', 60)"))
+                got = conn.execute(
+                    sa.text(f"SELECT GET_LOCK({_MYSQL_LOCK}, {_MYSQL_LOCK_WAIT_S})")
+                ).scalar()
                 conn.commit()
+                if got != 1:  # never migrate beside another migration
+                    raise MigrationError(
+                        f"another process held this database's migration lock for "
+                        f"{_MYSQL_LOCK_WAIT_S}s; try again once its migration is done"
+                    )
             try:
                 command.upgrade(_config(conn), revision)
                 conn.commit()
@@ -66,7 +80,7 @@ def upgrade(engine: sa.Engine, revision: str = "head") -> None:
                     conn.execute(sa.text("SELECT pg_advisory_unlock(:id)"), {"id": _PG_LOCK_ID})
                     conn.commit()
                 elif dialect in ("mysql", "mariadb"):
-                    conn.execute(sa.text("SELECT RELEASE_LOCK('assay_migrate')"))
+                    conn.execute(sa.text(f"SELECT RELEASE_LOCK({_MYSQL_LOCK})"))
                     conn.commit()
     except sa.exc.DBAPIError as exc:
         raise MigrationError(f"migration failed: {exc.orig}") from exc

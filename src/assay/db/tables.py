@@ -32,6 +32,7 @@ __all__ = [
     "scorers",
     "scoring_tasks",
     "secrets",
+    "span_log_events",
     "spans",
     "trace_metadata",
     "trace_tags",
@@ -263,10 +264,15 @@ traces = sa.Table(
     sa.Column("span_count", sa.Integer, nullable=False),
     sa.Column("created_at_ms", Millis, nullable=False),
     sa.Column("updated_at_ms", Millis, nullable=False),
+    # The LLM its spans name (migration 0007), searchable as ``trace.model``.
+    sa.Column("model", Key, nullable=True),
     _in("status", TRACE_STATUSES, "ck_traces_status"),
     sa.Index("ix_traces_experiment_start", "experiment_id", "start_time_ms"),
     sa.Index("ix_traces_experiment_completed", "experiment_id", "completed_at_ms"),
-    sa.Index("ix_traces_experiment_session", "experiment_id", "session_id"),
+    # A session's traces, and a status filter, in the search's order (migration 0008).
+    sa.Index("ix_traces_experiment_session", "experiment_id", "session_id", "start_time_ms"),
+    sa.Index("ix_traces_experiment_status", "experiment_id", "status", "start_time_ms"),
+    sa.Index("ix_traces_experiment_model", "experiment_id", "model", "start_time_ms"),
     **UTF8,
 )
 
@@ -307,6 +313,23 @@ spans = sa.Table(
     sa.Column("events", LongText, nullable=False),
     sa.Column("links", LongText, nullable=False),
     sa.Column("resource", LongText, nullable=False),
+    **UTF8,
+)
+
+# GenAI content events that arrived as OTLP log records (``POST /v1/logs``), kept apart from the
+# spans they name (migration 0007): a span's events are read with them, whichever came first.
+span_log_events = sa.Table(
+    "span_log_events",
+    metadata,
+    sa.Column("id", RowId, primary_key=True, autoincrement=True),
+    sa.Column("experiment_id", sa.String(36), sa.ForeignKey("experiments.id"), nullable=False),
+    sa.Column("trace_id", sa.String(32), nullable=False),
+    sa.Column("span_id", sa.String(16), nullable=False),
+    sa.Column("name", Key, nullable=False),
+    sa.Column("time_unix_nano", sa.BigInteger, nullable=False),
+    sa.Column("attributes", LongText, nullable=False),
+    sa.Column("created_at_ms", Millis, nullable=False),
+    sa.Index("ix_span_log_events_span", "trace_id", "span_id"),
     **UTF8,
 )
 
