@@ -36,7 +36,7 @@ from assay.tracing.filters.grammar import (
     Scalar,
 )
 
-__all__ = ["TraceTables", "compile_filter"]
+__all__ = ["TraceTables", "compile_filter", "keyed_lookups"]
 
 
 @dataclass(frozen=True)
@@ -68,6 +68,31 @@ def compile_filter(expr: Expr | None, tables: TraceTables | None = None) -> sa.C
     if expr is None:
         return sa.true()
     return _Compiler(tables or TraceTables.default()).compile(expr)
+
+
+def keyed_lookups(
+    expr: Expr | None, tables: TraceTables | None = None
+) -> list[sa.Select[tuple[str]]]:
+    """For each top-level AND term of ``expr`` that is ``metadata.<key>`` or ``tags.<key>``
+    ``=`` or ``IN`` values: the ids of the traces it matches, as a query the (key, value)
+    index answers alone, one row per trace (the key is part of the primary key). A trace that
+    matches ``expr`` is in every one of them, so a search may start from any of them."""
+    t = tables or TraceTables.default()
+    terms = expr.items if isinstance(expr, And) else () if expr is None else (expr,)
+    lookups = []
+    for term in terms:
+        if not isinstance(term, Comparison) or term.op not in (Op.EQ, Op.IN):
+            continue
+        if term.field.entity not in ("metadata", "tags"):
+            continue
+        table = t.metadata if term.field.entity == "metadata" else t.tags
+        lookups.append(
+            sa.select(table.c.trace_id).where(
+                _exact(table.c.key) == _bind(term.field.key),
+                _compare(table.c.value, term, "text"),
+            )
+        )
+    return lookups
 
 
 class _Compiler:
