@@ -56,6 +56,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/api.py
 	$(BIN)/python bench/ingest.py
 	$(BIN)/python bench/scoring.py
+	$(BIN)/python bench/scale.py --quick  # the 1M-row run: bench/README.md, scale.py
 	$(BIN)/python bench/ray_cluster.py
 
 # Screenshots of the web UI on the demo's data, for the README (needs /usr/bin/chromium).

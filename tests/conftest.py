@@ -163,15 +163,32 @@ def backend(store_uri: str) -> Iterator[Backend]:
         yield b
 
 
+def time_scale() -> float:
+    """How many times longer than on a quiet machine a wait may take right now: the load per
+    core (the 1-minute load average over the CPU count), at least 1, or ASSAY_TEST_TIME_SCALE
+    when that is larger. A 2-core box running four test processes and other people's work
+    starts a server in 30 s instead of 3."""
+    load = os.getloadavg()[0] / (os.cpu_count() or 1)
+    return max(1.0, load, float(os.environ.get("ASSAY_TEST_TIME_SCALE") or 1))
+
+
+def scaled(seconds: float) -> float:
+    """``seconds`` on a quiet machine, stretched by :func:`time_scale` on a busy one. For
+    timeouts and for bounds on how long something may take; never for how long to wait."""
+    return seconds * time_scale()
+
+
 def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02) -> Any:
-    """Poll ``predicate`` until it returns something truthy; fail after ``timeout``."""
-    deadline = time.monotonic() + timeout
+    """Poll ``predicate`` until it returns something truthy; fail after ``timeout`` (on a quiet
+    machine: it is :func:`scaled` by the load, so a busy machine is not a failure)."""
+    limit = scaled(timeout)
+    deadline = time.monotonic() + limit
     while True:
         value = predicate()
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
+            raise AssertionError(f"condition not met within {limit:.1f}s ({timeout}s scaled)")
         time.sleep(interval)
 
 
@@ -185,7 +202,7 @@ def running_worker(backend: Backend, **kwargs: Any) -> Iterator[assay.Worker]:
         yield worker
     finally:
         worker.stop(now=True)
-        thread.join(timeout=15)
+        thread.join(timeout=scaled(15))
         assert not thread.is_alive(), "worker did not stop"
 
 
@@ -261,18 +278,27 @@ class ServerProcess:
         return self.log_path.read_text(errors="replace")
 
     def wait_healthy(self, timeout: float = 60) -> None:
+        """Until /health answers 200 (the server imported everything, migrated the store and
+        started its loops: seconds on a quiet machine, a minute on a busy one)."""
+        last: list[str] = ["no answer"]
+
         def healthy() -> bool:
             if self.proc.poll() is not None:
                 raise AssertionError(f"server exited {self.proc.returncode}:\n{self.logs()}")
             try:
-                return httpx.get(f"{self.url}/health", timeout=2).status_code == 200
-            except httpx.HTTPError:
+                answer = httpx.get(f"{self.url}/health", timeout=scaled(5))
+            except httpx.HTTPError as exc:
+                last[0] = repr(exc)
                 return False
+            last[0] = f"{answer.status_code} {answer.text}"
+            return answer.status_code == 200
 
         try:
             wait_until(healthy, timeout=timeout, interval=0.05)
         except AssertionError as exc:
-            raise AssertionError(f"server not healthy: {exc}\n{self.logs()[-5000:]}") from None
+            raise AssertionError(
+                f"server not healthy: {exc}; last /health: {last[0]}\n{self.logs()[-5000:]}"
+            ) from None
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
         if self.proc.poll() is None:

@@ -14,7 +14,7 @@ import sqlalchemy as sa
 import jobmods_race  # noqa: F401  (registers t_sleep_first and t_die in this process too)
 from assay import JobStatus
 from assay.db.tables import job_locks
-from conftest import FAST, WorkerProcesses, wait_until
+from conftest import FAST, WorkerProcesses, scaled, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -149,7 +149,7 @@ def test_real_workers_dying_every_time(backend, store_uri, worker_processes, tmp
     rescue_min_attempts=2 the job ends FAILED after two lost attempts."""
     out = tmp_path / "runs.txt"
     job = backend.submit("t_die", {"path": str(out)})
-    deadline = time.monotonic() + 90
+    deadline = time.monotonic() + scaled(90)
     while not backend.get(job.id).status.is_terminal:
         assert time.monotonic() < deadline, f"{backend.get(job.id)}\n{worker_processes.logs()}"
         if all(p.poll() is not None for p in worker_processes.procs):

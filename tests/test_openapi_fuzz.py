@@ -3,7 +3,8 @@
 One real server on SQLite; every operation gets schema-generated requests (valid and invalid
 ones). No request may get a 5xx, and every answer must match the published schema: status
 code, content type and body. MLflow's routes, which the published schema leaves out, are
-fuzzed too, from their own route declarations, for 5xx only. Bounded (``FUZZ_EXAMPLES`` per operation) to stay under a minute.
+fuzzed too, from their own route declarations, for 5xx only. Bounded (``FUZZ_EXAMPLES`` per
+operation) to stay under a minute.
 """
 
 from __future__ import annotations

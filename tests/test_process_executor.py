@@ -14,7 +14,7 @@ import pytest
 import assay
 from assay import JobStatus
 from assay.jobs.backend import Backend
-from conftest import FAST, running_worker, wait_until
+from conftest import FAST, running_worker, scaled, wait_until
 
 PROCESS = {**FAST, "default_executor": "process", "job_modules": ["jobmods", "jobmods_proc"]}
 
@@ -55,7 +55,7 @@ def test_runs_in_a_warm_pool_process_on_every_store(store_uri):
 def test_cancel_and_timeout_kill_the_whole_process_group(sqlite_backend, tmp_path, end):
     pids_file = tmp_path / "pids"
     with running_worker(sqlite_backend, concurrency=1):
-        timeout = 1.0 if end == "timeout" else None
+        timeout = scaled(1.0) if end == "timeout" else None
         job = sqlite_backend.submit("p_family", {"path": str(pids_file)}, timeout=timeout)
         wait_until(lambda: len(_pids(pids_file)) == 2, timeout=30)
         pool_pid, grandchild = _pids(pids_file)
@@ -65,7 +65,7 @@ def test_cancel_and_timeout_kill_the_whole_process_group(sqlite_backend, tmp_pat
             started = time.monotonic()
             sqlite_backend.cancel(job.id)
             wait_until(lambda: not _alive(pool_pid) and not _alive(grandchild), timeout=5)
-            assert time.monotonic() - started < 3.0  # the 2 s bound, with slack
+            assert time.monotonic() - started < scaled(3.0)  # the 2 s bound, with slack
         else:
             wait_until(lambda: not _alive(pool_pid) and not _alive(grandchild), timeout=10)
         done = sqlite_backend.wait(job.id, timeout=10)

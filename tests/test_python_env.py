@@ -7,6 +7,7 @@ itself (the lock, the count) use a fresh dir. Most tests use SQLite; one runs on
 
 from __future__ import annotations
 
+import fcntl
 import importlib.util
 import os
 import signal
@@ -25,7 +26,7 @@ from assay.errors import ConfigError
 from assay.jobs import pyenv
 from assay.jobs.backend import Backend
 from assay.jobs.registry import Registry, job
-from conftest import FAST, running_worker, wait_until
+from conftest import FAST, running_worker, scaled, wait_until
 from jobmods_venv import MISSING, PKG, PKG_OLD
 
 
@@ -140,21 +141,34 @@ def test_concurrent_threads_create_the_env_once_and_a_half_env_is_rebuilt(
 
 
 def test_two_worker_processes_create_the_env_once(tmp_path: Path, worker_processes: Any) -> None:
+    """Two workers need one new env at the same time: one creates it, the other waits on the
+    lock and reuses it. The test holds the env's lock until each worker has claimed a job, so
+    the two surely race: left alone, a worker that starts first on a busy machine can run both
+    jobs before the other has imported anything."""
     env_dir = tmp_path / "fresh-envs"
+    env_dir.mkdir()
     store_uri = f"sqlite:///{tmp_path / 'assay.db'}"
-    with assay.connect(store_uri, **venv_settings(env_dir)) as backend:
-        jobs = [backend.submit("venv_pkg", {"tag": str(i)}) for i in range(2)]
-        for _ in range(2):
-            worker_processes.start(
-                store_uri,
-                "--jobs-module",
-                "jobmods_venv",
-                worker_concurrency=1,
-                python_env_dir=str(env_dir),
+    with open(env_dir / f"{pyenv.env_key([PKG])}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        with assay.connect(store_uri, **venv_settings(env_dir)) as backend:
+            jobs = [backend.submit("venv_pkg", {"tag": str(i)}) for i in range(2)]
+            for _ in range(2):
+                worker_processes.start(
+                    store_uri,
+                    "--jobs-module",
+                    "jobmods_venv",
+                    worker_concurrency=1,
+                    python_env_dir=str(env_dir),
+                )
+            # One job at a time per worker: both running means one on each, both at the lock.
+            wait_until(
+                lambda: all(backend.get(j.id).status == JobStatus.RUNNING for j in jobs),
+                timeout=60,
             )
-        done = [backend.wait(j.id, timeout=90) for j in jobs]
+            lock.close()  # releases the flock: let them race
+            done = [backend.wait(j.id, timeout=scaled(90)) for j in jobs]
     assert all(j.status == JobStatus.SUCCEEDED for j in done), [j.error for j in done]
-    assert done[0].worker_id != done[1].worker_id, "both ran on one worker: no race tested"
+    assert done[0].worker_id != done[1].worker_id
     assert pyenv.creations(env_dir, [PKG]) == 1
     created = [j for j in done if "creating python env" in (j.log_tail or "")]
     assert len(created) == 1  # the other worker waited on the lock and reused the env
@@ -170,7 +184,7 @@ def test_a_bad_requirement_fails_the_job_with_pips_error(
     assert failed.error is not None
     assert "creating the python env failed" in failed.error
     assert "No matching distribution found for assay-does-not-exist-pkg" in failed.error
-    assert elapsed < 60
+    assert elapsed < scaled(60)
     assert not (env_dir / pyenv.env_key([MISSING])).exists()  # nothing half-made is left
     with pytest.raises(pyenv.PythonEnvError, match="assay-does-not-exist-pkg"):
         pyenv.ensure_env([MISSING], env_dir)
@@ -181,7 +195,7 @@ def test_cancel_and_timeout_kill_the_job_and_its_children(
     sqlite_backend: Backend, pkg_env: Path, tmp_path: Path, end: str
 ) -> None:
     pid_file = tmp_path / "pids"
-    timeout = 8.0 if end == "timeout" else None  # room for a slow start on a busy box
+    timeout = scaled(8.0) if end == "timeout" else None  # room for a slow start on a busy box
     with running_worker(sqlite_backend, concurrency=2):
         job_ = sqlite_backend.submit("venv_sleep", {"path": str(pid_file)}, timeout=timeout)
         wait_until(lambda: len(pids(pid_file)) == 2, timeout=20)
@@ -198,7 +212,7 @@ def test_cancel_and_timeout_kill_the_job_and_its_children(
     expected = JobStatus.CANCELED if end == "cancel" else JobStatus.TIMEOUT
     assert done.status == expected
     if end == "cancel":
-        assert time.monotonic() - started < 3.0
+        assert time.monotonic() - started < scaled(3.0)
 
 
 def test_the_job_dies_with_a_killed_worker(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ import assay
 from assay import ConfigError, JobStatus
 from assay.jobs.backend import Backend
 from assay.jobs.executors import available_executors, create_executor
+from assay.jobs.model import Progress
 from assay.jobs.tokens import JobTokens
 from assay.server.tokens import TokenStore
 from conftest import FAST, TESTS_DIR, running_worker, wait_until
@@ -27,13 +29,19 @@ ray = pytest.importorskip("ray", reason="the ray extra is not installed: pip ins
 from assay.jobs.executors.ray import RayExecutor, _run_on_ray  # noqa: E402
 from jobmods_remote import RAY_JOBS  # noqa: E402
 
+# The jobs of the Ray cluster benchmark (progress reports, a Ray worker that dies) are in bench/.
+BENCH_DIR = TESTS_DIR.parent / "bench"
+sys.path.append(str(BENCH_DIR))
+from ray_cluster_jobs import RAY_CLUSTER_JOBS  # noqa: E402
+
 # One xdist worker runs this whole module (its fixture is expensive and shared).
 pytestmark = pytest.mark.xdist_group("ray")
 
 RAY_OPTIONS: dict[str, Any] = {
     "address": "local",
-    # The job module lives in tests/; Ray workers find it through the task's runtime_env.
-    "runtime_env": {"env_vars": {"PYTHONPATH": str(TESTS_DIR)}},
+    # The job modules live in tests/ and bench/; Ray workers find them through the task's
+    # runtime_env.
+    "runtime_env": {"env_vars": {"PYTHONPATH": os.pathsep.join([str(TESTS_DIR), str(BENCH_DIR)])}},
     "init_options": {
         "num_cpus": 2,
         "object_store_memory": 100 * 1024 * 1024,
@@ -81,15 +89,26 @@ def _ray_pids() -> set[int]:
 @pytest.fixture(scope="module")
 def ray_instance() -> Iterator[None]:
     """One local Ray instance for the module, started and stopped by a RayExecutor (the path
-    ``address="local"`` takes in production); the tests' workers reuse the connection."""
+    ``address="local"`` takes in production); the tests' workers reuse the connection.
+
+    Token authentication off, said explicitly: by default a local ``ray.init()`` turns it on
+    for the rest of this process (``RAY_AUTH_MODE=token`` in ``os.environ``) and writes
+    ``~/.ray/auth_token``, and a later connection of this process to a cluster without tokens
+    (tests/test_ray_cluster.py) then never receives its tasks' streamed results."""
+    saved = os.environ.get("RAY_AUTH_MODE")
+    os.environ["RAY_AUTH_MODE"] = "disabled"
     owner = RayExecutor(assay.load_settings(), slots=1, options=RAY_OPTIONS)
-    owner.start()
     try:
+        owner.start()
         assert ray.is_initialized()
         assert _ray_pids(), "the local Ray instance runs under this process"
         yield
     finally:
         owner.stop()
+        if saved is None:
+            os.environ.pop("RAY_AUTH_MODE", None)
+        else:
+            os.environ["RAY_AUTH_MODE"] = saved
         assert not ray.is_initialized()
         # No raylet, GCS or Ray worker process is left behind.
         wait_until(lambda: not _ray_pids(), timeout=30, interval=0.2)
@@ -132,11 +151,62 @@ def test_a_reused_ray_worker_keeps_no_token_of_an_earlier_task(ray_backend: Back
     """The task body, run here: the job's API variables are set for its call only."""
     assert "ASSAY_API_TOKEN" not in os.environ
     queued = ray_backend.submit("r_env")
-    status, payload, _ = _run_on_ray(
+    *_, (kind, status, payload, _) = _run_on_ray(
         "jobmods_remote", "r_env", queued, (), {"ASSAY_API_TOKEN": "assayjob_t.s"}
     )
-    assert (status, json.loads(payload)) == ("ok", "assayjob_t.s")
+    assert (kind, status, json.loads(payload)) == ("done", "ok", "assayjob_t.s")
     assert "ASSAY_API_TOKEN" not in os.environ
+
+
+def test_resources_must_be_amounts() -> None:
+    settings = assay.load_settings(executor_options={"ray": {"resources": {"gpu_a": "one"}}})
+    with pytest.raises(ConfigError, match="resources must map custom resource names"):
+        create_executor("ray", settings, slots=1)
+
+
+@pytest.fixture
+def cluster_jobs_backend(ray_instance: None, tmp_path: Path) -> Iterator[Backend]:
+    with assay.connect(f"sqlite:///{tmp_path / 'assay.db'}", **SETTINGS) as b:
+        b.registry = RAY_CLUSTER_JOBS
+        yield b
+
+
+def test_progress_reaches_the_job_while_it_runs_and_when_it_ends(
+    cluster_jobs_backend: Backend, tmp_path: Path
+) -> None:
+    backend = cluster_jobs_backend
+    gate = tmp_path / "gate"
+    params = {"record_path": str(tmp_path / "rec"), "steps": 3, "step_s": 0.01, "gate": str(gate)}
+    with running_worker(backend, concurrency=1):
+        job = backend.submit("rc_step", params)
+        # The job holds after its first report: the report is on the RUNNING job's row.
+        running = wait_until(lambda: (j := backend.get(job.id)).progress and j, timeout=90)
+        assert running.status == JobStatus.RUNNING
+        assert running.progress == Progress(1, 3, "step 1 of 3")
+        gate.touch()
+        done = backend.wait(job.id, timeout=60)
+    assert done.status == JobStatus.SUCCEEDED, done.error
+    assert done.progress == Progress(3, 3, "step 3 of 3")
+
+
+def test_a_ray_worker_that_dies_is_retried_by_assay(
+    cluster_jobs_backend: Backend, tmp_path: Path
+) -> None:
+    """Ray does not re-run the task (max_retries=0); the lost attempt comes back to assay,
+    which runs the job again as attempt 2."""
+    backend = cluster_jobs_backend
+    record = tmp_path / "rec"
+    with running_worker(backend, concurrency=1):
+        done = backend.wait(backend.submit("rc_die_once", {"record_path": str(record)}).id, 90)
+    assert done.status == JobStatus.SUCCEEDED, done.error
+    assert (done.result, done.attempt) == (2, 2)
+    first = backend.attempts(done.id)[0]
+    assert first.status == "RETRIED"
+    assert first.error is not None
+    assert "was lost: WorkerCrashedError" in first.error
+    # One execution per attempt: the first never ended, the second did.
+    events = [line.split()[:3] for line in record.read_text().splitlines()]
+    assert events == [["start", done.id, "1"], ["start", done.id, "2"], ["end", done.id, "2"]]
 
 
 def test_exception_fails_the_job_with_its_traceback(ray_backend: Backend) -> None:

@@ -22,10 +22,10 @@ from assay.jobs.backend import Backend
 from assay.jobs.model import Job
 from assay.jobs.periodic import parse_cron, parse_every
 from assay.jobs.registry import Registry
-from assay.jobs.services import Scheduler, maintenance
+from assay.jobs.services import Leadership, Scheduler, maintenance
 from assay.jobs.store import Finish, JobStore, NewJob
 from assay.jobs.worker import Worker
-from conftest import Servers, wait_until
+from conftest import Servers, scaled, wait_until
 
 SECOND = 1000
 T0 = 1_800_000_000_000  # a whole hour, in epoch milliseconds
@@ -544,6 +544,46 @@ def test_a_sooner_definition_moves_the_stored_slot(backend: Backend) -> None:
     assert _next_run(store, "p_change") == T0 + 3600 * SECOND
 
 
+def test_the_leader_sleeps_until_the_next_slot(backend: Backend) -> None:
+    """Between ticks the leadership waits as long as the scheduler asks, so a slot fires when
+    it comes: not at the next lease renewal, nor a whole scheduler interval later. Both clocks
+    are injected (the scheduler's database clock, the leadership's monotonic one)."""
+    registry = Registry()
+
+    @periodic(every="10s", registry=registry)
+    @job(name="p_wake", registry=registry)
+    def p_wake() -> None: ...
+
+    store = backend.store
+    db_clock = Clock(T0 + 8 * SECOND)
+    seconds = [100.0]
+    scheduler = Scheduler(store, registry, default_timeout_s=60, clock=db_clock)
+    leadership = Leadership(
+        store, "wake-test", ttl_s=30, services=[scheduler], clock=lambda: seconds[0]
+    )
+    try:
+        # Elected; the first slot is 2 s away: look again within the scheduler's 1 s at most.
+        assert leadership.step() == pytest.approx(1.0)
+        assert leadership.is_leader
+        seconds[0] += 1.0
+        db_clock.now = T0 + 9_700
+        assert leadership.step() == pytest.approx(0.3), "it wakes up for the slot"
+        assert _jobs(store, "p_wake") == []
+        seconds[0] += 0.3
+        db_clock.now = T0 + 10 * SECOND
+        assert leadership.step() == pytest.approx(1.0)
+        [fired] = _jobs(store, "p_wake")
+        assert _next_run(store, "p_wake") == T0 + 20 * SECOND
+        # A renewal due before the slot comes first (a 0.9 s lease is renewed every 0.3 s).
+        leadership.ttl_s = 0.9
+        seconds[0] += 1.0
+        db_clock.now = T0 + 19_500
+        assert leadership.step() == pytest.approx(0.3)
+        assert [j.id for j in _jobs(store, "p_wake")] == [fired.id]
+    finally:
+        leadership.stop()
+
+
 # -- in real time, on the database clock --------------------------------------------------------
 
 
@@ -579,7 +619,10 @@ def test_leadership_fires_each_slot_on_the_db_clock(
     assert all(slot.microsecond == 0 for slot in slots), "slots are whole seconds"
     delays = [(ticks[job_id].created_at - slot).total_seconds() for job_id, slot in fired]
     assert min(delays) >= 0, f"fired before its slot on the database clock: {delays}"
-    assert statistics.median(delays) < 0.5, f"fired late: {delays}"
+    # How late is up to the machine (a thread's wake-up and a few database round trips, each
+    # waiting for a core on a busy box): only a gross delay fails here. That the leader wakes
+    # for each slot is exact in test_the_leader_sleeps_until_the_next_slot.
+    assert statistics.median(delays) < scaled(0.5), f"fired late: {delays}"
 
 
 # -- real servers --------------------------------------------------------------------------------

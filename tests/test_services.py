@@ -24,19 +24,33 @@ def _holder(store: JobStore, name: str) -> tuple[str, int] | None:
     return (row.holder, row.expires_at_ms) if row else None
 
 
+class _Clock:
+    """An injected database clock (epoch milliseconds) that a test moves by hand."""
+
+    def __init__(self, now: int) -> None:
+        self.now = now
+
+    def __call__(self) -> int:
+        return self.now
+
+
 def test_leader_lease_one_holder_at_a_time(backend):
-    store = backend.store
-    ttl = 1.0
+    clock = _Clock(1_800_000_000_000)
+    store = JobStore(backend.engine, clock_ms=clock)  # the lease runs out when the test says
+    ttl = 30.0
     assert store.leader_try_acquire("lease", "a", ttl), "a free lease was not granted"
-    assert _holder(store, "lease")[0] == "a"
+    assert _holder(store, "lease") == ("a", clock.now + 30_000)
     assert not store.leader_try_acquire("lease", "b", ttl), "a held lease was granted to b"
+    clock.now += 10_000
     assert store.leader_try_acquire("lease", "a", ttl), "the holder could not renew"
-    renewed = time.monotonic()
+    assert _holder(store, "lease") == ("a", clock.now + 30_000)
     assert store.leader_try_acquire("other", "b", ttl), "leases of other names are independent"
 
     # a stops renewing: b takes over once a's lease has expired, not before.
-    wait_until(lambda: store.leader_try_acquire("lease", "b", ttl), timeout=15, interval=0.05)
-    assert time.monotonic() - renewed >= ttl - 0.05
+    clock.now += 30_000
+    assert not store.leader_try_acquire("lease", "b", ttl), "taken at the very end of a's lease"
+    clock.now += 1
+    assert store.leader_try_acquire("lease", "b", ttl)
     assert _holder(store, "lease")[0] == "b"
     assert not store.leader_try_acquire("lease", "a", ttl)
 
@@ -47,6 +61,8 @@ def test_leader_lease_one_holder_at_a_time(backend):
     store.leader_release("lease", "b")
     assert _holder(store, "lease") is None
     assert store.leader_try_acquire("lease", "a", ttl), "a released lease was not granted"
+    # On the database's own clock (years before the injected one), a's lease is far from over.
+    assert not backend.store.leader_try_acquire("lease", "b", ttl)
 
 
 def test_leader_lease_race_has_one_winner(backend):

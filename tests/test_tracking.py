@@ -566,9 +566,9 @@ def test_rest_runs(server: ServerProcess):
             api.get("/runs/nope/metric-history", params={"key": "loss"}),
             api.post("/runs", json={"experiment_id": "nope"}),
             api.get("/runs", params={"experiment_id": "nope"}),
-            api.get("/runs/nul%00id"),
         ]:
             _error(answer, 404, "not_found")
+        assert "NUL" in _error(api.get("/runs/nul%00id"), 400, "invalid_request")
 
 
 @pytest.mark.parametrize("store_uri", ["sqlite"], indirect=True)

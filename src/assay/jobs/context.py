@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from contextvars import ContextVar
 from typing import TYPE_CHECKING
 
@@ -30,7 +31,8 @@ class JobContext:
 
     :attr:`api_token` is this execution's job token for calling the API back (it may read its
     own job and use the scopes its ``@job(token_scopes=...)`` names, until it expires);
-    :attr:`api_url` is where the API is, when the worker knows it.
+    :attr:`api_url` is where the API is, when the worker knows it. With ``mint_token`` the
+    token is minted on first use instead (most jobs never call the API back).
 
     :attr:`store` and :attr:`settings` are the worker's, for assay's own inline jobs (online
     scoring) that work on the database directly; None outside a worker.
@@ -44,9 +46,11 @@ class JobContext:
         api_url: str | None = None,
         store: JobStore | None = None,
         settings: Settings | None = None,
+        mint_token: Callable[[], str | None] | None = None,
     ) -> None:
         self.job = job
-        self.api_token = api_token
+        self._api_token = api_token
+        self._mint_token = mint_token
         self.api_url = api_url
         self.store = store
         self.settings = settings
@@ -58,6 +62,16 @@ class JobContext:
         self._log_tail = ""
         self._log_dirty = False
         self._lock = threading.Lock()
+
+    @property
+    def api_token(self) -> str | None:
+        mint = self._mint_token
+        if mint is not None:
+            token = mint()
+            with self._lock:
+                if self._mint_token is not None:
+                    self._api_token, self._mint_token = token, None
+        return self._api_token
 
     @property
     def job_id(self) -> str:

@@ -1,4 +1,5 @@
-"""Wake-ups through Redis pub/sub, for stores without a notification channel of their own.
+"""Wake-ups: Redis pub/sub for stores without a notification channel of their own, and a
+file watch for SQLite.
 
 MySQL and MariaDB have no LISTEN/NOTIFY, so their workers find new jobs by polling
 (``poll_interval_s``, 100 ms by default: about 50 ms of pickup latency on average). With
@@ -7,19 +8,31 @@ every submit publishes on ``notify_channel`` after its transaction commits, and 
 subscribes and claims at once. It is only a speed-up: a lost message (Redis down, a worker
 subscribing late) costs one poll interval, never a job. On any store it replaces the store's own
 wake-up (PostgreSQL's LISTEN, SQLite's data_version check) for the workers.
+
+SQLite workers of other processes learn of a commit from ``PRAGMA data_version``. Polling it
+often enough for sub-millisecond pickup costs a tenth of a core per idle worker, so on Linux a
+:class:`FileWatch` (inotify) says when the database's write-ahead log is written, and the
+version is read then.
 """
 
 from __future__ import annotations
 
+import ctypes
 import logging
+import math
+import os
+import select
+import struct
+import sys
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from assay.errors import ConfigError
 
-__all__ = ["RedisWakeups"]
+__all__ = ["FileWatch", "RedisWakeups"]
 
 log = logging.getLogger("assay.notify")
 
@@ -72,3 +85,56 @@ class RedisWakeups:
 
     def close(self) -> None:
         self._client.close()
+
+
+_IN_MODIFY = 0x2
+_EVENT = struct.Struct("iIII")  # struct inotify_event: wd, mask, cookie, len (then the name)
+
+
+class FileWatch:
+    """Writes to one file, seen through Linux inotify on its directory (so the watch survives
+    the file being deleted and created again, as SQLite does with its ``-wal`` file)."""
+
+    def __init__(self, fd: int, name: bytes) -> None:
+        self._fd = fd
+        self._name = name
+        self._poll = select.poll()  # not select(): a server may have fds past FD_SETSIZE
+        self._poll.register(fd, select.POLLIN)
+
+    @classmethod
+    def open(cls, path: Path) -> FileWatch | None:
+        """A watch on ``path``; None where inotify is not available (not Linux, or the
+        per-user limit of inotify instances is reached): the caller polls instead."""
+        if not sys.platform.startswith("linux"):
+            return None
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            fd = libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
+        except (OSError, AttributeError):
+            return None
+        if fd < 0:
+            return None
+        if libc.inotify_add_watch(fd, os.fsencode(path.parent), _IN_MODIFY) < 0:
+            os.close(fd)
+            return None
+        return cls(fd, os.fsencode(path.name))
+
+    def wait(self, timeout: float) -> bool:
+        """Block until the file is written or ``timeout`` passes; True if it was written."""
+        ready = self._poll.poll(math.ceil(timeout * 1000))
+        written = False
+        while ready:
+            try:
+                data = os.read(self._fd, 65536)
+            except BlockingIOError:
+                break
+            offset = 0
+            while offset < len(data):
+                length = _EVENT.unpack_from(data, offset)[3]
+                name = data[offset + _EVENT.size : offset + _EVENT.size + length].rstrip(b"\0")
+                written = written or name == self._name
+                offset += _EVENT.size + length
+        return written
+
+    def close(self) -> None:
+        os.close(self._fd)

@@ -16,19 +16,22 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
 
 from assay.db.base import SqlStore
 from assay.db.tables import job_attempts, job_locks, jobs, leader_leases, schedules
 from assay.jobs.api import INTERNAL_PREFIX
 from assay.jobs.metrics import JobMetrics
 from assay.jobs.model import TERMINAL_STATUSES, Attempt, Job, JobStatus, Progress, ms_to_datetime
-from assay.jobs.notify import RedisWakeups
+from assay.jobs.notify import FileWatch, RedisWakeups
 
 __all__ = [
     "COALESCE",
@@ -49,6 +52,16 @@ _PENDING = JobStatus.PENDING.value
 _RUNNING = JobStatus.RUNNING.value
 _CHUNK = 500
 _NOTIFY_CHANNEL = "assay_jobs"
+# SQLite watcher: how long a WAL write may precede its commit's data_version, and how often the
+# watch returns to check for stop.
+_SETTLE_S = 0.005
+_WATCH_TIMEOUT_S = 0.5
+# PostgreSQL plans the claim from its statistics. Gathered while the queue was short, they make
+# a backlog look like a few rows, and the planner then reads every PENDING row (a bitmap scan
+# of ix_jobs_status_run_at, ANDed with ix_jobs_name_created) and sorts them to keep `limit`:
+# every claim costs O(backlog), 10 ms per claim at 10,000 pending jobs. The claim must walk
+# the index in run_at order and stop after `limit` rows; without a sort, that is the only plan.
+_NO_SORT = sa.text("SET LOCAL enable_sort = off")
 # Attempt record statuses besides the job statuses an execution can end with.
 RETRIED, LOST, HANDED_BACK = "RETRIED", "LOST", "HANDED_BACK"
 COALESCE = "coalesce"
@@ -87,6 +100,8 @@ class Finish:
     attempt: int
     status: JobStatus
     result: Any = None
+    result_json: str | None = None
+    """``result`` as JSON text, when the caller has encoded it already (the worker checks it)."""
     error: str | None = None
     retry_delay_s: float = 0.0
     release_lock: bool = True
@@ -138,7 +153,10 @@ class JobStats:
     """What the metrics read from the database at scrape time."""
 
     counts: dict[tuple[str, JobStatus], int]
+    """PENDING and RUNNING jobs by name and status (finished jobs are not counted)."""
     queues: dict[str, QueueStats]
+    names: list[str]
+    """Every job name in the table, finished jobs' too."""
 
 
 def _chunks(items: Sequence[T], size: int = _CHUNK) -> Iterable[Sequence[T]]:
@@ -149,8 +167,14 @@ def _chunks(items: Sequence[T], size: int = _CHUNK) -> Iterable[Sequence[T]]:
 class JobStore(SqlStore):
     """Typed access to the job tables of one database."""
 
-    def __init__(self, engine: sa.Engine, *, wakeups: RedisWakeups | None = None) -> None:
-        super().__init__(engine)
+    def __init__(
+        self,
+        engine: sa.Engine,
+        *,
+        wakeups: RedisWakeups | None = None,
+        clock_ms: Callable[[], int] | None = None,
+    ) -> None:
+        super().__init__(engine, clock_ms=clock_ms)
         self.wakeups = wakeups
         """Redis pub/sub wake-ups (``notify_url``), in place of the database's own."""
         self.metrics = JobMetrics(self)
@@ -205,18 +229,24 @@ class JobStore(SqlStore):
                 jobs.c.attempt == sa.bindparam("a_attempt"),
             ),
         )
-        self._start_stmt = (
-            jobs.update()
-            .where(jobs.c.id.in_(sa.bindparam("ids", expanding=True)), jobs.c.status == _PENDING)
-            .values(
-                status=_RUNNING,
-                worker_id=sa.bindparam("b_worker"),
-                attempt=jobs.c.attempt + 1,
-                started_at_ms=self._now,
-                finished_at_ms=None,
-                lease_expires_at_ms=self._now + sa.bindparam("b_ttl", type_=sa.BigInteger),
-            )
-        )
+        # PostgreSQL takes the ids as one array: the statement's text is the same for every
+        # batch, so psycopg prepares it once per connection (an IN list is parsed and planned
+        # again for every length).
+        ids: Any = jobs.c.id.in_(sa.bindparam("ids", expanding=True))
+        if self.dialect == "postgresql":
+            ids = jobs.c.id == sa.any_(sa.bindparam("ids", type_=postgresql.ARRAY(sa.String)))
+        start: dict[str, Any] = {
+            "status": _RUNNING,
+            "worker_id": sa.bindparam("b_worker"),
+            "attempt": jobs.c.attempt + 1,
+            "started_at_ms": self._now,
+            "finished_at_ms": None,
+            "lease_expires_at_ms": self._now + sa.bindparam("b_ttl", type_=sa.BigInteger),
+        }
+        self._start_stmt = jobs.update().where(ids, jobs.c.status == _PENDING).values(**start)
+        self._start_returning = self._start_stmt.returning(*jobs.c)
+        self._claim_and_start = self._build_claim_and_start(start)
+        self._finish_returning = self._build_finish_returning()
         self._retry_stmt = (
             jobs.update()
             .where(*owned)
@@ -231,12 +261,105 @@ class JobStore(SqlStore):
             )
         )
 
+    def _build_claim_and_start(self, start: dict[str, Any]) -> Any:
+        """PostgreSQL: the claim query and the start of the jobs it picks, in one statement
+        (one round trip; River's and Oban's claims have this shape).
+
+        Jobs without a lock key start at once (``started`` is true in their rows). Those with
+        one come back as they are, still PENDING but locked by this transaction (FOR UPDATE),
+        for :meth:`jobs_claim` to take their lock first, as on the other databases.
+        """
+        if self.dialect != "postgresql":
+            return None
+        picked = self._claim_query.cte("picked")
+        started = (
+            jobs.update()
+            .where(jobs.c.id == picked.c.id, picked.c.lock_key.is_(None), jobs.c.status == _PENDING)
+            .values(**start)
+            .returning(*jobs.c)
+            .cte("started")
+        )
+        return sa.select(*started.c, sa.true().label("started")).union_all(
+            sa.select(*jobs.c, sa.false().label("started"))
+            .join_from(jobs, picked, jobs.c.id == picked.c.id)
+            .where(picked.c.lock_key.is_not(None))
+        )
+
+    def _build_finish_returning(self) -> Any:
+        """PostgreSQL: the ends of a batch of executions in ONE statement, their attempt
+        records included (``jobs_finish``, for every status but a retry).
+
+        The batch comes in as one JSON array of objects (``json_to_recordset``): one statement
+        text for any batch size, so it is prepared once, and one ``json.dumps`` in C instead of
+        the driver adapting every value of every row. The UPDATE is guarded like every finish
+        (RUNNING, same worker and attempt) and its RETURNING says exactly which applied: under
+        READ COMMITTED a row changed meanwhile by a cancel or the rescuer is checked again
+        against the guard. A finish changes neither ``worker_id``, ``attempt`` nor
+        ``started_at_ms``, so the new row has what the attempt record needs: the rows are not
+        read (and locked) first.
+        """
+        if self.dialect != "postgresql":
+            return None
+        columns = {
+            "id": sa.String,
+            "worker_id": sa.String,
+            "attempt": sa.Integer,
+            "status": sa.String,
+            "result": sa.Text,
+            "error": sa.Text,
+            "log_tail": sa.Text,
+            "progress": sa.Text,
+        }
+        rows = sa.cast(sa.bindparam("f_rows", type_=sa.Text), postgresql.JSON)
+        v = (
+            sa.func.json_to_recordset(rows)
+            .table_valued(*(sa.column(c, t) for c, t in columns.items()))
+            .render_derived("v", with_types=True)
+        )
+        done = (
+            jobs.update()
+            .where(
+                jobs.c.id == v.c.id,
+                jobs.c.status == _RUNNING,
+                jobs.c.worker_id == v.c.worker_id,
+                jobs.c.attempt == v.c.attempt,
+            )
+            .values(
+                status=v.c.status,
+                result=v.c.result,
+                error=v.c.error,
+                log_tail=sa.func.coalesce(v.c.log_tail, jobs.c.log_tail),
+                progress=sa.func.coalesce(v.c.progress, jobs.c.progress),
+                finished_at_ms=self._now,
+                lease_expires_at_ms=None,
+            )
+            .returning(
+                jobs.c.id,
+                jobs.c.attempt,
+                jobs.c.worker_id,
+                jobs.c.status,
+                jobs.c.error,
+                jobs.c.started_at_ms,
+                jobs.c.finished_at_ms,
+            )
+            .cte("done")
+        )
+        recorded = ["job_id", "attempt", "worker_id", "status", "error"]
+        recorded += ["started_at_ms", "finished_at_ms"]
+        return (
+            job_attempts.insert()
+            .from_select(recorded, sa.select(*done.c))
+            .returning(job_attempts.c.job_id, job_attempts.c.worker_id, job_attempts.c.attempt)
+        )
+
     def _build_claim_query(self) -> sa.Select[Any]:
         """THE claim query; the only place jobs are picked for running.
 
         Its shape, and why:
         - ``status = PENDING AND run_at <= now ORDER BY run_at`` walks ix_jobs_status_run_at, so
-          the cost does not grow with the number of finished jobs.
+          the cost does not grow with the number of finished jobs. On PostgreSQL it runs with
+          sorts disabled (:data:`_NO_SORT`), so that this stays the plan whatever the
+          statistics say: sorting the backlog made every claim cost O(pending jobs).
         - Queue-policy jobs whose lock is held (and live) are left out here so a long queue of
           them cannot fill every batch; skip- and coalesce-policy ones (which hold their own
           key while pending) are taken, so the claim can cancel them if they lost it.
@@ -347,9 +470,13 @@ class JobStore(SqlStore):
         return self._tx(body, write=False)
 
     def jobs_stats(self) -> JobStats:
-        """Jobs by name and status, and the runnable queue of each name (for the metrics).
+        """The live jobs by name and status, the runnable queue of each name, and every job
+        name (for the metrics), without reading finished jobs.
 
-        The count by status reads every row; the queue query walks ix_jobs_status_run_at.
+        A table keeps months of finished jobs, so a scrape must not count them: one pass over
+        the PENDING and RUNNING rows (a range of a status index) gives the counts and the
+        queues, and the names are a loose index scan of ix_jobs_name_created (a recursive
+        query that seeks the next name after the last one: one index seek per name).
         """
         held = (
             sa.select(job_locks.c.lock_key)
@@ -360,32 +487,39 @@ class JobStore(SqlStore):
             )
             .exists()
         )
-        waiting = sa.and_(jobs.c.on_conflict == "queue", jobs.c.lock_key.is_not(None), held)
-        by_status = sa.select(jobs.c.name, jobs.c.status, sa.func.count().label("n")).group_by(
-            jobs.c.name, jobs.c.status
+        runnable = sa.and_(jobs.c.status == _PENDING, jobs.c.run_at_ms <= self._now)
+        waiting = sa.and_(
+            runnable, jobs.c.on_conflict == "queue", jobs.c.lock_key.is_not(None), held
         )
-        queues = (
+        live = (
             sa.select(
                 jobs.c.name,
-                sa.func.count().label("depth"),
-                (self._now - sa.func.min(jobs.c.run_at_ms)).label("oldest_ms"),
+                jobs.c.status,
+                sa.func.count().label("n"),
+                sa.func.sum(sa.case((runnable, 1), else_=0)).label("depth"),
+                (self._now - sa.func.min(sa.case((runnable, jobs.c.run_at_ms)))).label("oldest_ms"),
                 sa.func.sum(sa.case((waiting, 1), else_=0)).label("waiting"),
             )
-            .where(jobs.c.status == _PENDING, jobs.c.run_at_ms <= self._now)
-            .group_by(jobs.c.name)
+            .where(jobs.c.status.in_([_PENDING, _RUNNING]))
+            .group_by(jobs.c.name, jobs.c.status)
         )
+        first = sa.select(sa.func.min(jobs.c.name).label("name")).cte("job_names", recursive=True)
+        after = sa.select(sa.func.min(jobs.c.name)).where(jobs.c.name > first.c.name)
+        walk = first.union_all(sa.select(after.scalar_subquery()).where(first.c.name.is_not(None)))
+        names = sa.select(walk.c.name).where(walk.c.name.is_not(None))
 
         def body(conn: sa.Connection) -> JobStats:
-            counts = {(r.name, JobStatus(r.status)): int(r.n) for r in conn.execute(by_status)}
-            stats = {
-                r.name: QueueStats(
-                    depth=int(r.depth),
-                    oldest_age_s=max(int(r.oldest_ms), 0) / 1000,
-                    waiting_for_lock=int(r.waiting or 0),
-                )
-                for r in conn.execute(queues)
-            }
-            return JobStats(counts, stats)
+            counts: dict[tuple[str, JobStatus], int] = {}
+            queues: dict[str, QueueStats] = {}
+            for r in conn.execute(live):
+                counts[(r.name, JobStatus(r.status))] = int(r.n)
+                if r.status == _PENDING and r.depth:
+                    queues[r.name] = QueueStats(
+                        depth=int(r.depth),
+                        oldest_age_s=max(int(r.oldest_ms), 0) / 1000,
+                        waiting_for_lock=int(r.waiting or 0),
+                    )
+            return JobStats(counts, queues, list(conn.execute(names).scalars()))
 
         return self._tx(body, write=False)
 
@@ -487,13 +621,30 @@ class JobStore(SqlStore):
             # so a backlog of one capped name cannot starve the rest of this batch.
             groups: list[tuple[list[str], int]] = [([n for n in names if n not in capped], limit)]
             groups += [([n], min(capped[n], limit)) for n in names if n in capped]
+            groups = [(group, group_limit) for group, group_limit in groups if group]
+            started: dict[str, Job] = {}
             candidates: list[Any] = []
-            for group, group_limit in groups:
-                if group:
+            if self.dialect == "postgresql":
+                conn.execute(_NO_SORT)
+            if self._claim_and_start is not None and len(groups) == 1:
+                params = {
+                    "names": groups[0][0],
+                    "limit": limit,
+                    "b_worker": worker_id,
+                    "b_ttl": ttl_ms,
+                }
+                for row in conn.execute(self._claim_and_start, params).all():
+                    if row.started:
+                        started[row.id] = _to_job(row)
+                        run_at_ms[row.id] = row.run_at_ms
+                    else:
+                        candidates.append(row)
+            else:
+                for group, group_limit in groups:
                     params = {"names": group, "limit": group_limit}
                     candidates += conn.execute(self._claim_query, params).all()
-            candidates.sort(key=lambda r: r.run_at_ms)
-            candidates = candidates[:limit]
+                candidates.sort(key=lambda r: r.run_at_ms)
+                candidates = candidates[:limit]
             # Locks are taken in key order so that two claimers cannot deadlock on them.
             acquired = {
                 row.id
@@ -518,16 +669,15 @@ class JobStore(SqlStore):
                         finished_at_ms=self._now,
                     )
                 )
-            if not claimed:
-                return []
             ids = [r.id for r in claimed]
             params = {"ids": ids, "b_worker": worker_id, "b_ttl": ttl_ms}
-            if not conn.dialect.update_returning:  # MariaDB/MySQL
+            if ids and not conn.dialect.update_returning:  # MariaDB/MySQL
                 conn.execute(self._start_stmt, params)
-                return self._select_jobs(conn, ids)
-            started = conn.execute(self._start_stmt.returning(*jobs.c), params)
-            by_id = {row.id: _to_job(row) for row in started}
-            return [by_id[i] for i in ids if i in by_id]
+                started.update((job.id, job) for job in self._select_jobs(conn, ids))
+            elif ids:
+                rows = conn.execute(self._start_returning, params)
+                started.update((row.id, _to_job(row)) for row in rows)
+            return sorted(started.values(), key=lambda job: run_at_ms[job.id])
 
         claimed = self._tx(body)
         self.metrics.claimed(claimed, run_at_ms)
@@ -583,70 +733,113 @@ class JobStore(SqlStore):
         still owns a RUNNING job. Returns, per finish, whether it applied. Locks of finished
         executions are released in the same transaction (when ``release_lock``).
 
-        The owners are read under row locks first (FOR UPDATE; SQLite holds its write lock), so
-        the answer is exact, and the updates then run as two prepared executemany statements
-        that repeat the guard."""
+        On PostgreSQL the ends (all but retries) are one statement, guarded UPDATE and attempt
+        records together (:meth:`_build_finish_returning`). Elsewhere, and for retries (whose
+        update clears the worker and start the attempt record needs), the owners are read
+        under row locks first (FOR UPDATE; SQLite holds its write lock), so the answer is
+        exact, and the updates then run as prepared executemany statements that repeat the
+        guard."""
 
         def body(conn: sa.Connection) -> list[bool]:
-            owners: dict[str, tuple[str | None, int]] = {}
-            started: dict[str, int | None] = {}
-            ids = sorted({f.job_id for f in finishes})
-            for chunk in _chunks(ids):
-                query = (
-                    sa.select(jobs.c.id, jobs.c.worker_id, jobs.c.attempt, jobs.c.started_at_ms)
-                    .where(jobs.c.id.in_(chunk), jobs.c.status == _RUNNING)
-                    .order_by(jobs.c.id)
-                    .with_for_update()
-                )
-                for r in conn.execute(query):
-                    owners[r.id] = (r.worker_id, r.attempt)
-                    started[r.id] = r.started_at_ms
-            applied = [owners.get(f.job_id) == (f.worker_id, f.attempt) for f in finishes]
-            done: list[dict[str, Any]] = []
-            retry: list[dict[str, Any]] = []
-            for f, ok in zip(finishes, applied, strict=True):
-                if not ok:
-                    continue
-                params = {
-                    "b_id": f.job_id,
-                    "b_worker": f.worker_id,
-                    "b_attempt": f.attempt,
-                    "b_error": _storable(f.error),
-                    "b_log": _storable(f.log_tail),
-                }
-                if f.status == JobStatus.PENDING:
-                    retry.append({**params, "b_delay": int(f.retry_delay_s * 1000)})
-                else:
-                    result = None if f.result is None else json.dumps(f.result)
-                    progress = None if f.progress is None else json.dumps(f.progress.__dict__)
-                    done.append(
-                        {
-                            **params,
-                            "b_status": f.status.value,
-                            "b_result": result,
-                            "b_progress": progress,
-                        }
-                    )
-            ended = [_ended(p, p["b_status"], started) for p in done]
-            ended += [_ended(p, RETRIED, started) for p in retry]
-            if ended:  # one multi-row INSERT: the owners' rows were read above
-                conn.execute(self._insert_attempts, ended)
-            if done:
-                conn.execute(self._finish_stmt, done)
-            if retry:
-                conn.execute(self._retry_stmt, retry)
+            at_once = self._finish_returning is not None
+            applied = self._finish_ended(
+                conn, [f for f in finishes if at_once and f.status != JobStatus.PENDING]
+            )
+            applied |= self._finish_read_first(
+                conn, [f for f in finishes if not at_once or f.status == JobStatus.PENDING]
+            )
+            ok = [(f.job_id, f.worker_id, f.attempt) in applied for f in finishes]
             self._locks_hold_for_requeued(
                 conn,
                 [
                     (f.job_id, f.attempt)
-                    for f, ok in zip(finishes, applied, strict=True)
-                    if ok and f.release_lock and f.status == JobStatus.PENDING
+                    for f, done in zip(finishes, ok, strict=True)
+                    if done and f.release_lock and f.status == JobStatus.PENDING
                 ],
             )
             self._locks_release(conn, [(f.job_id, f.attempt) for f in finishes if f.release_lock])
-            return applied
+            return ok
 
-        return self._tx(body)
+        return self._tx(body) if finishes else []
+
+    def _finish_ended(
+        self, conn: sa.Connection, finishes: Sequence[Finish]
+    ) -> set[tuple[str, str, int]]:
+        """PostgreSQL: ends (no retries) in one statement; the (job, worker, attempt) of each
+        that applied."""
+        applied: set[tuple[str, str, int]] = set()
+        for chunk in _chunks(sorted(finishes, key=lambda f: f.job_id)):
+            rows = [
+                {
+                    "id": f.job_id,
+                    "worker_id": f.worker_id,
+                    "attempt": f.attempt,
+                    "status": f.status.value,
+                    "result": _result_text(f),
+                    "error": _storable(f.error),
+                    "log_tail": _storable(f.log_tail),
+                    "progress": None if f.progress is None else json.dumps(f.progress.__dict__),
+                }
+                for f in chunk
+            ]
+            result = conn.execute(self._finish_returning, {"f_rows": json.dumps(rows)})
+            applied.update((row.job_id, row.worker_id, row.attempt) for row in result)
+        return applied
+
+    def _finish_read_first(
+        self, conn: sa.Connection, finishes: Sequence[Finish]
+    ) -> set[tuple[str, str, int]]:
+        """Ends and retries, the owners read under row locks first; the (job, worker,
+        attempt) of each that applied."""
+        owners: dict[str, tuple[str | None, int]] = {}
+        started: dict[str, int | None] = {}
+        ids = sorted({f.job_id for f in finishes})
+        for chunk in _chunks(ids):
+            query = (
+                sa.select(jobs.c.id, jobs.c.worker_id, jobs.c.attempt, jobs.c.started_at_ms)
+                .where(jobs.c.id.in_(chunk), jobs.c.status == _RUNNING)
+                .order_by(jobs.c.id)
+                .with_for_update()
+            )
+            for r in conn.execute(query):
+                owners[r.id] = (r.worker_id, r.attempt)
+                started[r.id] = r.started_at_ms
+        applied = {
+            (f.job_id, f.worker_id, f.attempt)
+            for f in finishes
+            if owners.get(f.job_id) == (f.worker_id, f.attempt)
+        }
+        done: list[dict[str, Any]] = []
+        retry: list[dict[str, Any]] = []
+        for f in finishes:
+            if (f.job_id, f.worker_id, f.attempt) not in applied:
+                continue
+            params = {
+                "b_id": f.job_id,
+                "b_worker": f.worker_id,
+                "b_attempt": f.attempt,
+                "b_error": _storable(f.error),
+                "b_log": _storable(f.log_tail),
+            }
+            if f.status == JobStatus.PENDING:
+                retry.append({**params, "b_delay": int(f.retry_delay_s * 1000)})
+            else:
+                progress = None if f.progress is None else json.dumps(f.progress.__dict__)
+                values = {
+                    "b_status": f.status.value,
+                    "b_result": _result_text(f),
+                    "b_progress": progress,
+                }
+                done.append({**params, **values})
+        ended = [_ended(p, p["b_status"], started) for p in done]
+        ended += [_ended(p, RETRIED, started) for p in retry]
+        if ended:  # one multi-row INSERT: the owners' rows were read above
+            conn.execute(self._insert_attempts, ended)
+        if done:
+            conn.execute(self._finish_stmt, done)
+        if retry:
+            conn.execute(self._retry_stmt, retry)
+        return applied
 
     def _locks_release(self, conn: sa.Connection, executions: Sequence[tuple[str, int]]) -> None:
         pairs = sorted(set(executions))
@@ -663,6 +856,8 @@ class JobStore(SqlStore):
         """Executions whose job went back to PENDING (retry, rescue, hand-back): a skip-policy
         job keeps its key as a pending hold, so a duplicate submitted meanwhile is skipped
         instead of displacing it. (Queue-policy locks are then released by the caller.)"""
+        if not executions:
+            return
         skip_jobs = sa.select(jobs.c.id).where(jobs.c.on_conflict.in_(_HOLD_AT_SUBMIT))
         for chunk in _chunks(sorted(set(executions))):
             conn.execute(
@@ -882,30 +1077,82 @@ class JobStore(SqlStore):
 
         return self._tx(body)
 
-    def jobs_prune(self, older_than_s: float, *, batch: int = 1000) -> int:
-        """Delete finished jobs that finished more than ``older_than_s`` ago."""
-        cutoff = self._now - int(older_than_s * 1000)
-        terminal = [s.value for s in TERMINAL_STATUSES]
+    def jobs_prune(
+        self,
+        older_than_s: float,
+        *,
+        batch: int = 1000,
+        tx_ms: float = 20.0,
+        duty: float = 0.1,
+    ) -> int:
+        """Delete finished jobs (and their attempt records) that finished more than
+        ``older_than_s`` ago; returns how many.
 
-        def body(conn: sa.Connection) -> int:
-            # A job that finished before the cutoff was created before it: the created_at
-            # bound lets ix_jobs_created find old rows without another index on every job.
-            ids = conn.execute(
-                sa.select(jobs.c.id)
-                .where(
-                    jobs.c.created_at_ms < cutoff,
-                    jobs.c.finished_at_ms < cutoff,
-                    jobs.c.status.in_(terminal),
+        A backlog of months must not stall the queue while it goes: each transaction deletes
+        at most ``batch`` jobs, sized from the one before so that it takes about ``tx_ms``,
+        and after each the pruner rests so that it holds the database at most ``duty`` of
+        the time. Claims and finishes waiting for a lock wait for one short transaction at
+        most, and on SQLite, whose single writer the workers keep busy, the prune takes at
+        most that share of it from them (a faster prune would cost them as much). Each
+        status is walked oldest first in ix_jobs_status_created, every batch starting where
+        the last one stopped, so no batch reads the entries of rows already deleted (dead
+        index entries on PostgreSQL until vacuum) or scans for rows that are not old enough.
+        """
+        cutoff = self.now_ms() - int(older_than_s * 1000)
+        size = min(100, batch)
+        total = 0
+        for status in sorted(s.value for s in TERMINAL_STATUSES):
+            after = 0  # created_at_ms of the newest job deleted so far
+            while True:
+                query = (
+                    sa.select(jobs.c.id, jobs.c.created_at_ms)
+                    .where(
+                        jobs.c.status == status,
+                        jobs.c.created_at_ms >= after,
+                        jobs.c.created_at_ms < cutoff,
+                        jobs.c.finished_at_ms < cutoff,
+                    )
+                    .order_by(jobs.c.created_at_ms)
+                    .limit(size)
                 )
-                .limit(batch)
-            ).scalars()
-            chunk = list(ids)
-            if chunk:
-                conn.execute(job_attempts.delete().where(job_attempts.c.job_id.in_(chunk)))
-                conn.execute(jobs.delete().where(jobs.c.id.in_(chunk)))
-            return len(chunk)
+                rows, held_s = self._prune_batch(query)
+                total += len(rows)
+                if self.dialect == "sqlite":
+                    self._sqlite_checkpoint()
+                if len(rows) < size:
+                    break
+                after = max(row.created_at_ms for row in rows)
+                grow = min(2.0, tx_ms / 1000 / max(held_s, 1e-4))
+                size = max(10, min(batch, int(size * grow)))
+                time.sleep(held_s * (1 - duty) / duty)
+        return total
 
-        return self._delete_in_batches(body, batch)
+    def _sqlite_checkpoint(self) -> None:
+        """Copy the pages a prune wrote to the WAL into the database now, on the pruner's
+        time. Left to SQLite's automatic checkpoint, that copying (old rows' pages, scattered
+        over every index) would run inside the commit of whichever worker next passes the
+        WAL's size threshold. PASSIVE: it never waits for, or blocks, anyone."""
+        raw = self.engine.raw_connection()
+        try:  # outside any transaction (the connection is in autocommit mode)
+            raw.cursor().execute("PRAGMA wal_checkpoint(PASSIVE)")
+        finally:
+            raw.close()
+
+    def _prune_batch(self, query: sa.Select[Any]) -> tuple[list[Any], float]:
+        """One transaction: delete the jobs ``query`` selects (their attempt records first).
+        Returns them and the seconds the transaction held its locks (waiting for SQLite's
+        write lock not included)."""
+
+        def body(conn: sa.Connection) -> tuple[list[Any], float]:
+            began = time.monotonic()
+            rows = list(conn.execute(query))
+            ids = [row.id for row in rows]
+            if ids:
+                conn.execute(job_attempts.delete().where(job_attempts.c.job_id.in_(ids)))
+                conn.execute(jobs.delete().where(jobs.c.id.in_(ids)))
+            return rows, time.monotonic() - began
+
+        return self._tx(body)
 
     def leader_try_acquire(self, name: str, holder: str, ttl_s: float) -> bool:
         """Take or extend the lease ``name``; True while ``holder`` is the leader."""
@@ -1046,17 +1293,37 @@ class JobStore(SqlStore):
     def _watch_sqlite(
         self, wake: Callable[[], None], stop: threading.Event, interval: float
     ) -> None:
+        """Wake when ``PRAGMA data_version`` changes (another connection committed). It is read
+        when the database's WAL file is written (inotify, :class:`FileWatch`), and then every
+        ``interval / 8`` until the commit shows (the frames are written before the commit is
+        visible) or ``_SETTLE_S`` passes; without inotify, every ``interval``."""
         raw = self._raw_connection()
+        database = self.engine.url.database or ""
+        watch = None
+        if database not in ("", ":memory:") and not database.startswith("file:"):
+            watch = FileWatch.open(Path(f"{Path(database).absolute()}-wal"))
         try:
             cursor = raw.cursor()
-            last = None
-            while not stop.wait(interval):
-                version = cursor.execute("PRAGMA data_version").fetchone()[0]
-                if last is not None and version != last:
-                    wake()
-                last = version
+            last = cursor.execute("PRAGMA data_version").fetchone()[0]
+            while not stop.is_set():
+                settle_until = 0.0
+                if watch is None:
+                    stop.wait(interval)
+                elif watch.wait(_WATCH_TIMEOUT_S):
+                    settle_until = time.monotonic() + _SETTLE_S
+                while True:
+                    version = cursor.execute("PRAGMA data_version").fetchone()[0]
+                    if version != last:
+                        last = version
+                        wake()
+                        break
+                    if time.monotonic() >= settle_until or stop.is_set():
+                        break
+                    time.sleep(interval / 8)
         finally:
             raw.close()
+            if watch is not None:
+                watch.close()
 
 
 def _ended(params: dict[str, Any], status: str, started: dict[str, int | None]) -> dict[str, Any]:
@@ -1069,6 +1336,12 @@ def _ended(params: dict[str, Any], status: str, started: dict[str, int | None]) 
         "error": params["b_error"],
         "started_at_ms": started[params["b_id"]],
     }
+
+
+def _result_text(finish: Finish) -> str | None:
+    if finish.result_json is not None:
+        return finish.result_json
+    return None if finish.result is None else json.dumps(finish.result)
 
 
 def _when(ms: int) -> datetime:

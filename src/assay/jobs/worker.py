@@ -26,7 +26,7 @@ import time
 import traceback
 import uuid
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from assay.config import Settings
@@ -52,6 +52,9 @@ from assay.jobs.tokens import JobTokens, SecretStore
 __all__ = ["Worker", "retry_delay_s"]
 
 log = logging.getLogger("assay.worker")
+
+_FINISH_BATCH_MAX = 500
+"""Executions written by one finish transaction at most."""
 
 
 def retry_delay_s(attempt: int, settings: Settings, rng: random.Random | None = None) -> float:
@@ -110,8 +113,9 @@ class Worker:
         self._stopping = threading.Event()
         self._closing = threading.Event()
         self._hurry = threading.Event()
-        self._completions: queue.Queue[_Execution | None] = queue.Queue()
-        self._pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="assay-job")
+        # Hand-offs between threads go through C queues (no Future, no Condition per job).
+        self._runnable: queue.SimpleQueue[_Execution | None] = queue.SimpleQueue()
+        self._completions: queue.SimpleQueue[_Execution | None] = queue.SimpleQueue()
         self._threads: list[threading.Thread] = []
         self._job_tokens = JobTokens(SecretStore(store.engine))
         self._leadership: Leadership | None = None
@@ -140,6 +144,8 @@ class Worker:
         log.info("worker.started id=%s concurrency=%s", self.id, self.concurrency)
         for ex in self._executors.values():
             ex.start()
+        for n in range(self.concurrency):  # not joined at shutdown: a job may still run
+            threading.Thread(target=self._job_loop, name=f"assay-job_{n}", daemon=True).start()
         self._spawn("assay-completer", self._complete_loop)
         self._spawn("assay-supervisor", self._supervise_loop)
         self._spawn(
@@ -160,20 +166,26 @@ class Worker:
 
     def _fetch_loop(self, until_idle: bool) -> None:
         names = self.registry.names
+        caps = {
+            n: spec.max_workers
+            for n in names
+            if (spec := self.registry.get(n)).max_workers is not None
+        }
         batch_max = self.settings.claim_batch_max
         while not self._stopping.is_set():
             self._wake.clear()
             with self._lock:
                 free = self.concurrency - self._busy
-                running = Counter(e.job.name for e in self._executing.values() if not e.done)
+                # Only names with a cap need the running count (a walk over every execution).
+                running = Counter(
+                    e.job.name
+                    for e in self._executing.values()
+                    if e.job.name in caps and not e.done
+                )
             claimed: list[Job] = []
             limit = min(free, batch_max)
             if limit > 0:
-                capped = {
-                    n: spec.max_workers - running[n]
-                    for n in names
-                    if (spec := self.registry.get(n)).max_workers is not None
-                }
+                capped = {n: cap - running[n] for n, cap in caps.items()}
                 try:
                     claimed = self.store.jobs_claim(
                         self.id,
@@ -205,7 +217,7 @@ class Worker:
             spec=spec,
             ctx=JobContext(
                 job,
-                api_token=self._job_tokens.mint_for(job, spec, self.settings.job_token_ttl_s),
+                mint_token=self._token_minter(job, spec),
                 api_url=self.settings.public_url,
                 store=self.store,
                 settings=self.settings,
@@ -216,7 +228,19 @@ class Worker:
             self._executing[execution.key] = execution
             self._busy += 1
         log.debug("job.claimed id=%s name=%s attempt=%s", job.id, job.name, job.attempt)
-        self._pool.submit(self._execute, execution)
+        self._runnable.put(execution)
+
+    def _token_minter(self, job: Job, spec: JobSpec) -> Callable[[], str | None]:
+        """Mints the execution's job token when it is first asked for (an HMAC per job was a
+        tenth of the claim loop's time), expiring as if minted at the claim."""
+        claimed_at = time.time()
+        valid_s = min(self.settings.job_token_ttl_s, job.timeout)
+
+        def mint() -> str | None:
+            left = valid_s - (time.time() - claimed_at)
+            return self._job_tokens.mint_for(job, spec, max(left, 0.0))
+
+        return mint
 
     def _executor_for(self, spec: JobSpec) -> Executor:
         name = "venv" if spec.python_env else (spec.executor or self._default_executor)
@@ -225,6 +249,10 @@ class Worker:
             executor = create_executor(name, self.settings, slots=self.concurrency)
             self._executors[name] = executor
         return executor
+
+    def _job_loop(self) -> None:
+        while (execution := self._runnable.get()) is not None:
+            self._execute(execution)
 
     def _execute(self, execution: _Execution) -> None:
         executor = self._executor_for(execution.spec)
@@ -238,32 +266,38 @@ class Worker:
         with self._lock:
             execution.done = True
             self._busy -= 1
-            self._idle.notify_all()
+            if self._stopping.is_set():  # only _shutdown waits on _idle
+                self._idle.notify_all()
         self._completions.put(execution)
-        self._wake.set()
+        if not self._wake.is_set():  # set() takes a lock and notifies: once per claim round
+            self._wake.set()
 
     # -- completing ----------------------------------------------------------------------------
 
-    def _result_problem(self, value: object) -> str | None:
-        """Why a job's return value cannot be stored, or None."""
+    def _encode_result(self, value: object) -> tuple[str | None, str | None]:
+        """A job's return value as the JSON text to store (None for None) and why it cannot be
+        stored (None when it can). Encoded once, here: the store writes this text."""
+        if value is None:
+            return None, None
         try:
-            size = len(dumps_plain(value, "the job's result").encode())
+            text = dumps_plain(value, "the job's result")
         except ValueError as exc:
-            return str(exc)
-        limit = self.settings.max_result_bytes
+            return None, str(exc)
+        size, limit = len(text.encode()), self.settings.max_result_bytes
         if size > limit:
-            return f"result is {size} bytes of JSON, over the {limit}-byte limit (max_result_bytes)"
-        return None
+            problem = f"result is {size} bytes of JSON, over the {limit}-byte limit"
+            return None, f"{problem} (max_result_bytes)"
+        return text, None
 
     def _finish_for(self, execution: _Execution) -> Finish:
         job, outcome = execution.job, execution.outcome
-        result, delay = None, 0.0
+        result, result_json, delay = None, None, 0.0
         error: str | None
         match outcome:
-            case Completed(value) if (problem := self._result_problem(value)) is not None:
-                status, error = JobStatus.FAILED, problem
             case Completed(value):
-                status, result, error = JobStatus.SUCCEEDED, value, None
+                result_json, error = self._encode_result(value)
+                status = JobStatus.SUCCEEDED if error is None else JobStatus.FAILED
+                result = value if error is None else None
             case Retry(error) if job.attempt <= job.max_retries:
                 status, delay = JobStatus.PENDING, retry_delay_s(job.attempt, self.settings)
             case Retry(error):
@@ -282,6 +316,7 @@ class Worker:
             attempt=job.attempt,
             status=status,
             result=result,
+            result_json=result_json,
             error=error,
             retry_delay_s=delay,
             release_lock=job.lock_key is not None,
@@ -296,7 +331,7 @@ class Worker:
                 return
             batch = [first]
             stop_after = False
-            while len(batch) < 500:
+            while len(batch) < _FINISH_BATCH_MAX:
                 try:
                     item = self._completions.get_nowait()
                 except queue.Empty:
@@ -446,7 +481,8 @@ class Worker:
             self._leadership.stop()
         for thread in self._threads:
             thread.join(timeout=5)
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        for _ in range(self.concurrency):  # each job thread ends after its current job
+            self._runnable.put(None)
         for ex in self._executors.values():
             ex.stop()
 

@@ -6,15 +6,27 @@
   initialised, the executor uses that connection and leaves it alone at ``stop()``.
 - The job is shipped by reference: the task imports the job's module on the Ray worker and calls
   the function by its qualified name with the job's params, so assay and the job modules must be
-  importable there (install them in the cluster's image, or use ``runtime_env``).
+  importable there (install them in the cluster's image, or use ``runtime_env``). ``resources``
+  (custom Ray resources per task, e.g. ``{"assay": 1}``) steers jobs to the nodes that offer
+  them.
 - Inside the task, ``current_job()`` works (job id, attempt, params, ``check_cancelled``, and
   ``api_token``/``api_url``: the execution's job token and the API's address, also set as
   ``ASSAY_API_TOKEN``/``ASSAY_API_URL`` in the environment while the task runs, so the job can
-  call the API back); progress reports stay on the Ray worker. Python-level ``print`` output
-  of the task is captured and kept on the job as ``log_tail`` when the task ends.
+  call the API back).
+- Progress reaches the job: the task is a Ray streaming generator. The job runs in a thread of
+  the Ray worker process while the task's own thread yields its progress reports (the latest
+  one, at most every 50 ms, and the last one before the outcome), then the outcome; the
+  executor hands each report to the worker, which writes it like any executor's. Python-level
+  ``print`` output of the task is captured and kept on the job as ``log_tail`` when the task
+  ends.
 - Cancel and timeout use Ray's own cancellation: ``ray.cancel(ref, force=True)`` kills the Ray
   worker process running the task (and, recursively, the tasks it started).
-- Ray never retries a task itself (``max_retries=0``): retries are assay's (``retry_on``).
+- Ray never retries a task itself (``max_retries=0``): retries are assay's. The failures Ray
+  would have retried, its system failures (the node running the task died, the Ray worker
+  process died, the object holding the result was lost, Ray's memory monitor killed it), come
+  back as a retryable outcome: the worker re-queues the job under its ``max_retries``, as a new
+  attempt, only once Ray has declared the task dead. An exception of the job is retried only if
+  ``retry_on`` lists it.
 """
 
 from __future__ import annotations
@@ -26,7 +38,7 @@ import logging
 import os
 import threading
 import traceback
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from assay.config import Settings
@@ -36,6 +48,7 @@ from assay.jobs.executors.base import (
     Executor,
     Failed,
     Outcome,
+    Retry,
     call_job,
     outcome_of,
     stopped,
@@ -50,6 +63,9 @@ log = logging.getLogger("assay.executors.ray")
 _POLL_S = 0.05
 _CANCEL_GRACE_S = 10.0
 """How long ``run`` waits for Ray to confirm a forced cancel before reporting the outcome."""
+_GET_TIMEOUT_S = 30.0
+_PROGRESS_EVERY_S = 0.05
+"""The task sends at most one progress report per this interval (the latest)."""
 
 
 class RayExecutor(Executor):
@@ -59,12 +75,14 @@ class RayExecutor(Executor):
         "namespace": "assay",
         "num_cpus": 1,
         "num_gpus": 0,
+        "resources": {},
         "runtime_env": None,
         "init_options": {},
     }
     """``address`` and ``namespace`` go to ``ray.init``, with ``init_options`` (more ``ray.init``
     keyword arguments, e.g. ``{"num_cpus": 2, "object_store_memory": 100_000_000}`` for a local
-    instance); ``num_cpus``, ``num_gpus`` and ``runtime_env`` are requested for each task."""
+    instance); ``num_cpus``, ``num_gpus``, ``resources`` (custom resources) and ``runtime_env``
+    are requested for each task."""
 
     def __init__(
         self, settings: Settings, *, slots: int, options: Mapping[str, Any] | None = None
@@ -72,6 +90,15 @@ class RayExecutor(Executor):
         super().__init__(settings, slots=slots, options=options)
         if not isinstance(self.config["init_options"], Mapping):
             raise ConfigError("ray executor: init_options must be a mapping of ray.init arguments")
+        resources = self.config["resources"]
+        if not isinstance(resources, Mapping) or not all(
+            isinstance(v, int | float) and not isinstance(v, bool) and v >= 0
+            for v in resources.values()
+        ):
+            raise ConfigError(
+                "ray executor: resources must map custom resource names to amounts >= 0, "
+                f"e.g. {{'assay': 1}}; got {resources!r}"
+            )
         self._owns_connection = False
         self._lock = threading.Lock()
         self._remote: Any = None
@@ -99,10 +126,13 @@ class RayExecutor(Executor):
             task_options: dict[str, Any] = {
                 "num_cpus": self.config["num_cpus"],
                 "num_gpus": self.config["num_gpus"],
+                "num_returns": "streaming",
                 "max_retries": 0,
                 "retry_exceptions": False,
                 "name": "assay-job",
             }
+            if self.config["resources"]:
+                task_options["resources"] = dict(self.config["resources"])
             if self.config["runtime_env"] is not None:
                 task_options["runtime_env"] = self.config["runtime_env"]
             self._task_options = task_options
@@ -119,12 +149,6 @@ class RayExecutor(Executor):
 
     def run(self, spec: JobSpec, ctx: JobContext) -> Outcome:
         import ray
-        from ray.exceptions import (
-            GetTimeoutError,
-            RayTaskError,
-            TaskCancelledError,
-            WorkerCrashedError,
-        )
 
         if self._remote is None:
             return Failed("the ray executor is not started (or already stopped)")
@@ -132,37 +156,71 @@ class RayExecutor(Executor):
         fn = spec.fn
         try:
             options = {**self._task_options, "name": f"assay:{spec.name}:{job.id}"}
-            ref = self._remote.options(**options).remote(
+            stream = self._remote.options(**options).remote(
                 fn.__module__, fn.__qualname__, job, spec.retry_on, ctx.api_env()
             )
         except Exception:
             return Failed(f"cannot submit job {spec.name!r} to Ray:\n{traceback.format_exc()}")
         while True:
             if ctx.cancelled:
-                ray.cancel(ref, force=True, recursive=True)
-                done, _ = ray.wait([ref], timeout=_CANCEL_GRACE_S)
+                ray.cancel(stream, force=True, recursive=True)
+                done, _ = ray.wait([stream], timeout=_CANCEL_GRACE_S)
                 if not done:
                     log.warning("ray.cancel_unconfirmed job=%s after %ss", job.id, _CANCEL_GRACE_S)
                 return stopped(ctx)
-            done, _ = ray.wait([ref], timeout=_POLL_S)
-            if done:
-                break
-        try:
-            status, payload, output = ray.get(ref, timeout=30)
-        except RayTaskError as exc:  # the task wrapper itself failed (e.g. cannot unpickle)
-            return Failed(f"job {spec.name!r} failed on Ray:\n{exc}")
-        except (TaskCancelledError, WorkerCrashedError) as exc:
-            return Failed(f"the Ray worker running job {spec.name!r} died: {exc}")
-        except GetTimeoutError:
-            return Failed(f"job {spec.name!r} finished on Ray but its result could not be fetched")
-        except Exception as exc:
-            return Failed(f"job {spec.name!r} failed on Ray: {type(exc).__name__}: {exc}")
-        ctx.append_log(output)
-        return outcome_of(status, payload)
+            ready, _ = ray.wait([stream], timeout=_POLL_S)
+            if not ready:
+                continue
+            try:
+                message = ray.get(next(stream), timeout=_GET_TIMEOUT_S)
+            except StopIteration:
+                return Failed(f"the Ray task of job {spec.name!r} ended without an outcome")
+            except Exception as exc:
+                return _failure(spec, exc)
+            if message[0] == "progress":
+                ctx.progress(*message[1:])
+                continue
+            _, status, payload, output = message
+            ctx.append_log(output)
+            return outcome_of(status, payload)
+
+
+def _failure(spec: JobSpec, exc: Exception) -> Outcome:
+    """The outcome of a task whose next message could not be read."""
+    from ray import exceptions as rx
+
+    # ObjectLostError covers OwnerDiedError, ObjectReconstructionFailedError, ...; a name an
+    # older Ray does not have is skipped.
+    names = ("NodeDiedError", "WorkerCrashedError", "LocalRayletDiedError", "ObjectLostError")
+    lost = tuple(getattr(rx, name) for name in (*names, "OutOfMemoryError") if hasattr(rx, name))
+    if isinstance(exc, lost):
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        return Retry(
+            f"the Ray task of job {spec.name!r} was lost: {type(exc).__name__}: {first_line}"
+        )
+    if isinstance(exc, rx.RayTaskError):  # the task wrapper itself failed (e.g. cannot unpickle)
+        return Failed(f"job {spec.name!r} failed on Ray:\n{exc}")
+    if isinstance(exc, rx.GetTimeoutError):
+        return Failed(f"a message of job {spec.name!r} was ready on Ray but could not be fetched")
+    return Failed(f"job {spec.name!r} failed on Ray: {type(exc).__name__}: {exc}")
 
 
 class _TaskContext(JobContext):
-    """The job's context inside the Ray task. Cancellation is Ray's (the process is killed)."""
+    """The job's context inside the Ray task. Cancellation is Ray's (the process is killed);
+    ``changed`` wakes the task's thread when there is a report to send or the job is done."""
+
+    def __init__(self, job: Job, api_env: Mapping[str, str]) -> None:
+        super().__init__(
+            job, api_token=api_env.get("ASSAY_API_TOKEN"), api_url=api_env.get("ASSAY_API_URL")
+        )
+        self.changed = threading.Event()
+        self.finished = threading.Event()
+
+    def progress(
+        self, completed: float, total: float | None = None, message: str | None = None
+    ) -> None:
+        super().progress(completed, total, message)
+        self.changed.set()
 
 
 def _run_on_ray(
@@ -171,23 +229,49 @@ def _run_on_ray(
     job: Job,
     retry_on: tuple[type[BaseException], ...],
     api_env: Mapping[str, str],
-) -> tuple[str, str, str]:
-    """Runs on a Ray worker: import the job, call it; returns (status, payload, output tail).
-    A Ray worker process runs one task at a time and is reused, so the job's API variables are
-    set for this call only."""
+) -> Iterator[tuple[Any, ...]]:
+    """Runs on a Ray worker, as a streaming generator: imports the job and calls it in a thread;
+    yields ``("progress", completed, total, message)`` reports while it runs, then
+    ``("done", status, payload, output tail)``. A Ray worker process runs one task at a time
+    and is reused, so the job's API variables are set for this call only."""
     output = io.StringIO()
+    ctx = _TaskContext(job, api_env)
+    outcome: list[tuple[str, str]] = []
+
+    def body() -> None:
+        try:
+            outcome.append(_call(module, qualname, job, retry_on, ctx))
+        finally:
+            ctx.finished.set()
+            ctx.changed.set()
+
     saved = {key: os.environ.get(key) for key in api_env}
     os.environ.update(api_env)
     try:
         with contextlib.redirect_stdout(output), contextlib.redirect_stderr(output):
-            status, payload = _call(module, qualname, job, retry_on, api_env)
+            thread = threading.Thread(target=body, name="assay-job", daemon=True)
+            thread.start()
+            while not ctx.finished.is_set():
+                ctx.changed.wait()
+                ctx.changed.clear()
+                progress = ctx.take_progress()
+                if progress is not None:
+                    yield ("progress", progress.completed, progress.total, progress.message)
+                ctx.finished.wait(_PROGRESS_EVERY_S)
+            thread.join()
     finally:
         for key, value in saved.items():
             if value is None:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
-    return status, payload, output.getvalue()[-LOG_TAIL_CHARS:]
+    progress = ctx.take_progress()
+    if progress is not None:
+        yield ("progress", progress.completed, progress.total, progress.message)
+    status, payload = (
+        outcome[0] if outcome else ("fail", "the job's thread ended without an outcome")
+    )
+    yield ("done", status, payload, output.getvalue()[-LOG_TAIL_CHARS:])
 
 
 def _call(
@@ -195,7 +279,7 @@ def _call(
     qualname: str,
     job: Job,
     retry_on: tuple[type[BaseException], ...],
-    api_env: Mapping[str, str],
+    ctx: JobContext,
 ) -> tuple[str, str]:
     try:
         target: Any = importlib.import_module(module)
@@ -206,7 +290,4 @@ def _call(
             f"cannot load job {job.name!r} ({module}.{qualname}) on the Ray worker:\n"
             f"{traceback.format_exc()}"
         )
-    ctx = _TaskContext(
-        job, api_token=api_env.get("ASSAY_API_TOKEN"), api_url=api_env.get("ASSAY_API_URL")
-    )
     return call_job(target, ctx, retry_on)
