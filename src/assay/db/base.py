@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 import sqlalchemy as sa
 from sqlalchemy.dialects import mysql, postgresql, sqlite
 
+from assay.db.dialects import Dialect, dialect_of
 from assay.db.engine import BEGIN_MODE
 from assay.errors import StoreError
 
@@ -59,8 +60,7 @@ class SqlStore:
 
     def __init__(self, engine: sa.Engine, *, clock_ms: Callable[[], int] | None = None) -> None:
         self.engine = engine
-        name = engine.dialect.name
-        self.dialect = "mysql" if name in ("mysql", "mariadb") else name
+        self.dialect: Dialect = dialect_of(engine)
         self._now: sa.ColumnElement[Any] = (
             sa.literal_column(NOW_SQL[self.dialect], sa.BigInteger)
             if clock_ms is None
