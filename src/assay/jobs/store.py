@@ -96,12 +96,13 @@ class JobStore(LockRows, LeaseRows, Pruning):
         engine: sa.Engine,
         *,
         wakeups: RedisWakeups | None = None,
+        metrics: JobMetrics | None = None,
         clock_ms: Callable[[], int] | None = None,
     ) -> None:
         super().__init__(engine, clock_ms=clock_ms)
         self.wakeups = wakeups
         """Redis pub/sub wake-ups (``notify_url``), in place of the database's own."""
-        self.metrics = JobMetrics(self)
+        self.metrics = JobMetrics(self.jobs_stats) if metrics is None else metrics
         """What this process's users of the store did (claims, ends, rescues, conflicts)."""
         self._finish_stmt = finish(self._now)
         # Statements on the hot path are built once (SQLAlchemy then reuses their compiled form).
