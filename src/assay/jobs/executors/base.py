@@ -13,7 +13,7 @@ import json
 import os
 import signal
 import traceback
-from collections.abc import Mapping
+from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -31,6 +31,7 @@ __all__ = [
     "TimedOut",
     "call_job",
     "describe_exit",
+    "environ_swapped",
     "kill_group",
     "outcome_of",
     "stopped",
@@ -103,6 +104,23 @@ def stopped(ctx: JobContext) -> Outcome:
     Cancelled."""
     reason = ctx.cancel_reason or "cancelled"
     return TimedOut(reason) if ctx.timed_out else Cancelled(reason)
+
+
+@contextlib.contextmanager
+def environ_swapped(values: Mapping[str, str], keys: Collection[str]) -> Iterator[None]:
+    """Set the process environment's ``keys`` to ``values`` (a key absent from ``values`` is
+    unset) for the duration, then put them back: a process that runs one job at a time (a
+    pool process, a Ray worker) gives each job its API variables, also for the programs the
+    job starts."""
+    saved = {key: os.environ.pop(key, None) for key in keys}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            os.environ.pop(key, None)
+            if value is not None:
+                os.environ[key] = value
 
 
 def kill_group(pid: int) -> None:

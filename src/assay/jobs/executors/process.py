@@ -42,6 +42,7 @@ from assay.jobs.executors.base import (
     Outcome,
     call_job,
     describe_exit,
+    environ_swapped,
     kill_group,
     outcome_of,
     stopped,
@@ -340,14 +341,9 @@ def _run_job(
         return "fail", f"cannot load job {name!r} in the pool process:\n{traceback.format_exc()}"
     # The job's token and the API's address, also for programs the job starts; this process
     # runs one job at a time, so its environment is the job's.
-    before = {key: os.environ.pop(key, None) for key in ("ASSAY_API_TOKEN", "ASSAY_API_URL")}
-    os.environ.update(api_env)
     ctx = _ChildContext(job, send, api_env)
-    try:
-        return call_job(spec.fn, ctx, spec.retry_on)
-    finally:
-        ctx.send_progress()
-        for key, value in before.items():
-            os.environ.pop(key, None)
-            if value is not None:
-                os.environ[key] = value
+    with environ_swapped(api_env, ("ASSAY_API_TOKEN", "ASSAY_API_URL")):
+        try:
+            return call_job(spec.fn, ctx, spec.retry_on)
+        finally:
+            ctx.send_progress()
