@@ -147,15 +147,23 @@ class Executor(abc.ABC):
     options: ClassVar[Mapping[str, Any]] = {}
     """The options this executor accepts, with their defaults. Values come from
     ``ASSAY_EXECUTOR_OPTIONS`` (``{"ray": {"address": "auto"}}``); unknown keys are rejected."""
+    settings_options: ClassVar[Mapping[str, str]] = {}
+    """Options set by a top-level setting instead (option name -> :class:`Settings` field): the
+    built-in executors' historical keys (``ASSAY_SANDBOX_WALL_S``, ...). They reach the
+    executor in :attr:`config` like any option, so every executor reads its options one way."""
 
     def __init__(
         self, settings: Settings, *, slots: int, options: Mapping[str, Any] | None = None
     ) -> None:
         """``slots``: how many jobs the worker may run on this executor at the same time;
-        ``options``: validated values for :attr:`options` (defaults filled in)."""
+        ``options``: validated values for :attr:`options` (defaults filled in). :attr:`config`
+        has them and the :attr:`settings_options`."""
         self.settings = settings
         self.slots = slots
-        self.config: dict[str, Any] = {**self.options, **(options or {})}
+        from_settings = {
+            key: getattr(settings, field) for key, field in self.settings_options.items()
+        }
+        self.config: dict[str, Any] = {**self.options, **(options or {}), **from_settings}
 
     def start(self) -> None:  # noqa: B027 - optional hook
         """Called once before the first job (e.g. to start a process pool)."""

@@ -24,6 +24,7 @@ result must be one JSON object of the expected shape, within the size cap.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -85,17 +86,9 @@ class SandboxLimits:
     result_bytes: int = 1 * MiB  # one message (the result) on the result pipe
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> SandboxLimits:
-        return cls(
-            memory_bytes=settings.sandbox_memory_bytes,
-            cpu_s=settings.sandbox_cpu_s,
-            file_size_bytes=settings.sandbox_file_size_bytes,
-            open_files=settings.sandbox_open_files,
-            processes=settings.sandbox_processes,
-            wall_s=settings.sandbox_wall_s,
-            output_bytes=settings.sandbox_output_bytes,
-            result_bytes=settings.sandbox_result_bytes,
-        )
+    def from_options(cls, config: Mapping[str, Any]) -> SandboxLimits:
+        """The limits in an executor's :attr:`~Executor.config` (top-level ``sandbox_*``)."""
+        return cls(**{f.name: config[f.name] for f in dataclasses.fields(cls)})
 
     def rlimits(self) -> dict[str, int]:
         return {
@@ -113,13 +106,26 @@ class SandboxExecutor(Executor):
     options: ClassVar[Mapping[str, Any]] = {"allow_ctypes": ()}
     """``allow_ctypes``: names of the jobs whose sandbox lets ``ctypes`` through (when every
     kernel layer is in place); any other job gets an ImportError on ``import ctypes``."""
+    settings_options: ClassVar[Mapping[str, str]] = {
+        name: f"sandbox_{name}"
+        for name in (
+            "memory_bytes",
+            "cpu_s",
+            "file_size_bytes",
+            "open_files",
+            "processes",
+            "wall_s",
+            "output_bytes",
+            "result_bytes",
+        )
+    }
 
     def __init__(
         self, settings: Settings, *, slots: int, options: Mapping[str, Any] | None = None
     ) -> None:
         super().__init__(settings, slots=slots, options=options)
         self.allow_ctypes = _allow_ctypes(self.config["allow_ctypes"])
-        self.limits = SandboxLimits.from_settings(settings)
+        self.limits = SandboxLimits.from_options(self.config)
         self._children = Children()
 
     def stop(self) -> None:

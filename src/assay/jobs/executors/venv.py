@@ -22,7 +22,7 @@ import subprocess
 import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from assay.config import Settings
 from assay.jobs import pyenv
@@ -46,6 +46,10 @@ CHILD = Path(__file__).with_name("_venv_child.py")
 
 class VenvExecutor(Executor):
     name = "venv"
+    settings_options: ClassVar[Mapping[str, str]] = {
+        "env_dir": "python_env_dir",
+        "create_timeout_s": "python_env_create_timeout_s",
+    }
 
     def __init__(
         self, settings: Settings, *, slots: int, options: Mapping[str, Any] | None = None
@@ -55,7 +59,7 @@ class VenvExecutor(Executor):
 
     @property
     def env_dir(self) -> Path:
-        return Path(self.settings.python_env_dir).expanduser()
+        return Path(self.config["env_dir"]).expanduser()
 
     def stop(self) -> None:
         self._children.kill_all()
@@ -75,7 +79,7 @@ class VenvExecutor(Executor):
                 self.env_dir,
                 cancelled=lambda: ctx.cancelled,
                 output=ctx.append_log,
-                timeout_s=self.settings.python_env_create_timeout_s,
+                timeout_s=self.config["create_timeout_s"],
             )
         except pyenv.PythonEnvInterrupted:
             return stopped(ctx)
