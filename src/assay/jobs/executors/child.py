@@ -62,12 +62,13 @@ class Children:
         cwd: str | None = None,
         keep_stdin: bool = False,
     ) -> Outcome:
-        """Start ``argv`` in a session of its own, write ``request(message_fd)`` to its stdin
-        and return what ``collect`` makes of it (or the outcome of a :class:`Stop` it raises).
-        With ``keep_stdin`` stdin stays open until the child is reaped: it is the child's
-        lifeline. Raises OSError if the child cannot be started."""
+        """Start ``argv`` in a session of its own, write ``request(message_fd)`` (made before
+        the start) to its stdin and return what ``collect`` makes of it (or the outcome of a
+        :class:`Stop` it raises). With ``keep_stdin`` stdin stays open until the child is
+        reaped: it is the child's lifeline. Raises OSError if the child cannot be started."""
         read_fd, write_fd = os.pipe()
         try:
+            data = request(write_fd)
             proc = subprocess.Popen(
                 argv,
                 stdin=subprocess.PIPE,
@@ -78,7 +79,7 @@ class Children:
                 env=env,
                 start_new_session=True,
             )
-        except OSError:
+        except BaseException:
             os.close(read_fd)
             raise
         finally:
@@ -89,7 +90,7 @@ class Children:
             assert proc.stdin is not None
             assert proc.stdout is not None
             with contextlib.suppress(OSError):  # the child died at once; its exit status tells
-                proc.stdin.write(request(write_fd))
+                proc.stdin.write(data)
                 proc.stdin.flush()
                 if not keep_stdin:
                     proc.stdin.close()
