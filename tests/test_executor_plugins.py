@@ -92,3 +92,20 @@ def test_unknown_executor_fails_at_worker_start_and_at_submit(tmp_path):
         pytest.raises(ConfigError, match="did you mean 'sandbox'"),
     ):
         backend.worker()
+
+
+def test_builtin_executors_get_their_top_level_settings_as_options():
+    """Built-in executors read their settings (ASSAY_SANDBOX_*, ASSAY_PROCESS_*,
+    ASSAY_PYTHON_ENV_*) from the same options mapping as plugins; those keys stay top-level
+    settings and are not accepted in executor_options."""
+    settings = assay.load_settings(
+        process_max_jobs=7, sandbox_wall_s=12.5, python_env_dir="/tmp/envs"
+    )
+    assert create_executor("process", settings, slots=1).config["max_jobs"] == 7
+    sandboxed = create_executor("sandbox", settings, slots=1)
+    assert sandboxed.config["wall_s"] == 12.5
+    assert sandboxed.config["allow_ctypes"] == ()
+    assert create_executor("venv", settings, slots=1).config["env_dir"] == "/tmp/envs"
+    overridden = assay.load_settings(executor_options={"process": {"max_jobs": 1}})
+    with pytest.raises(ConfigError, match="unknown option 'max_jobs' for executor 'process'"):
+        create_executor("process", overridden, slots=1)

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 import assay
-import assay.jobs.store as job_store
-from assay.jobs.notify import FileWatch
+from assay.jobs import notifier
+from assay.jobs.notifier import FileWatch
 from conftest import FAST, wait_until
 
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="inotify")
@@ -58,7 +58,7 @@ def test_sqlite_watch_wakes_on_a_commit_of_another_connection(
 ) -> None:
     # Only the WAL watch (or, without inotify, the data_version poll) can wake the watcher
     # here: its periodic check is pushed out of the test's reach.
-    monkeypatch.setattr(job_store, "_WATCH_TIMEOUT_S", 600.0)
+    monkeypatch.setattr(notifier, "_WATCH_TIMEOUT_S", 600.0)
     if inotify and not sys.platform.startswith("linux"):
         pytest.skip("inotify")
     if not inotify:

@@ -393,7 +393,7 @@ def test_each_store_has_its_own_registry(backend: assay.Backend, store_uri: str)
 def test_unreachable_store_reports_store_down(tmp_path: Path) -> None:
     engine = sa.create_engine(f"sqlite:///{tmp_path / 'missing' / 'assay.db'}")
     try:
-        metrics = JobMetrics(JobStore(engine))
+        metrics = JobMetrics(JobStore(engine).jobs_stats)
         m = Scrape(metrics.expose()[0].decode())
     finally:
         engine.dispose()

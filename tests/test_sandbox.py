@@ -200,7 +200,7 @@ def test_file_size_and_open_files_limits(
     sqlite_backend: Backend, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     small = sandbox.SandboxLimits(file_size_bytes=1024 * 1024, open_files=32)
-    monkeypatch.setattr(sandbox.SandboxLimits, "from_settings", classmethod(lambda cls, s: small))
+    monkeypatch.setattr(sandbox.SandboxLimits, "from_options", classmethod(lambda cls, s: small))
     job = run(sqlite_backend, "sb_limits", {"file_bytes": 2 * 1024 * 1024, "files": 100})
     assert job.status == JobStatus.SUCCEEDED, job.error
     assert job.result["file"].startswith("OSError: [Errno 27] File too large"), job.result
@@ -211,7 +211,7 @@ def test_cpu_limit_kills_a_busy_loop(
     sqlite_backend: Backend, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     tight = sandbox.SandboxLimits(cpu_s=1)
-    monkeypatch.setattr(sandbox.SandboxLimits, "from_settings", classmethod(lambda cls, s: tight))
+    monkeypatch.setattr(sandbox.SandboxLimits, "from_options", classmethod(lambda cls, s: tight))
     job = run(sqlite_backend, "sb_loop", timeout=20)
     assert job.status == JobStatus.FAILED
     assert "killed by SIGXCPU: CPU time limit reached" in job.error, job.error
@@ -242,7 +242,7 @@ def test_cancel_kills_the_process(sqlite_backend: Backend) -> None:
 
 def test_sandbox_wall_clock_limit(sqlite_backend: Backend, monkeypatch: pytest.MonkeyPatch) -> None:
     short = sandbox.SandboxLimits(wall_s=0.5)
-    monkeypatch.setattr(sandbox.SandboxLimits, "from_settings", classmethod(lambda cls, s: short))
+    monkeypatch.setattr(sandbox.SandboxLimits, "from_options", classmethod(lambda cls, s: short))
     started = time.monotonic()
     job = run(sqlite_backend, "sb_sleep", {"seconds": 30})
     assert job.status == JobStatus.TIMEOUT

@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 import sqlalchemy as sa
 from sqlalchemy.dialects import mysql, postgresql, sqlite
 
-from assay.db.dialects import Dialect, dialect_of
+from assay.db.dialects import MYSQL, POSTGRESQL, SQLITE, Dialect, dialect_of
 from assay.db.engine import BEGIN_MODE
 from assay.errors import StoreError
 
@@ -26,9 +26,9 @@ __all__ = ["NOW_SQL", "SqlStore", "is_transient"]
 T = TypeVar("T")
 
 NOW_SQL = {
-    "sqlite": "CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)",
-    "postgresql": "CAST(EXTRACT(EPOCH FROM statement_timestamp()) * 1000 AS BIGINT)",
-    "mysql": "CAST(UNIX_TIMESTAMP(NOW(3)) * 1000 AS SIGNED)",
+    SQLITE: "CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)",
+    POSTGRESQL: "CAST(EXTRACT(EPOCH FROM statement_timestamp()) * 1000 AS BIGINT)",
+    MYSQL: "CAST(UNIX_TIMESTAMP(NOW(3)) * 1000 AS SIGNED)",
 }
 """The database clock in epoch milliseconds, stable within one statement."""
 
@@ -67,7 +67,7 @@ class SqlStore:
             else sa.bindparam("assay_now", type_=sa.BigInteger, callable_=clock_ms)
         )
         self._writer: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
-        if self.dialect == "sqlite":
+        if self.dialect == SQLITE:
             with _WRITERS_LOCK:
                 self._writer = _WRITERS.setdefault(engine, threading.Lock())
 
@@ -105,7 +105,7 @@ class SqlStore:
 
     def _insert(self, table: sa.Table) -> Any:
         """The dialect's INSERT, for ON CONFLICT / ON DUPLICATE KEY clauses."""
-        dialect_insert = {"postgresql": postgresql.insert, "mysql": mysql.insert}
+        dialect_insert = {POSTGRESQL: postgresql.insert, MYSQL: mysql.insert}
         return dialect_insert.get(self.dialect, sqlite.insert)(table)
 
     def _upsert_statement(
@@ -116,7 +116,7 @@ class SqlStore:
         row as it is). Built once: executed with a list of rows it is one prepared executemany,
         never a statement compiled again for every request."""
         stmt = self._insert(table)
-        if self.dialect == "mysql":
+        if self.dialect == MYSQL:
             changes = {c: stmt.inserted[c] for c in updates} or {keys[0]: table.c[keys[0]]}
             return stmt.on_duplicate_key_update(changes)
         if not updates:
@@ -131,7 +131,7 @@ class SqlStore:
         PostgreSQL and SQLite report it through RETURNING (psycopg's rowcount for ON CONFLICT
         DO NOTHING is not reliable through SQLAlchemy); MySQL's INSERT IGNORE through rowcount.
         """
-        if self.dialect == "mysql":
+        if self.dialect == MYSQL:
             stmt = mysql.insert(table).prefix_with("IGNORE").values(**values)
             return bool(conn.execute(stmt).rowcount == 1)
         key = next(iter(table.primary_key.columns))

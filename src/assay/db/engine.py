@@ -10,6 +10,7 @@ import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import make_url
 
+from assay.db.dialects import MYSQL_NAMES, POSTGRESQL, SQLITE
 from assay.errors import ConfigError
 
 __all__ = ["BEGIN_MODE", "create_engine"]
@@ -29,22 +30,22 @@ def create_engine(uri: str, *, pool_size: int = 10) -> sa.Engine:
     except sa.exc.ArgumentError as exc:
         raise ConfigError(f"invalid store URI {uri!r}: {exc}") from exc
     backend = url.get_backend_name()
-    if backend == "sqlite":
+    if backend == SQLITE:
         return _sqlite_engine(url)
     kwargs: dict[str, Any] = {
         "pool_size": pool_size,
         "max_overflow": pool_size,
         "pool_recycle": 1800,
     }
-    if backend in ("mysql", "mariadb"):
+    if backend in MYSQL_NAMES:
         # READ COMMITTED avoids InnoDB gap locks between concurrent claimers.
         kwargs["isolation_level"] = "READ COMMITTED"
-    elif backend != "postgresql":
+    elif backend != POSTGRESQL:
         raise ConfigError(f"unsupported database {backend!r}: use sqlite, postgresql or mysql")
     try:
         return sa.create_engine(url, **kwargs)
     except ImportError as exc:
-        extra = "postgres" if backend == "postgresql" else "mysql"
+        extra = "postgres" if backend == POSTGRESQL else "mysql"
         raise ConfigError(f"driver for {backend} missing: pip install 'assay[{extra}]'") from exc
 
 

@@ -15,6 +15,7 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
+from assay.db.dialects import MYSQL_NAMES, POSTGRESQL
 from assay.errors import MigrationError, StoreError
 
 __all__ = ["current_revision", "head_revision", "is_current", "upgrade"]
@@ -59,10 +60,10 @@ def upgrade(engine: sa.Engine, revision: str = "head") -> None:
     try:
         with engine.connect() as conn:
             dialect = conn.dialect.name
-            if dialect == "postgresql":
+            if dialect == POSTGRESQL:
                 conn.execute(sa.text("SELECT pg_advisory_lock(:id)"), {"id": _PG_LOCK_ID})
                 conn.commit()
-            elif dialect in ("mysql", "mariadb"):
+            elif dialect in MYSQL_NAMES:
                 got = conn.execute(
                     sa.text(f"SELECT GET_LOCK({_MYSQL_LOCK}, {_MYSQL_LOCK_WAIT_S})")
                 ).scalar()
@@ -76,10 +77,10 @@ def upgrade(engine: sa.Engine, revision: str = "head") -> None:
                 command.upgrade(_config(conn), revision)
                 conn.commit()
             finally:
-                if dialect == "postgresql":
+                if dialect == POSTGRESQL:
                     conn.execute(sa.text("SELECT pg_advisory_unlock(:id)"), {"id": _PG_LOCK_ID})
                     conn.commit()
-                elif dialect in ("mysql", "mariadb"):
+                elif dialect in MYSQL_NAMES:
                     conn.execute(sa.text(f"SELECT RELEASE_LOCK({_MYSQL_LOCK})"))
                     conn.commit()
     except sa.exc.DBAPIError as exc:

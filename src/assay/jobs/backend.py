@@ -22,7 +22,7 @@ from assay.errors import (
 from assay.jobs.api import JobsAPI, check_id_prefix, wait_for
 from assay.jobs.executors import check_executor
 from assay.jobs.model import Attempt, Job, JobPage, JobStatus
-from assay.jobs.notify import RedisWakeups
+from assay.jobs.notifier import RedisWakeups
 from assay.jobs.registry import REGISTRY, JobSpec, Registry
 from assay.jobs.store import JobStore, NewJob
 from assay.jobs.worker import Worker

@@ -15,8 +15,8 @@ The metrics table is in the README ("Metrics").
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -24,9 +24,7 @@ from prometheus_client.exposition import choose_encoder
 
 from assay.errors import StoreError
 from assay.jobs.model import Job, JobStatus
-
-if TYPE_CHECKING:
-    from assay.jobs.store import JobStore, RescueResult
+from assay.jobs.rows import JobStats, RescueResult
 
 __all__ = ["PICKUP_BUCKETS_S", "RUN_BUCKETS_S", "JobMetrics"]
 
@@ -45,9 +43,12 @@ RUN_BUCKETS_S = (
 
 class JobMetrics:
     """The metrics of one :class:`~assay.jobs.store.JobStore`, shared by everything in this
-    process that uses that store (its workers, its leadership, its backend)."""
+    process that uses that store (its workers, its leadership, its backend).
 
-    def __init__(self, store: JobStore) -> None:
+    ``stats`` reads the database-derived gauges (the store's ``jobs_stats``); the metrics need
+    nothing else of the store, which is handed them (``JobStore(metrics=...)``)."""
+
+    def __init__(self, stats: Callable[[], JobStats]) -> None:
         self.registry = CollectorRegistry()
         reg = self.registry
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
@@ -91,7 +92,7 @@ class JobMetrics:
             ["name", "on_conflict"],
             registry=reg,
         )
-        reg.register(_StoreGauges(store))
+        reg.register(_StoreGauges(stats))
 
     # -- events --------------------------------------------------------------------------------
 
@@ -144,15 +145,15 @@ class _StoreGauges:
     """Reads the database-derived gauges at scrape time; on a store error only
     ``assay_store_up`` (0) is reported."""
 
-    def __init__(self, store: JobStore) -> None:
-        self.store = store
+    def __init__(self, stats: Callable[[], JobStats]) -> None:
+        self._stats = stats
 
     def describe(self) -> Sequence[Metric]:
         return [*self._families(), _up(1)]
 
     def collect(self) -> Iterable[Metric]:
         try:
-            stats = self.store.jobs_stats()
+            stats = self._stats()
         except StoreError:
             log.warning("metrics.store_failed", exc_info=True)
             return [_up(0)]

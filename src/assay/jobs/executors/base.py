@@ -13,7 +13,7 @@ import json
 import os
 import signal
 import traceback
-from collections.abc import Mapping
+from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -31,6 +31,7 @@ __all__ = [
     "TimedOut",
     "call_job",
     "describe_exit",
+    "environ_swapped",
     "kill_group",
     "outcome_of",
     "stopped",
@@ -105,6 +106,23 @@ def stopped(ctx: JobContext) -> Outcome:
     return TimedOut(reason) if ctx.timed_out else Cancelled(reason)
 
 
+@contextlib.contextmanager
+def environ_swapped(values: Mapping[str, str], keys: Collection[str]) -> Iterator[None]:
+    """Set the process environment's ``keys`` to ``values`` (a key absent from ``values`` is
+    unset) for the duration, then put them back: a process that runs one job at a time (a
+    pool process, a Ray worker) gives each job its API variables, also for the programs the
+    job starts."""
+    saved = {key: os.environ.pop(key, None) for key in keys}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            os.environ.pop(key, None)
+            if value is not None:
+                os.environ[key] = value
+
+
 def kill_group(pid: int) -> None:
     """SIGKILL the process group led by ``pid`` (a child started in its own session)."""
     with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -129,15 +147,23 @@ class Executor(abc.ABC):
     options: ClassVar[Mapping[str, Any]] = {}
     """The options this executor accepts, with their defaults. Values come from
     ``ASSAY_EXECUTOR_OPTIONS`` (``{"ray": {"address": "auto"}}``); unknown keys are rejected."""
+    settings_options: ClassVar[Mapping[str, str]] = {}
+    """Options set by a top-level setting instead (option name -> :class:`Settings` field): the
+    built-in executors' historical keys (``ASSAY_SANDBOX_WALL_S``, ...). They reach the
+    executor in :attr:`config` like any option, so every executor reads its options one way."""
 
     def __init__(
         self, settings: Settings, *, slots: int, options: Mapping[str, Any] | None = None
     ) -> None:
         """``slots``: how many jobs the worker may run on this executor at the same time;
-        ``options``: validated values for :attr:`options` (defaults filled in)."""
+        ``options``: validated values for :attr:`options` (defaults filled in). :attr:`config`
+        has them and the :attr:`settings_options`."""
         self.settings = settings
         self.slots = slots
-        self.config: dict[str, Any] = {**self.options, **(options or {})}
+        from_settings = {
+            key: getattr(settings, field) for key, field in self.settings_options.items()
+        }
+        self.config: dict[str, Any] = {**self.options, **(options or {}), **from_settings}
 
     def start(self) -> None:  # noqa: B027 - optional hook
         """Called once before the first job (e.g. to start a process pool)."""

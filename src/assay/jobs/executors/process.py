@@ -31,7 +31,7 @@ import traceback
 from collections.abc import Mapping
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
-from typing import Any
+from typing import Any, ClassVar
 
 from assay.config import Settings
 from assay.errors import ConfigError
@@ -42,6 +42,7 @@ from assay.jobs.executors.base import (
     Outcome,
     call_job,
     describe_exit,
+    environ_swapped,
     kill_group,
     outcome_of,
     stopped,
@@ -72,6 +73,10 @@ class _Child:
 
 class ProcessExecutor(Executor):
     name = "process"
+    settings_options: ClassVar[Mapping[str, str]] = {
+        "max_jobs": "process_max_jobs",
+        "max_rss_mb": "process_max_rss_mb",
+    }
 
     def __init__(
         self, settings: Settings, *, slots: int, options: Mapping[str, Any] | None = None
@@ -161,7 +166,7 @@ class ProcessExecutor(Executor):
         return outcome
 
     def _worn_out(self, child: _Child) -> bool:
-        return child.jobs_run >= self.settings.process_max_jobs
+        return bool(child.jobs_run >= self.config["max_jobs"])
 
     def _run_on(self, child: _Child, spec: JobSpec, ctx: JobContext) -> tuple[Outcome, bool]:
         """Run one job on ``child``; returns the outcome and whether the process may be reused."""
@@ -195,7 +200,7 @@ class ProcessExecutor(Executor):
             elif kind == "done":
                 _, status, payload, rss_bytes = message
                 child.jobs_run += 1
-                too_big = rss_bytes > self.settings.process_max_rss_mb * 1024 * 1024
+                too_big = rss_bytes > self.config["max_rss_mb"] * 1024 * 1024
                 if too_big:
                     log.info("process.recycled pid=%s rss_mb=%.0f", child.pid, rss_bytes / 2**20)
                 return outcome_of(status, payload), not too_big
@@ -340,14 +345,9 @@ def _run_job(
         return "fail", f"cannot load job {name!r} in the pool process:\n{traceback.format_exc()}"
     # The job's token and the API's address, also for programs the job starts; this process
     # runs one job at a time, so its environment is the job's.
-    before = {key: os.environ.pop(key, None) for key in ("ASSAY_API_TOKEN", "ASSAY_API_URL")}
-    os.environ.update(api_env)
     ctx = _ChildContext(job, send, api_env)
-    try:
-        return call_job(spec.fn, ctx, spec.retry_on)
-    finally:
-        ctx.send_progress()
-        for key, value in before.items():
-            os.environ.pop(key, None)
-            if value is not None:
-                os.environ[key] = value
+    with environ_swapped(api_env, ("ASSAY_API_TOKEN", "ASSAY_API_URL")):
+        try:
+            return call_job(spec.fn, ctx, spec.retry_on)
+        finally:
+            ctx.send_progress()

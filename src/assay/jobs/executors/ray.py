@@ -35,7 +35,6 @@ import contextlib
 import importlib
 import io
 import logging
-import os
 import threading
 import traceback
 from collections.abc import Iterator, Mapping
@@ -50,6 +49,7 @@ from assay.jobs.executors.base import (
     Outcome,
     Retry,
     call_job,
+    environ_swapped,
     outcome_of,
     stopped,
 )
@@ -245,26 +245,21 @@ def _run_on_ray(
             ctx.finished.set()
             ctx.changed.set()
 
-    saved = {key: os.environ.get(key) for key in api_env}
-    os.environ.update(api_env)
-    try:
-        with contextlib.redirect_stdout(output), contextlib.redirect_stderr(output):
-            thread = threading.Thread(target=body, name="assay-job", daemon=True)
-            thread.start()
-            while not ctx.finished.is_set():
-                ctx.changed.wait()
-                ctx.changed.clear()
-                progress = ctx.take_progress()
-                if progress is not None:
-                    yield ("progress", progress.completed, progress.total, progress.message)
-                ctx.finished.wait(_PROGRESS_EVERY_S)
-            thread.join()
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+    with (
+        environ_swapped(api_env, api_env),
+        contextlib.redirect_stdout(output),
+        contextlib.redirect_stderr(output),
+    ):
+        thread = threading.Thread(target=body, name="assay-job", daemon=True)
+        thread.start()
+        while not ctx.finished.is_set():
+            ctx.changed.wait()
+            ctx.changed.clear()
+            progress = ctx.take_progress()
+            if progress is not None:
+                yield ("progress", progress.completed, progress.total, progress.message)
+            ctx.finished.wait(_PROGRESS_EVERY_S)
+        thread.join()
     progress = ctx.take_progress()
     if progress is not None:
         yield ("progress", progress.completed, progress.total, progress.message)

@@ -24,18 +24,15 @@ result must be one JSON object of the expected shape, within the size cap.
 
 from __future__ import annotations
 
-import codecs
+import dataclasses
 import json
 import logging
 import math
-import os
-import selectors
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -53,9 +50,8 @@ from assay.jobs.executors.base import (
     Retry,
     TimedOut,
     describe_exit,
-    kill_group,
-    stopped,
 )
+from assay.jobs.executors.child import EXIT_GRACE_S, Children, Stop, read_child
 from assay.jobs.registry import JobSpec
 
 __all__ = ["SandboxExecutor", "SandboxLimits"]
@@ -74,8 +70,6 @@ USE_AUDIT_HOOK = True
 
 _SYSTEM_READ_ROOTS = ["/usr", "/lib", "/lib64", "/bin", "/etc/ld.so.cache", "/etc/localtime"]
 _DEVICES = ["/dev/null", "/dev/zero", "/dev/urandom", "/dev/random"]
-_POLL_S = 0.05
-_EXIT_GRACE_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -92,17 +86,9 @@ class SandboxLimits:
     result_bytes: int = 1 * MiB  # one message (the result) on the result pipe
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> SandboxLimits:
-        return cls(
-            memory_bytes=settings.sandbox_memory_bytes,
-            cpu_s=settings.sandbox_cpu_s,
-            file_size_bytes=settings.sandbox_file_size_bytes,
-            open_files=settings.sandbox_open_files,
-            processes=settings.sandbox_processes,
-            wall_s=settings.sandbox_wall_s,
-            output_bytes=settings.sandbox_output_bytes,
-            result_bytes=settings.sandbox_result_bytes,
-        )
+    def from_options(cls, config: Mapping[str, Any]) -> SandboxLimits:
+        """The limits in an executor's :attr:`~Executor.config` (top-level ``sandbox_*``)."""
+        return cls(**{f.name: config[f.name] for f in dataclasses.fields(cls)})
 
     def rlimits(self) -> dict[str, int]:
         return {
@@ -115,33 +101,35 @@ class SandboxLimits:
         }
 
 
-class _Stop(Exception):
-    """Stop the child now and report this outcome."""
-
-    def __init__(self, outcome: Outcome) -> None:
-        self.outcome = outcome
-
-
 class SandboxExecutor(Executor):
     name = "sandbox"
     options: ClassVar[Mapping[str, Any]] = {"allow_ctypes": ()}
     """``allow_ctypes``: names of the jobs whose sandbox lets ``ctypes`` through (when every
     kernel layer is in place); any other job gets an ImportError on ``import ctypes``."""
+    settings_options: ClassVar[Mapping[str, str]] = {
+        name: f"sandbox_{name}"
+        for name in (
+            "memory_bytes",
+            "cpu_s",
+            "file_size_bytes",
+            "open_files",
+            "processes",
+            "wall_s",
+            "output_bytes",
+            "result_bytes",
+        )
+    }
 
     def __init__(
         self, settings: Settings, *, slots: int, options: Mapping[str, Any] | None = None
     ) -> None:
         super().__init__(settings, slots=slots, options=options)
         self.allow_ctypes = _allow_ctypes(self.config["allow_ctypes"])
-        self.limits = SandboxLimits.from_settings(settings)
-        self._live: set[subprocess.Popen[bytes]] = set()
-        self._lock = threading.Lock()
+        self.limits = SandboxLimits.from_options(self.config)
+        self._children = Children()
 
     def stop(self) -> None:
-        with self._lock:
-            live = list(self._live)
-        for proc in live:
-            kill_group(proc.pid)
+        self._children.kill_all()
 
     def run(self, spec: JobSpec, ctx: JobContext) -> Outcome:
         try:
@@ -180,52 +168,27 @@ class SandboxExecutor(Executor):
         }
 
     def _run_in(self, tmp: str, request: dict[str, Any], spec: JobSpec, ctx: JobContext) -> Outcome:
-        read_fd, write_fd = os.pipe()
-        request.update(
-            tmp=tmp,
-            message_fd=write_fd,
-            read_roots=_read_roots(request["sys_path"]),
-            write_files=["/dev/null"],
-        )
+        def encoded(message_fd: int) -> bytes:
+            request.update(
+                tmp=tmp,
+                message_fd=message_fd,
+                read_roots=_read_roots(request["sys_path"]),
+                write_files=["/dev/null"],
+            )
+            return json.dumps(request).encode()
+
         env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": tmp, "TMPDIR": tmp}
+        argv = [sys.executable, "-I", "-S", "-B", str(CHILD)]
         try:
-            proc = subprocess.Popen(
-                [sys.executable, "-I", "-S", "-B", str(CHILD)],
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                pass_fds=(write_fd,),
-                cwd=tmp,
+            return self._children.run(
+                argv,
+                encoded,
+                lambda proc, out_fd, msg_fd: self._collect(proc, out_fd, msg_fd, spec, ctx),
                 env=env,
-                start_new_session=True,
+                cwd=tmp,
             )
         except OSError as exc:
-            os.close(read_fd)
             return Failed(f"sandbox: cannot start the child process: {exc}")
-        finally:
-            os.close(write_fd)
-        with self._lock:
-            self._live.add(proc)
-        try:
-            assert proc.stdin is not None
-            assert proc.stdout is not None
-            try:
-                proc.stdin.write(json.dumps(request).encode())
-                proc.stdin.close()
-            except OSError:
-                pass  # the child died at once; its exit status tells why
-            try:
-                outcome = self._collect(proc, proc.stdout.fileno(), read_fd, spec, ctx)
-            except _Stop as stop:
-                outcome = stop.outcome
-            kill_group(proc.pid)  # the leader is not reaped yet, so its group id cannot be reused
-            proc.wait()
-            proc.stdout.close()
-            return outcome
-        finally:
-            os.close(read_fd)
-            with self._lock:
-                self._live.discard(proc)
 
     def _collect(
         self,
@@ -236,65 +199,53 @@ class SandboxExecutor(Executor):
         ctx: JobContext,
     ) -> Outcome:
         limits = self.limits
-        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         out_read = 0
-        pending = b""
-        final: Outcome | None = None
-        final_at = 0.0
         wall_end = time.monotonic() + limits.wall_s
-        sel = selectors.DefaultSelector()
-        sel.register(out_fd, selectors.EVENT_READ)
-        sel.register(msg_fd, selectors.EVENT_READ)
-        try:
-            while sel.get_map():
-                if ctx.cancelled:
-                    raise _Stop(stopped(ctx))
-                now = time.monotonic()
-                if now >= wall_end:
-                    raise _Stop(TimedOut(f"sandbox wall-clock limit of {limits.wall_s:g}s"))
-                if final is not None and now - final_at > _EXIT_GRACE_S:
-                    break  # the result is in; do not wait for stray output
-                for key, _ in sel.select(_POLL_S):
-                    fd = key.fd
-                    chunk = os.read(fd, 65536)
-                    if not chunk:
-                        sel.unregister(fd)
-                        continue
-                    if fd == out_fd:
-                        out_read += len(chunk)
-                        ctx.append_log(decoder.decode(chunk))
-                        if out_read > limits.output_bytes:
-                            raise _Stop(
-                                Failed(
-                                    f"sandbox: the job wrote more than {limits.output_bytes} "
-                                    "bytes to stdout/stderr and was stopped (output limit)"
-                                )
-                            )
-                        continue
-                    pending += chunk
-                    *lines, pending = pending.split(b"\n")
-                    if len(pending) > limits.result_bytes:
-                        raise _Stop(
-                            Failed(
-                                f"sandbox: the job's result exceeds {limits.result_bytes} bytes "
-                                "(result size limit)"
-                            )
-                        )
-                    for line in lines:
-                        if final is not None:
-                            raise _Stop(Failed("sandbox: the job sent more than one result"))
-                        final = self._message(line, spec, ctx)
-                        if final is not None:
-                            final_at = time.monotonic()
-        finally:
-            sel.close()
-        ctx.append_log(decoder.decode(b"", final=True))
+
+        def check() -> None:
+            if time.monotonic() >= wall_end:
+                raise Stop(TimedOut(f"sandbox wall-clock limit of {limits.wall_s:g}s"))
+
+        def on_output(chunk: bytes) -> None:
+            nonlocal out_read
+            out_read += len(chunk)
+            if out_read > limits.output_bytes:
+                raise Stop(
+                    Failed(
+                        f"sandbox: the job wrote more than {limits.output_bytes} "
+                        "bytes to stdout/stderr and was stopped (output limit)"
+                    )
+                )
+
+        def on_partial(pending: bytes) -> None:
+            if len(pending) > limits.result_bytes:
+                raise Stop(
+                    Failed(
+                        f"sandbox: the job's result exceeds {limits.result_bytes} bytes "
+                        "(result size limit)"
+                    )
+                )
+
+        def on_line(line: bytes, final: Outcome | None) -> Outcome | None:
+            if final is not None:
+                raise Stop(Failed("sandbox: the job sent more than one result"))
+            return self._message(line, spec, ctx)
+
+        final, pending = read_child(
+            ctx,
+            out_fd,
+            msg_fd,
+            on_line=on_line,
+            on_output=on_output,
+            on_partial=on_partial,
+            check=check,
+        )
         if final is not None:
             return final
         if pending:
             return Failed("sandbox: the job's result message is incomplete (no newline)")
         try:
-            code = proc.wait(timeout=_EXIT_GRACE_S)
+            code = proc.wait(timeout=EXIT_GRACE_S)
         except subprocess.TimeoutExpired:
             return Failed("sandbox: the job closed its result pipe without a result")
         return Failed(f"sandbox: the job's process ended without a result ({_describe(code)})")
@@ -302,13 +253,13 @@ class SandboxExecutor(Executor):
     def _message(self, line: bytes, spec: JobSpec, ctx: JobContext) -> Outcome | None:
         """One line from the untrusted child: a progress report (None) or the final outcome."""
         if len(line) > self.limits.result_bytes:
-            raise _Stop(
+            raise Stop(
                 Failed(f"sandbox: the job's result exceeds {self.limits.result_bytes} bytes")
             )
         try:
             message = json.loads(line, parse_constant=_no_constants)
         except (ValueError, RecursionError) as exc:
-            raise _Stop(Failed(f"sandbox: the job sent a result that is not JSON: {exc}")) from None
+            raise Stop(Failed(f"sandbox: the job sent a result that is not JSON: {exc}")) from None
         kind = message.get("type") if isinstance(message, dict) else None
         if kind == "progress":
             completed, total, text = (message.get(k) for k in ("completed", "total", "message"))
@@ -325,7 +276,7 @@ class SandboxExecutor(Executor):
         ):
             error = message["error"][-20000:]
             return Retry(error) if message["transient"] and spec.retry_on else Failed(error)
-        raise _Stop(Failed(f"sandbox: the job sent a message of unexpected shape: {line[:200]!r}"))
+        raise Stop(Failed(f"sandbox: the job sent a message of unexpected shape: {line[:200]!r}"))
 
 
 # -- helpers ---------------------------------------------------------------------------------------

@@ -15,19 +15,14 @@ Settings: ``python_env_dir`` (where envs live, ``~/.assay/envs``) and
 from __future__ import annotations
 
 import base64
-import codecs
-import contextlib
 import json
 import os
 import pickle
-import selectors
 import subprocess
 import sys
-import threading
-import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from assay.config import Settings
 from assay.jobs import pyenv
@@ -39,42 +34,35 @@ from assay.jobs.executors.base import (
     Outcome,
     Retry,
     describe_exit,
-    kill_group,
     stopped,
 )
+from assay.jobs.executors.child import EXIT_GRACE_S, Children, read_child
 from assay.jobs.registry import JobSpec
 
 __all__ = ["VenvExecutor"]
 
 CHILD = Path(__file__).with_name("_venv_child.py")
-_POLL_S = 0.05
-_EXIT_GRACE_S = 2.0
-
-
-class _Stop(Exception):
-    def __init__(self, outcome: Outcome) -> None:
-        self.outcome = outcome
 
 
 class VenvExecutor(Executor):
     name = "venv"
+    settings_options: ClassVar[Mapping[str, str]] = {
+        "env_dir": "python_env_dir",
+        "create_timeout_s": "python_env_create_timeout_s",
+    }
 
     def __init__(
         self, settings: Settings, *, slots: int, options: Mapping[str, Any] | None = None
     ) -> None:
         super().__init__(settings, slots=slots, options=options)
-        self._live: set[subprocess.Popen[bytes]] = set()
-        self._lock = threading.Lock()
+        self._children = Children()
 
     @property
     def env_dir(self) -> Path:
-        return Path(self.settings.python_env_dir).expanduser()
+        return Path(self.config["env_dir"]).expanduser()
 
     def stop(self) -> None:
-        with self._lock:
-            live = list(self._live)
-        for proc in live:
-            kill_group(proc.pid)
+        self._children.kill_all()
 
     def run(self, spec: JobSpec, ctx: JobContext) -> Outcome:
         module = getattr(spec.fn, "__module__", None)
@@ -91,7 +79,7 @@ class VenvExecutor(Executor):
                 self.env_dir,
                 cancelled=lambda: ctx.cancelled,
                 output=ctx.append_log,
-                timeout_s=self.settings.python_env_create_timeout_s,
+                timeout_s=self.config["create_timeout_s"],
             )
         except pyenv.PythonEnvInterrupted:
             return stopped(ctx)
@@ -104,51 +92,26 @@ class VenvExecutor(Executor):
         return self._run_in(env, module, spec, ctx)
 
     def _run_in(self, env: Path, module: str, spec: JobSpec, ctx: JobContext) -> Outcome:
-        read_fd, write_fd = os.pipe()
-        request = {
-            "name": spec.name,
-            "module": module,
-            "job": base64.b64encode(pickle.dumps(ctx.job)).decode(),
-            "sys_path": [p for p in sys.path if p],
-            "message_fd": write_fd,
-        }
+        def request(message_fd: int) -> bytes:
+            message = {
+                "name": spec.name,
+                "module": module,
+                "job": base64.b64encode(pickle.dumps(ctx.job)).decode(),
+                "sys_path": [p for p in sys.path if p],
+                "message_fd": message_fd,
+            }
+            return json.dumps(message).encode() + b"\n"
+
         try:
-            proc = subprocess.Popen(
+            return self._children.run(
                 [str(pyenv.env_python(env)), "-I", "-B", str(CHILD)],
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                pass_fds=(write_fd,),
-                start_new_session=True,
+                request,
+                lambda proc, out_fd, msg_fd: self._collect(proc, out_fd, msg_fd, spec, ctx),
                 env={**os.environ, **ctx.api_env()},
+                keep_stdin=True,
             )
         except OSError as exc:
-            os.close(read_fd)
             return Failed(f"venv: cannot start the job's python ({env}): {exc}")
-        finally:
-            os.close(write_fd)
-        with self._lock:
-            self._live.add(proc)
-        try:
-            assert proc.stdin is not None
-            assert proc.stdout is not None
-            with contextlib.suppress(OSError):
-                proc.stdin.write(json.dumps(request).encode() + b"\n")
-                proc.stdin.flush()  # stdin stays open: it is the child's lifeline
-            try:
-                outcome = self._collect(proc, proc.stdout.fileno(), read_fd, spec, ctx)
-            except _Stop as stop:
-                outcome = stop.outcome
-            kill_group(proc.pid)  # the leader is not reaped yet, so its group id cannot be reused
-            proc.wait()
-            with contextlib.suppress(OSError):
-                proc.stdin.close()
-            proc.stdout.close()
-            return outcome
-        finally:
-            os.close(read_fd)
-            with self._lock:
-                self._live.discard(proc)
 
     def _collect(
         self,
@@ -158,39 +121,13 @@ class VenvExecutor(Executor):
         spec: JobSpec,
         ctx: JobContext,
     ) -> Outcome:
-        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        pending = b""
-        final: Outcome | None = None
-        final_at = 0.0
-        sel = selectors.DefaultSelector()
-        sel.register(out_fd, selectors.EVENT_READ)
-        sel.register(msg_fd, selectors.EVENT_READ)
-        try:
-            while sel.get_map():
-                if ctx.cancelled:
-                    raise _Stop(stopped(ctx))
-                if final is not None and time.monotonic() - final_at > _EXIT_GRACE_S:
-                    break  # the result is in; do not wait for stray output
-                for key, _ in sel.select(_POLL_S):
-                    chunk = os.read(key.fd, 65536)
-                    if not chunk:
-                        sel.unregister(key.fd)
-                    elif key.fd == out_fd:
-                        ctx.append_log(decoder.decode(chunk))
-                    else:
-                        pending += chunk
-                        *lines, pending = pending.split(b"\n")
-                        for line in lines:
-                            outcome = _message(line, spec, ctx)
-                            if outcome is not None and final is None:
-                                final, final_at = outcome, time.monotonic()
-        finally:
-            sel.close()
-        ctx.append_log(decoder.decode(b"", final=True))
+        final, _ = read_child(
+            ctx, out_fd, msg_fd, on_line=lambda line, _final: _message(line, spec, ctx)
+        )
         if final is not None:
             return final
         try:
-            code = proc.wait(timeout=_EXIT_GRACE_S)
+            code = proc.wait(timeout=EXIT_GRACE_S)
         except subprocess.TimeoutExpired:
             return Failed(f"venv: job {spec.name!r} closed its result pipe without a result")
         how = describe_exit(code)

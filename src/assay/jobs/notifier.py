@@ -1,5 +1,9 @@
-"""Wake-ups: Redis pub/sub for stores without a notification channel of their own, and a
-file watch for SQLite.
+"""Wake-ups: how a worker learns that new jobs may be claimable before its next poll.
+
+One :class:`Notifier` per store: PostgreSQL's LISTEN for the NOTIFY every submit sends
+(:class:`PostgresListen`), SQLite's ``PRAGMA data_version`` read when its WAL file is written
+(:class:`SqliteDataVersion`), or Redis pub/sub (:class:`RedisWakeups`, ``notify_url``), which
+replaces either. :func:`watch` runs one until stopped.
 
 MySQL and MariaDB have no LISTEN/NOTIFY, so their workers find new jobs by polling
 (``poll_interval_s``, 100 ms by default: about 50 ms of pickup latency on average). With
@@ -28,14 +32,32 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
+import sqlalchemy as sa
+
+from assay.db.dialects import MYSQL, POSTGRESQL, dialect_of
 from assay.errors import ConfigError
 
-__all__ = ["FileWatch", "RedisWakeups"]
+__all__ = [
+    "NOTIFY_CHANNEL",
+    "FileWatch",
+    "Notifier",
+    "PostgresListen",
+    "RedisWakeups",
+    "SqliteDataVersion",
+    "database_notifier",
+    "watch",
+]
 
 log = logging.getLogger("assay.notify")
 
+NOTIFY_CHANNEL = "assay_jobs"
+"""The PostgreSQL channel every submit of PENDING jobs notifies (in its transaction)."""
+# SQLite watcher: how long a WAL write may precede its commit's data_version, and how often the
+# watch returns to check for stop.
+_SETTLE_S = 0.005
+_WATCH_TIMEOUT_S = 0.5
 _QUIET_AFTER_ERROR_S = 5.0
 """After a failed publish, submits skip publishing this long (polling covers the gap), so a
 Redis that is down never slows submits down by its connect timeout."""
@@ -138,3 +160,99 @@ class FileWatch:
 
     def close(self) -> None:
         os.close(self._fd)
+
+
+class Notifier(Protocol):
+    def listen(self, wake: Callable[[], None], stop: threading.Event) -> None:
+        """Call ``wake()`` whenever new jobs may be claimable, until ``stop``. May raise (the
+        caller logs the error and listens again)."""
+
+
+def watch(notifier: Notifier, wake: Callable[[], None], stop: threading.Event) -> None:
+    """Block until ``stop``, listening with ``notifier``. Workers poll in any case: this is
+    only a speed-up, so errors are logged and retried, never fatal."""
+    while not stop.is_set():
+        try:
+            notifier.listen(wake, stop)
+        except Exception:
+            log.warning("store.watch_failed", exc_info=True)
+            stop.wait(1.0)
+
+
+def database_notifier(engine: sa.Engine, interval_s: float) -> Notifier | None:
+    """The database's own wake-ups; None for MySQL/MariaDB, which have none (workers poll)."""
+    dialect = dialect_of(engine)
+    if dialect == MYSQL:
+        return None
+    if dialect == POSTGRESQL:
+        return PostgresListen(engine)
+    return SqliteDataVersion(engine, interval_s)
+
+
+def _raw_connection(engine: sa.Engine) -> Any:
+    """A DBAPI connection of our own, taken out of the pool (closed by the caller)."""
+    pooled = engine.raw_connection()
+    driver = pooled.driver_connection
+    pooled.detach()
+    return driver
+
+
+class PostgresListen:
+    """LISTEN on :data:`NOTIFY_CHANNEL`."""
+
+    def __init__(self, engine: sa.Engine) -> None:
+        self._engine = engine
+
+    def listen(self, wake: Callable[[], None], stop: threading.Event) -> None:
+        pg = _raw_connection(self._engine)
+        try:
+            pg.rollback()
+            pg.autocommit = True
+            pg.execute(f"LISTEN {NOTIFY_CHANNEL}")
+            while not stop.is_set():
+                for _ in pg.notifies(timeout=0.5, stop_after=1):
+                    wake()
+        finally:
+            pg.close()
+
+
+class SqliteDataVersion:
+    """``PRAGMA data_version``: it changes when another connection commits."""
+
+    def __init__(self, engine: sa.Engine, interval_s: float) -> None:
+        self._engine = engine
+        self._interval_s = interval_s
+
+    def listen(self, wake: Callable[[], None], stop: threading.Event) -> None:
+        """Wake when ``PRAGMA data_version`` changes (another connection committed). It is read
+        when the database's WAL file is written (inotify, :class:`FileWatch`), and then every
+        ``interval_s / 8`` until the commit shows (the frames are written before the commit is
+        visible) or ``_SETTLE_S`` passes; without inotify, every ``interval_s``."""
+        raw = _raw_connection(self._engine)
+        interval = self._interval_s
+        database = self._engine.url.database or ""
+        wal = None
+        if database not in ("", ":memory:") and not database.startswith("file:"):
+            wal = FileWatch.open(Path(f"{Path(database).absolute()}-wal"))
+        try:
+            cursor = raw.cursor()
+            last = cursor.execute("PRAGMA data_version").fetchone()[0]
+            while not stop.is_set():
+                settle_until = 0.0
+                if wal is None:
+                    stop.wait(interval)
+                elif wal.wait(_WATCH_TIMEOUT_S):
+                    settle_until = time.monotonic() + _SETTLE_S
+                while True:
+                    version = cursor.execute("PRAGMA data_version").fetchone()[0]
+                    if version != last:
+                        last = version
+                        wake()
+                        break
+                    if time.monotonic() >= settle_until or stop.is_set():
+                        break
+                    time.sleep(interval / 8)
+        finally:
+            raw.close()
+            if wal is not None:
+                wal.close()
