@@ -282,9 +282,10 @@ class _DirectScorers:
 
     def __init__(self, backend: Backend) -> None:
         from assay.scoring.service import ScoringService
+        from assay.stores import Stores
 
         self._backend = backend
-        self._service = ScoringService(backend.engine, backend.settings)
+        self._service = ScoringService(Stores.on(backend.store, backend.settings), backend.settings)
 
     def put_scorer(
         self,

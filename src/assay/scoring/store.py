@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
@@ -32,6 +32,7 @@ from assay.db.tables import assessments, experiments, scorers, scoring_tasks
 from assay.errors import NotFoundError
 from assay.scoring.model import Level
 from assay.scoring.sampler import sampled
+from assay.tracing.listener import Completed
 from assay.tracing.model import ASSESSMENT_UPDATES
 
 __all__ = [
@@ -156,17 +157,6 @@ class Decision:
     last_error: str | None
     due_at_ms: int
     leased: bool
-
-
-@dataclass(frozen=True)
-class Completed:
-    """A trace that became complete in an ingest transaction (or has a session to touch)."""
-
-    trace_id: str
-    experiment_id: str
-    metadata: Mapping[str, Any] = field(default_factory=dict)
-    session_id: str | None = None
-    complete: bool = True
 
 
 class ScoringStore(SqlStore):

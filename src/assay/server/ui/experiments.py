@@ -35,12 +35,11 @@ from assay.scoring import kinds
 from assay.scoring.service import ScoringService
 from assay.scoring.store import ScorerRecord
 from assay.server.auth import Principal, require_admin, require_api_token, require_scope
+from assay.server.deps import scoring_service, trace_store, tracking_store
 from assay.server.errors import status_for
-from assay.server.routes.scoring import scoring_service
-from assay.server.routes.traces import _trace_id, trace_store
+from assay.server.routes.traces import _trace_id
 from assay.server.ui.pages import UiCaller, is_fragment, render, templates
 from assay.tracing.model import Span, Trace
-from assay.tracking.store import TrackingStore
 
 __all__ = ["Chart", "Timeline", "bucket_size", "charts", "latest_values", "router", "span_tree"]
 
@@ -63,7 +62,7 @@ _FAIL = frozenset({"no", "false", "fail", "failed"})
 @router.get("/ui/experiments", response_class=HTMLResponse)
 def experiments_page(request: Request, caller: UiCaller) -> Response:
     require_api_token(caller, "list experiments")
-    page = _tracking(request).list_experiments(limit=200)
+    page = tracking_store(request).list_experiments(limit=200)
     return render(request, "experiments.html", section="experiments", experiments=page.experiments)
 
 
@@ -79,7 +78,7 @@ def experiment_page(
     """The experiment's traces (newest first, or ``order_by``) matching ``filter``, with one
     column per scorer holding the trace's latest value of it."""
     require_scope(caller, "experiment_id", experiment_id)
-    experiment = _tracking(request).get_experiment(experiment_id)
+    experiment = tracking_store(request).get_experiment(experiment_id)
     scorers = scoring_service(request).list(experiment_id)
     context: dict[str, Any] = {
         "section": "experiments",
@@ -462,7 +461,7 @@ def _scorers(
     days: int = 7,
     status_code: int = 200,
 ) -> Response:
-    experiment = _tracking(request).get_experiment(experiment_id)
+    experiment = tracking_store(request).get_experiment(experiment_id)
     service: ScoringService = scoring_service(request)
     scorers = service.list(experiment_id)
     now = datetime.now(UTC).replace(second=0, microsecond=0)
@@ -547,10 +546,6 @@ def _local_ms(text: str, what: str) -> int:
 
 
 # -- shared ----------------------------------------------------------------------------------------
-
-
-def _tracking(request: Request) -> TrackingStore:
-    return TrackingStore(request.app.state.runtime.backend.engine)
 
 
 def _now_ms() -> int:
