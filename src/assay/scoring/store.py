@@ -20,9 +20,9 @@ The ledger (``scoring_tasks``) is what makes online scoring exact:
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -34,6 +34,7 @@ from assay.scoring.model import Level
 from assay.scoring.sampler import sampled
 from assay.tracing.listener import Completed
 from assay.tracing.model import ASSESSMENT_UPDATES
+from assay.util import chunks
 
 __all__ = [
     "SOURCE_RUN_KEY",
@@ -45,7 +46,6 @@ __all__ = [
     "TaskUpdate",
 ]
 
-T = TypeVar("T")
 _CHUNK = 500
 SOURCE_RUN_KEY = "assay.source_run"
 """Trace metadata naming the evaluation run that produced a trace: never scored online."""
@@ -55,11 +55,6 @@ RETRYING = "RETRYING"
 """An outcome, not a stored state: the row stays PENDING, due later, with one more attempt
 (one open state lets the claim walk its index in due order)."""
 ACTIVE, PAUSED, STOPPED = "ACTIVE", "PAUSED", "STOPPED"
-
-
-def _chunks(items: Sequence[T], size: int = _CHUNK) -> Iterable[Sequence[T]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
 
 
 @dataclass(frozen=True)
@@ -339,7 +334,7 @@ class ScoringStore(SqlStore):
             scorers.c.experiment_id.in_(sa.bindparam("ids", expanding=True)),
             scorers.c.status != STOPPED,
         )
-        for chunk in _chunks(experiment_ids):
+        for chunk in chunks(experiment_ids, _CHUNK):
             for row in conn.execute(query, {"ids": list(chunk)}):
                 found.setdefault(row.experiment_id, []).append(row)
         if not found:
@@ -383,7 +378,7 @@ class ScoringStore(SqlStore):
 
         def body(conn: sa.Connection) -> int:
             now = int(conn.execute(sa.select(self._now)).scalar_one())
-            for chunk in _chunks(trace_ids):
+            for chunk in chunks(trace_ids, _CHUNK):
                 conn.execute(
                     scoring_tasks.update()
                     .where(
@@ -494,7 +489,7 @@ class ScoringStore(SqlStore):
             rows = conn.execute(query).all()
             if not rows:
                 return []
-            for chunk in _chunks([r.id for r in rows]):
+            for chunk in chunks([r.id for r in rows], _CHUNK):
                 conn.execute(
                     t.update()
                     .where(t.c.id.in_(chunk))
@@ -549,7 +544,7 @@ class ScoringStore(SqlStore):
                     [{**o.row, "created_at_ms": now, "updated_at_ms": now} for o in done],
                 )
             for generation, ids in deleted.items():
-                for chunk in _chunks(ids):
+                for chunk in chunks(ids, _CHUNK):
                     conn.execute(
                         t.delete().where(
                             t.c.id.in_(chunk),
@@ -569,7 +564,7 @@ class ScoringStore(SqlStore):
                     values["last_error"] = reason
                 if state == RETRYING:
                     values["attempts"] = t.c.attempts + 1
-                for chunk in _chunks(ids):
+                for chunk in chunks(ids, _CHUNK):
                     conn.execute(
                         t.update()
                         .where(
@@ -582,7 +577,7 @@ class ScoringStore(SqlStore):
             # A session touched while it was being scored kept its row (another generation):
             # give the lease back so it is scored again when due.
             touched = [o.task.id for o in outcomes if o.task.level == Level.SESSION]
-            for chunk in _chunks(touched):
+            for chunk in chunks(touched, _CHUNK):
                 conn.execute(
                     t.update()
                     .where(t.c.id.in_(chunk), t.c.lease_owner == owner)
@@ -647,7 +642,7 @@ class ScoringStore(SqlStore):
 
         def body(conn: sa.Connection) -> int:
             total = 0
-            for chunk in _chunks(trace_ids):
+            for chunk in chunks(trace_ids, _CHUNK):
                 query = sa.select(sa.func.count()).where(
                     t.c.experiment_id == experiment_id,
                     t.c.level == Level.TRACE.value,

@@ -19,7 +19,7 @@ import binascii
 import json
 import uuid
 from collections.abc import Mapping, Sequence
-from typing import Any, TypeVar
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -46,6 +46,7 @@ from assay.tracking.model import (
     RunPage,
     RunStatus,
 )
+from assay.util import chunks
 
 __all__ = [
     "DEFAULT_EXPERIMENT_ID",
@@ -55,7 +56,6 @@ __all__ = [
     "TrackingStore",
 ]
 
-T = TypeVar("T")
 MAX_PAGE = 1000
 """The most experiments, runs or metric values one page holds."""
 DEFAULT_EXPERIMENT_ID = "0"
@@ -224,7 +224,7 @@ class TrackingStore(SqlStore):
         )
         rows = conn.execute(query).all()
         tags: dict[str, dict[str, str]] = {row.id: {} for row in rows}
-        for chunk in _chunks(list(tags)):
+        for chunk in chunks(list(tags), _CHUNK):
             tag_rows = conn.execute(
                 sa.select(experiment_tags).where(experiment_tags.c.experiment_id.in_(chunk))
             )
@@ -406,7 +406,7 @@ class TrackingStore(SqlStore):
             [{"run_id": run_id, "key": k, "value": texts[k]} for k in keys],
         )
         stored: dict[str, str] = {}
-        for chunk in _chunks(keys):
+        for chunk in chunks(keys, _CHUNK):
             rows = conn.execute(
                 sa.select(run_params.c.key, run_params.c.value).where(
                     run_params.c.run_id == run_id, run_params.c.key.in_(chunk)
@@ -525,7 +525,7 @@ class TrackingStore(SqlStore):
         tags: dict[str, dict[str, str]] = {i: {} for i in ids}
         inputs: dict[str, list[RunInput]] = {i: [] for i in ids}
         metrics: dict[str, dict[str, Metric]] = {i: {} for i in ids}
-        for chunk in _chunks(ids):
+        for chunk in chunks(ids, _CHUNK):
             for row in conn.execute(sa.select(run_params).where(run_params.c.run_id.in_(chunk))):
                 params[row.run_id][row.key] = row.value
             for row in conn.execute(sa.select(run_tags).where(run_tags.c.run_id.in_(chunk))):
@@ -618,10 +618,6 @@ def _parse_status(value: RunStatus | str) -> RunStatus:
 def _check_limit(limit: int) -> None:
     if not 1 <= limit <= MAX_PAGE:
         raise InvalidRequestError(f"max_results must be between 1 and {MAX_PAGE}, not {limit}")
-
-
-def _chunks(items: Sequence[T], size: int = _CHUNK) -> list[Sequence[T]]:
-    return [items[start : start + size] for start in range(0, len(items), size)]
 
 
 def _encode_token(*parts: int | str) -> str:
