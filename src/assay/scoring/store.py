@@ -28,7 +28,8 @@ import sqlalchemy as sa
 
 from assay import jsonvalue
 from assay.db.base import SqlStore
-from assay.db.tables import assessments, experiments, scorers, scoring_tasks
+from assay.db.dialects import MYSQL
+from assay.db.tables import assessments, experiments, scorers, scoring_tasks, traces
 from assay.errors import NotFoundError
 from assay.scoring.model import Level
 from assay.scoring.sampler import sampled
@@ -165,10 +166,10 @@ class ScoringStore(SqlStore):
         insert = self._insert(scoring_tasks)
         self._insert_trace_task = (
             insert.prefix_with("IGNORE")
-            if self.dialect == "mysql"
+            if self.dialect == MYSQL
             else insert.on_conflict_do_nothing()
         )
-        new = insert.inserted if self.dialect == "mysql" else insert.excluded
+        new = insert.inserted if self.dialect == MYSQL else insert.excluded
         touched = {
             "due_at_ms": new.due_at_ms,
             "state": PENDING,
@@ -177,7 +178,7 @@ class ScoringStore(SqlStore):
             "last_error": None,
             "updated_at_ms": new.updated_at_ms,
         }
-        if self.dialect == "mysql":
+        if self.dialect == MYSQL:
             self._touch_session_task = insert.on_duplicate_key_update(touched)
         else:
             self._touch_session_task = insert.on_conflict_do_update(
@@ -587,6 +588,47 @@ class ScoringStore(SqlStore):
         self._tx(body)
 
     # -- pruning ------------------------------------------------------------------------------
+
+    # -- results, for the UI ------------------------------------------------------------------
+
+    def latest_values(
+        self, trace_ids: Sequence[str], names: Sequence[str]
+    ) -> dict[tuple[str, str], str]:
+        """``(trace_id, name) -> stored value`` of the latest assessment of that name, in one
+        query (a trace page's scorer columns)."""
+        if not trace_ids or not names:
+            return {}
+        query = (
+            sa.select(assessments.c.trace_id, assessments.c.name, assessments.c.value)
+            .where(assessments.c.trace_id.in_(trace_ids), assessments.c.name.in_(names))
+            .order_by(assessments.c.created_at_ms, assessments.c.updated_at_ms)
+        )
+        with self.engine.connect() as conn:
+            rows = conn.execute(query).all()
+        return {(row.trace_id, row.name): row.value for row in rows}
+
+    def value_counts(
+        self, experiment_id: str, names: Sequence[str], since_ms: int, bucket_ms: int
+    ) -> list[tuple[str, int, str, int]]:
+        """``(name, bucket start, stored value, count)`` of the experiment's assessments named
+        ``names`` since ``since_ms``, counted per ``bucket_ms`` in SQL so the rows read stay
+        few however many traces were scored (the scorers' charts)."""
+        if not names:
+            return []
+        offset = assessments.c.created_at_ms - since_ms
+        start = (offset - offset % bucket_ms).label("start")
+        query = (
+            sa.select(assessments.c.name, start, assessments.c.value, sa.func.count().label("n"))
+            .join(traces, traces.c.trace_id == assessments.c.trace_id)
+            .where(
+                traces.c.experiment_id == experiment_id,
+                assessments.c.name.in_(names),
+                assessments.c.created_at_ms >= since_ms,
+            )
+            .group_by(assessments.c.name, start, assessments.c.value)
+        )
+        with self.engine.connect() as conn:
+            return [(r.name, since_ms + int(r.start), r.value, r.n) for r in conn.execute(query)]
 
     def tasks_prune(self, older_than_s: float, *, batch: int = 1000) -> int:
         """Delete the rows of pairs decided (FILTERED or FAILED) more than ``older_than_s``

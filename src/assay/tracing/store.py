@@ -27,6 +27,7 @@ from typing import Any, TypeVar
 import sqlalchemy as sa
 
 from assay.db.base import SqlStore
+from assay.db.dialects import SQLITE
 from assay.db.tables import assessments, experiments, spans, trace_metadata, trace_tags, traces
 from assay.errors import InvalidRequestError, NotFoundError
 from assay.jsonvalue import loads
@@ -479,7 +480,7 @@ class TraceStore(SqlStore):
             max_results=max_results,
             page_token=page_token,
         )
-        if self.dialect != "sqlite":
+        if self.dialect != SQLITE:
             return self.traces_run(search)
         return self.traces_run(search, keyed_lookups(parse_filter(filter_string)))
 

@@ -24,6 +24,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from assay.db.base import SqlStore
+from assay.db.dialects import MYSQL
 from assay.db.tables import (
     experiment_tags,
     experiments,
@@ -77,7 +78,7 @@ class TrackingStore(SqlStore):
         """INSERT that, on a primary-key clash, sets ``update`` from the new row (or, with
         None, leaves the stored row alone)."""
         stmt = self._insert(table)
-        if self.dialect == "mysql":
+        if self.dialect == MYSQL:
             # Not INSERT IGNORE: that would also turn real errors into warnings.
             column = update or next(c.name for c in table.c if c.name not in keys)
             value = stmt.inserted[column] if update else table.c[column]
