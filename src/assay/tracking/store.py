@@ -14,9 +14,6 @@ Rules this module keeps:
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
 import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -35,7 +32,7 @@ from assay.db.tables import (
     runs,
 )
 from assay.errors import ConflictError, InvalidRequestError, NotFoundError
-from assay.jsonvalue import loads_shallow
+from assay.pagetoken import decode_token, encode_token
 from assay.tracking import limits
 from assay.tracking.model import (
     Experiment,
@@ -622,13 +619,13 @@ def _check_limit(limit: int) -> None:
 
 
 def _encode_token(*parts: int | str) -> str:
-    return base64.urlsafe_b64encode(json.dumps(list(parts)).encode()).decode()
+    return encode_token(list(parts))
 
 
 def _decode_token(token: str, *types: type) -> tuple[Any, ...]:
     """A page token's parts, checked against ``types`` (int within BIGINT, str without NUL)."""
     try:
-        parts = loads_shallow(base64.urlsafe_b64decode(token.encode()), 1)
+        parts = decode_token(token, 1)
         if not isinstance(parts, list) or len(parts) != len(types):
             raise ValueError(token)
         for part, kind in zip(parts, types, strict=True):
@@ -639,5 +636,5 @@ def _decode_token(token: str, *types: type) -> tuple[Any, ...]:
             if isinstance(part, str) and "\x00" in part:
                 raise ValueError(token)
         return tuple(parts)
-    except (ValueError, TypeError, binascii.Error, UnicodeDecodeError):
+    except (ValueError, TypeError):
         raise InvalidRequestError(f"invalid page_token {token!r}") from None

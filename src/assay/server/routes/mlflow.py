@@ -30,9 +30,6 @@ reach only the experiments they are scoped to, as on ``/api/v1``.
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
 import re
 import secrets
 from collections.abc import Iterator
@@ -42,7 +39,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import PlainTextResponse
 
 from assay.errors import ConflictError, InvalidRequestError
-from assay.jsonvalue import loads_shallow
+from assay.pagetoken import decode_token, encode_token
 from assay.server.auth import Caller, Principal, require_api_token, require_scope
 from assay.server.deps import tracking_store
 from assay.server.mlflow_schemas import (
@@ -161,11 +158,11 @@ def _offset(token: str) -> int:
     try:
         if len(token) > MAX_TOKEN_CHARS:
             raise ValueError("too long")
-        offset = loads_shallow(base64.urlsafe_b64decode(token.encode()), 1)["offset"]
+        offset = decode_token(token, 1)["offset"]
         if type(offset) is not int or offset < 0:
             raise ValueError(token)
         return offset
-    except (ValueError, TypeError, KeyError, binascii.Error):
+    except (ValueError, TypeError, KeyError):
         raise InvalidRequestError(f"invalid page_token {shown}") from None
 
 
@@ -173,7 +170,7 @@ def offset_page(items: list[Any], token: str, size: int) -> tuple[list[Any], str
     start = _offset(token)
     end = start + size
     more = end < len(items)
-    next_token = base64.urlsafe_b64encode(json.dumps({"offset": end}).encode()).decode()
+    next_token = encode_token({"offset": end})
     return items[start:end], next_token if more else None
 
 
