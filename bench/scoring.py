@@ -44,9 +44,9 @@ from assay.scoring.engine import RunStats, ScoringEngine
 from assay.scoring.model import Level
 from assay.scoring.service import ScoringService
 from assay.scoring.standin import StandInJudge
+from assay.stores import Stores
 from assay.tracing.model import Span
 from assay.tracing.otlp import PROTOBUF
-from assay.tracing.store import TraceStore
 from assay.tracking.store import TrackingStore
 from common import (
     Store,
@@ -174,10 +174,10 @@ _OUTPUTS = (
 )
 
 
-def seed(engine: sa.Engine, experiment_id: str, count: int, batch: int) -> float:
+def seed(stores: Stores, experiment_id: str, count: int, batch: int) -> float:
     """``count`` completed two-span traces through ``TraceStore.spans_ingest``, ``batch``
     traces per transaction (this fills the ledger); returns the seconds it took."""
-    store = TraceStore(engine)
+    store = stores.traces
     start_ns = time.time_ns()
     started = time.perf_counter()
     for done in range(0, count, batch):
@@ -236,13 +236,14 @@ def measure_throughput(
     uri = fresh(store)
     with opened_engine(uri) as engine:
         settings = load_settings(store_uri=uri, **overrides)
-        service = ScoringService(engine, settings)
+        stores = Stores.open(engine, settings)
+        service = ScoringService(stores, settings)
         experiment_id = TrackingStore(engine).create_experiment(f"bench-{time.time_ns()}").id
         for name, (kind, definition) in scorers.items():
             service.put(experiment_id, name, kind=kind, definition=definition)
-        ingest_s = seed(engine, experiment_id, traces, sizes.ingest_batch)
+        ingest_s = seed(stores, experiment_id, traces, sizes.ingest_batch)
         queued = count(engine, scoring_tasks, experiment_id)
-        scoring = ScoringEngine(engine, settings)
+        scoring = ScoringEngine(stores, settings)
         try:
             started = time.perf_counter()
             stats = drain(scoring, engine, experiment_id, queued)
@@ -273,11 +274,12 @@ def measure_judge(store: Store, sizes: Sizes, concurrency: int) -> dict[str, Any
         settings = load_settings(
             store_uri=uri, judge_base_url=standin.url, scoring_concurrency=concurrency
         )
-        service = ScoringService(engine, settings)
+        stores = Stores.open(engine, settings)
+        service = ScoringService(stores, settings)
         experiment_id = TrackingStore(engine).create_experiment(f"bench-{time.time_ns()}").id
         service.put(experiment_id, "judge", kind="llm_judge", definition=JUDGE)
-        seed(engine, experiment_id, sizes.judge_traces, sizes.ingest_batch)
-        scoring = ScoringEngine(engine, settings)
+        seed(stores, experiment_id, sizes.judge_traces, sizes.ingest_batch)
+        scoring = ScoringEngine(stores, settings)
         try:
             started = time.perf_counter()
             stats = drain(scoring, engine, experiment_id, sizes.judge_traces)

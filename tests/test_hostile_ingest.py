@@ -49,10 +49,10 @@ from assay.server.app import create_app
 from assay.server.auth import principal, who_guards
 from assay.server.tokens import TokenStore
 from assay.server.ui.pages import ui_caller
+from assay.stores import Stores
 from assay.tracing.derive import summarize
 from assay.tracing.model import Span
 from assay.tracing.otlp import EXPERIMENT_ATTRIBUTE, MAX_GZIP_MEMBERS, decode_request
-from assay.tracing.store import TraceStore
 from assay.tracking.store import TrackingStore
 from conftest import ServerProcess, Servers, free_port, wait_until
 from scoring_support import experiment, new_trace_id, register, settings_for, trace_spans
@@ -421,8 +421,10 @@ def test_a_large_ingest_commits_whole_traces_in_bounded_transactions(store_uri: 
     engine = create_engine(store_uri)
     assay.db.upgrade(engine)
     exp, other = experiment(engine), experiment(engine)
-    register(ScoringService(engine, settings_for(store_uri)), exp, "length")
-    store = TraceStore(engine)
+    settings = settings_for(store_uri)
+    stores = Stores.open(engine, settings)
+    register(ScoringService(stores, settings), exp, "length")
+    store = stores.traces
     small = sorted(new_trace_id() for _ in range(6))
     big = new_trace_id()
     batch = [span for t in small for span in trace_spans(t)] + trace_spans(big)

@@ -16,6 +16,7 @@ import assay
 from assay.db.tables import assessments, scoring_tasks
 from assay.scoring.engine import ScoringEngine
 from assay.scoring.service import ScoringService
+from assay.stores import Stores
 from conftest import Servers, wait_until
 from scoring_support import (
     drain,
@@ -72,7 +73,8 @@ def test_a_catastrophic_regex_fails_its_assessment_and_the_server_keeps_answerin
     server = servers.start(
         store_uri, scoring_interval_s=0.2, scoring_regex_timeout_s=REGEX_TIMEOUT_S
     )
-    service = ScoringService(engine, settings_for(store_uri))
+    settings = settings_for(store_uri)
+    service = ScoringService(Stores.open(engine, settings), settings)
     e = experiment(engine)
     scorer_path = f"{server.url}/api/v1/experiments/{e}/scorers"
     bad = httpx.put(
@@ -169,7 +171,8 @@ def test_a_slow_custom_scorer_fails_alone_and_holds_back_no_other_scorer(
     store_uri: str, engine: sa.Engine, code: str
 ) -> None:
     settings = settings_for(store_uri, allow_custom_scorers=True, scoring_interval_s=0.1)
-    service, scoring = ScoringService(engine, settings), ScoringEngine(engine, settings)
+    stores = Stores.open(engine, settings)
+    service, scoring = ScoringService(stores, settings), ScoringEngine(stores, settings)
     e = experiment(engine)
     register(service, e, "slow", kind="custom",
              definition={"code": code, "timeout_s": CUSTOM_TIMEOUT_S})  # fmt: skip

@@ -21,6 +21,7 @@ from assay.db.tables import job_locks, jobs
 from assay.scoring.sampler import sampled
 from assay.scoring.service import ScoringService
 from assay.scoring.standin import StandInJudge
+from assay.stores import Stores
 from conftest import WorkerProcesses, empty_store, scaled, wait_until
 from scoring_support import experiment, ingest, ledger, new_trace_id, scored, trace_spans
 
@@ -63,7 +64,7 @@ def test_bursts_and_kill_9_leave_exactly_one_assessment_per_sampled_pair(
     rng = random.Random(7)
     engine = assay.db.create_engine(uri)
     assay.db.upgrade(engine)
-    service = ScoringService(engine, Settings(store_uri=uri))
+    service = ScoringService(Stores.open(engine, settings := Settings(store_uri=uri)), settings)
     e = experiment(engine)
     for name, kind, definition, rate, filter_string, _ in SCORERS:
         service.put(

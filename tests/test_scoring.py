@@ -25,6 +25,7 @@ from assay.scoring.sampler import sampled, uniform
 from assay.scoring.service import ScoringService
 from assay.scoring.standin import StandInJudge
 from assay.scoring.store import Done
+from assay.stores import Stores
 from assay.tracing.store import TraceStore
 from conftest import empty_store, wait_until
 from scoring_support import (
@@ -57,8 +58,8 @@ def _parts(
     uri: str, engine: sa.Engine, **overrides: Any
 ) -> tuple[ScoringService, ScoringEngine, TraceStore]:
     settings = settings_for(uri, **overrides)
-    service = ScoringService(engine, settings)
-    return service, ScoringEngine(engine, settings), service.traces
+    stores = Stores.open(engine, settings)
+    return ScoringService(stores, settings), ScoringEngine(stores, settings), stores.traces
 
 
 # -- sampling ----------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from assay import tracing
     from assay.client import Client
     from assay.config import Settings, load_settings
+    from assay.connection import connect
     from assay.errors import (
         AssayError,
         AuthenticationError,
@@ -34,7 +35,7 @@ if TYPE_CHECKING:
         UnsupportedMediaTypeError,
         WaitTimeoutError,
     )
-    from assay.jobs.backend import Backend, connect
+    from assay.jobs.backend import Backend
     from assay.jobs.context import JobContext, current_job
     from assay.jobs.model import Job, JobPage, JobStatus, Progress
     from assay.jobs.periodic import periodic
@@ -71,7 +72,7 @@ _EXPORTS: dict[str, str] = {
     "UnsupportedMediaTypeError": "assay.errors",
     "WaitTimeoutError": "assay.errors",
     "Worker": "assay.jobs.worker",
-    "connect": "assay.jobs.backend",
+    "connect": "assay.connection",
     "current_job": "assay.jobs.context",
     "job": "assay.jobs.registry",
     "load_settings": "assay.config",

@@ -13,6 +13,7 @@ from typing import Annotated, Any
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from assay.db.dialects import MYSQL_NAMES, POSTGRESQL, SQLITE
 from assay.errors import ConfigError
 
 DEFAULT_STORE_URI = f"sqlite:///{Path.home() / '.assay' / 'assay.db'}"
@@ -183,7 +184,7 @@ class Settings(BaseSettings):
     @classmethod
     def _check_uri(cls, value: str) -> str:
         scheme = value.split(":", 1)[0]
-        if not scheme.startswith(("sqlite", "postgresql", "mysql", "mariadb")):
+        if not scheme.startswith((SQLITE, POSTGRESQL, *MYSQL_NAMES)):
             raise ValueError(
                 f"unsupported store URI scheme {scheme!r}: "
                 "use sqlite:///path, postgresql+psycopg://… or mysql+pymysql://…"

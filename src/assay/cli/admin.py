@@ -33,7 +33,7 @@ def _token_store(store_uri: str | None) -> Iterator[TokenStore]:
     from assay.config import load_settings
     from assay.db.engine import create_engine
     from assay.db.migrate import is_current, upgrade
-    from assay.server.tokens import TokenStore
+    from assay.stores import Stores
 
     settings = load_settings(store_uri=store_uri)
     engine = create_engine(settings.store_uri)
@@ -42,7 +42,7 @@ def _token_store(store_uri: str | None) -> Iterator[TokenStore]:
             upgrade(engine)
         elif not is_current(engine):
             raise MigrationError("the store schema is not current: run `assay db upgrade`")
-        yield TokenStore(engine)
+        yield Stores.open(engine, settings).tokens
     finally:
         engine.dispose()
 

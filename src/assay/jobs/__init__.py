@@ -10,7 +10,8 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from assay.jobs.backend import Backend, connect
+    from assay.connection import connect
+    from assay.jobs.backend import Backend
     from assay.jobs.context import JobContext, current_job
     from assay.jobs.model import Job, JobPage, JobStatus, Progress
     from assay.jobs.registry import REGISTRY, JobSpec, Registry, job
@@ -27,7 +28,7 @@ _EXPORTS: dict[str, str] = {
     "Progress": "assay.jobs.model",
     "Registry": "assay.jobs.registry",
     "Worker": "assay.jobs.worker",
-    "connect": "assay.jobs.backend",
+    "connect": "assay.connection",
     "current_job": "assay.jobs.context",
     "job": "assay.jobs.registry",
 }

@@ -9,7 +9,7 @@ import uuid
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from assay.config import Settings, load_settings
+from assay.config import Settings
 from assay.db.engine import create_engine
 from assay.db.migrate import is_current, upgrade
 from assay.errors import (
@@ -27,7 +27,7 @@ from assay.jobs.registry import REGISTRY, JobSpec, Registry
 from assay.jobs.store import JobStore, NewJob
 from assay.jobs.worker import Worker
 
-__all__ = ["Backend", "JobsAPI", "connect", "wait_for"]
+__all__ = ["Backend", "JobsAPI", "wait_for"]
 
 MAX_PAGE = 1000
 
@@ -203,30 +203,6 @@ class Backend:
                 raise InvalidRequestError(f"{name!r} is not decorated with @job")
             return spec
         return self.registry.get(name)
-
-
-_CLIENT_OPTIONS = ("token", "timeout", "transport")
-
-
-def connect(store_uri: str | None = None, **settings: Any) -> JobsAPI:
-    """Open jobs on ``store_uri``: a :class:`Backend` on a store (default: ``ASSAY_STORE_URI``
-    or ~/.assay/assay.db), or an :class:`assay.client.Client` for an ``http://`` or
-    ``https://`` server URL.
-
-    For a store, keyword arguments override :class:`~assay.config.Settings` fields; for a
-    server they are the client's (``token``, ``timeout``, ``transport``).
-    """
-    if store_uri is not None and store_uri.lower().startswith(("http://", "https://")):
-        from assay.client import Client
-
-        unknown = sorted(set(settings) - set(_CLIENT_OPTIONS))
-        if unknown:
-            raise ConfigError(
-                f"unknown option {unknown[0]!r} for a server URL "
-                f"(a client takes {', '.join(_CLIENT_OPTIONS)})"
-            )
-        return Client(store_uri, **settings)
-    return Backend(load_settings(store_uri=store_uri, **settings))
 
 
 def _parse_status(value: str | JobStatus) -> JobStatus:

@@ -19,14 +19,12 @@ import logging
 import random
 import threading
 import time
-import weakref
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-import sqlalchemy as sa
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from assay.config import Settings
@@ -54,7 +52,9 @@ from assay.scoring.store import (
     TaskUpdate,
 )
 from assay.tracing.model import NewAssessment, Trace, assessment_row, default_idempotency_key
-from assay.tracing.store import TraceStore
+
+if TYPE_CHECKING:
+    from assay.stores import Stores
 
 __all__ = ["RunStats", "ScoringEngine", "session_key", "trace_key"]
 
@@ -69,9 +69,6 @@ BATCH_CALL_ITEMS = 50
 """Most items one call gets from a scorer that scores many at once (a custom scorer: one
 sandbox per call)."""
 LATENCY_BUCKETS_S = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0)
-
-_ENGINES: weakref.WeakKeyDictionary[sa.Engine, ScoringEngine] = weakref.WeakKeyDictionary()
-_ENGINES_LOCK = threading.Lock()
 
 
 def trace_key(trace_id: str, scorer: ScorerRecord) -> str:
@@ -127,34 +124,25 @@ class ScoringMetrics:
 
 class ScoringEngine:
     """Scores the due ledger rows of experiments on one store. One per store per process
-    (:meth:`for_engine`); thread-safe."""
+    (:func:`assay.scoring.jobs.scoring_engine`); thread-safe."""
 
     def __init__(
         self,
-        engine: sa.Engine,
+        stores: Stores,
         settings: Settings,
         *,
         registry: CollectorRegistry | None = None,
         clock_ms: Callable[[], int] | None = None,
     ) -> None:
         self.settings = settings
-        self.traces = TraceStore(engine, session_idle_s=settings.session_idle_s)
-        self.store = self.traces.scoring
+        self.stores = stores
+        self.traces = stores.traces
+        self.store = stores.scoring
         self.metrics = ScoringMetrics(registry)
         self.clock_ms = clock_ms or (lambda: int(time.time() * 1000))
         self._pool = ThreadPoolExecutor(settings.scoring_concurrency, "assay-score")
         self._built: dict[tuple[str, str, int], kinds.Built] = {}
         self._lock = threading.Lock()
-
-    @classmethod
-    def for_engine(
-        cls, engine: sa.Engine, settings: Settings, registry: CollectorRegistry | None = None
-    ) -> ScoringEngine:
-        with _ENGINES_LOCK:
-            found = _ENGINES.get(engine)
-            if found is None:
-                found = _ENGINES[engine] = cls(engine, settings, registry=registry)
-            return found
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)

@@ -20,7 +20,6 @@ the check passed.
 
 from __future__ import annotations
 
-import difflib
 import ipaddress
 import itertools
 import json
@@ -34,6 +33,7 @@ import regex
 
 from assay.errors import InvalidRequestError, ScorerTimeoutError
 from assay.scoring.model import Feedback, ScoreFn, ScoringItem
+from assay.util import did_you_mean
 
 __all__ = [
     "HEURISTICS",
@@ -103,8 +103,7 @@ class _Fields:
                 raise self._unknown(name, allowed)
 
     def _unknown(self, name: Any, allowed: Sequence[str]) -> InvalidRequestError:
-        close = difflib.get_close_matches(str(name), allowed, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        hint = did_you_mean(str(name), allowed, parenthesized=True)
         return InvalidRequestError(
             f"{self.kind} scorer: unknown field {name!r}{hint}; known fields: {', '.join(allowed)}"
         )

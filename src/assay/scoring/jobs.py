@@ -18,7 +18,9 @@
 from __future__ import annotations
 
 import logging
+import threading
 import uuid
+import weakref
 from typing import Any
 
 from assay.config import Settings
@@ -30,7 +32,7 @@ from assay.jobs.store import COALESCE, JobStore, NewJob
 from assay.scoring.engine import RunStats, ScoringEngine
 from assay.scoring.model import Level
 from assay.scoring.service import BACKFILL_JOB, ScoringService
-from assay.scoring.store import ScoringStore
+from assay.stores import Stores
 
 __all__ = ["BACKFILL_JOB", "JOB_NAMES", "LedgerPruner", "ScoringScheduler", "install"]
 
@@ -40,10 +42,24 @@ JOB_NAMES = {Level.TRACE: "assay.scoring.traces", Level.SESSION: "assay.scoring.
 _ENQUEUE_CHUNK = 1000
 
 
+_ENGINES: weakref.WeakKeyDictionary[JobStore, ScoringEngine] = weakref.WeakKeyDictionary()
+_ENGINES_LOCK = threading.Lock()
+
+
 def _engine(ctx: JobContext) -> ScoringEngine:
+    """The scoring engine of the worker's job store: its pool and built scorers outlive a job.
+
+    Kept here because a job gets only the worker's :class:`JobStore`, not its :class:`Stores`.
+    """
     if ctx.store is None or ctx.settings is None:
         raise AssayError("online scoring jobs run in an assay worker (inline executor)")
-    return ScoringEngine.for_engine(ctx.store.engine, ctx.settings, ctx.store.metrics.registry)
+    with _ENGINES_LOCK:
+        found = _ENGINES.get(ctx.store)
+        if found is None:
+            stores = Stores.on(ctx.store, ctx.settings)
+            registry = ctx.store.metrics.registry
+            found = _ENGINES[ctx.store] = ScoringEngine(stores, ctx.settings, registry=registry)
+        return found
 
 
 def _run(experiment_id: str, level: Level) -> dict[str, Any]:
@@ -79,7 +95,7 @@ def backfill(experiment_id: str, scorer: str, start_ms: int, end_ms: int) -> dic
     ctx = current_job()
     engine = _engine(ctx)
     assert ctx.settings is not None
-    service = ScoringService(engine.traces.engine, ctx.settings)
+    service = ScoringService(engine.stores, ctx.settings)
     plan = service.backfill_plan(experiment_id, scorer, start_ms, end_ms)
     cap = ctx.settings.backfill_max_traces
     if len(plan.trace_ids) > cap:
@@ -107,7 +123,7 @@ class ScoringScheduler(Service):
     def __init__(self, store: JobStore, settings: Settings) -> None:
         super().__init__(settings.scoring_interval_s)
         self.jobs = store
-        self.scoring = ScoringStore(store.engine)
+        self.scoring = Stores.on(store, settings).scoring
         self.timeout_s = settings.scoring_job_budget_s + settings.scoring_lease_s
 
     def tick(self) -> None:
@@ -138,7 +154,7 @@ class LedgerPruner(Service):
 
     def __init__(self, store: JobStore, settings: Settings) -> None:
         super().__init__(settings.prune_interval_s)
-        self.scoring = ScoringStore(store.engine)
+        self.scoring = Stores.on(store, settings).scoring
         self.retention_s = settings.scoring_retention_s
 
     def tick(self) -> None:

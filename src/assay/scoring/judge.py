@@ -25,7 +25,6 @@ Error messages are one line, name the status and the endpoint, and never contain
 
 from __future__ import annotations
 
-import difflib
 import itertools
 import json
 import math
@@ -49,6 +48,7 @@ from assay.errors import (
     JudgeUnavailableError,
 )
 from assay.scoring.model import Feedback, ScoringItem
+from assay.util import did_you_mean
 
 __all__ = [
     "MAX_SUBSTITUTION_CHARS",
@@ -127,14 +127,9 @@ def _check_field_name(key: str) -> None:
         )
     if key not in _FIELDS:
         raise InvalidRequestError(
-            f"unknown llm_judge field {key!r}{_did_you_mean(key, _FIELDS)}; "
+            f"unknown llm_judge field {key!r}{did_you_mean(key, _FIELDS, parenthesized=True)}; "
             f"allowed: {', '.join(_FIELDS)}"
         )
-
-
-def _did_you_mean(key: str, known: tuple[str, ...]) -> str:
-    close = difflib.get_close_matches(key, known, n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def _instructions(value: Any) -> str:

@@ -11,7 +11,6 @@ cannot hold back the others.
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -21,6 +20,7 @@ from assay.errors import InvalidRequestError, PermissionDeniedError, ScorerTimeo
 from assay.scoring import custom, heuristics, judge
 from assay.scoring.model import Feedback, Level, ScoreFn, ScoreManyFn, ScoringItem
 from assay.tracing.model import AssessmentSource
+from assay.util import did_you_mean
 
 __all__ = ["JUDGE", "Built", "build", "kinds", "validate"]
 
@@ -66,8 +66,7 @@ def validate(
         return custom.validate_custom(definition)
     spec = heuristics.HEURISTICS.get(kind)
     if spec is None:
-        hint = difflib.get_close_matches(kind, kinds(), n=1)
-        suffix = f"; did you mean {hint[0]!r}?" if hint else ""
+        suffix = did_you_mean(kind, kinds())
         raise InvalidRequestError(
             f"unknown scorer kind {kind!r}{suffix} (known: {', '.join(kinds())})"
         )

@@ -282,9 +282,10 @@ class _DirectScorers:
 
     def __init__(self, backend: Backend) -> None:
         from assay.scoring.service import ScoringService
+        from assay.stores import Stores
 
         self._backend = backend
-        self._service = ScoringService(backend.engine, backend.settings)
+        self._service = ScoringService(Stores.on(backend.store, backend.settings), backend.settings)
 
     def put_scorer(
         self,
@@ -342,7 +343,8 @@ class _DirectScorers:
 def _connect(target: Target) -> Iterator[_ScorerAPI]:
     """The scorer API of ``target``; what this opens (a client, a store) it also closes.
 
-    Imports lazily: :mod:`assay.scoring` is imported by the stores these modules use.
+    Imports lazily: the client needs httpx and a store the server's packages, and a program
+    that scores through one of them need not have the other installed.
     """
     from assay.client import Client
     from assay.config import load_settings

@@ -8,9 +8,7 @@ import math
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
-
-import sqlalchemy as sa
+from typing import TYPE_CHECKING, Any
 
 from assay.config import Settings
 from assay.errors import InvalidRequestError, NotFoundError
@@ -30,7 +28,9 @@ from assay.scoring.store import (
 )
 from assay.tracing.filters import parse_filter
 from assay.tracing.model import Trace
-from assay.tracing.store import TraceStore
+
+if TYPE_CHECKING:
+    from assay.stores import Stores
 
 __all__ = ["BACKFILL_JOB", "BackfillPlan", "ScoringService"]
 
@@ -66,10 +66,10 @@ class BackfillPlan:
 class ScoringService:
     """Scorers of experiments on one store."""
 
-    def __init__(self, engine: sa.Engine, settings: Settings) -> None:
+    def __init__(self, stores: Stores, settings: Settings) -> None:
         self.settings = settings
-        self.traces = TraceStore(engine, session_idle_s=settings.session_idle_s)
-        self.store = self.traces.scoring
+        self.traces = stores.traces
+        self.store = stores.scoring
 
     # -- scorers ----------------------------------------------------------------------------
 

@@ -20,19 +20,22 @@ The ledger (``scoring_tasks``) is what makes online scoring exact:
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import sqlalchemy as sa
 
 from assay import jsonvalue
 from assay.db.base import SqlStore
-from assay.db.tables import assessments, experiments, scorers, scoring_tasks
+from assay.db.dialects import MYSQL
+from assay.db.tables import assessments, experiments, scorers, scoring_tasks, traces
 from assay.errors import NotFoundError
 from assay.scoring.model import Level
 from assay.scoring.sampler import sampled
+from assay.tracing.listener import Completed
 from assay.tracing.model import ASSESSMENT_UPDATES
+from assay.util import chunks
 
 __all__ = [
     "SOURCE_RUN_KEY",
@@ -44,7 +47,6 @@ __all__ = [
     "TaskUpdate",
 ]
 
-T = TypeVar("T")
 _CHUNK = 500
 SOURCE_RUN_KEY = "assay.source_run"
 """Trace metadata naming the evaluation run that produced a trace: never scored online."""
@@ -54,11 +56,6 @@ RETRYING = "RETRYING"
 """An outcome, not a stored state: the row stays PENDING, due later, with one more attempt
 (one open state lets the claim walk its index in due order)."""
 ACTIVE, PAUSED, STOPPED = "ACTIVE", "PAUSED", "STOPPED"
-
-
-def _chunks(items: Sequence[T], size: int = _CHUNK) -> Iterable[Sequence[T]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
 
 
 @dataclass(frozen=True)
@@ -158,17 +155,6 @@ class Decision:
     leased: bool
 
 
-@dataclass(frozen=True)
-class Completed:
-    """A trace that became complete in an ingest transaction (or has a session to touch)."""
-
-    trace_id: str
-    experiment_id: str
-    metadata: Mapping[str, Any] = field(default_factory=dict)
-    session_id: str | None = None
-    complete: bool = True
-
-
 class ScoringStore(SqlStore):
     """Scorers and the scoring ledger of one database."""
 
@@ -180,10 +166,10 @@ class ScoringStore(SqlStore):
         insert = self._insert(scoring_tasks)
         self._insert_trace_task = (
             insert.prefix_with("IGNORE")
-            if self.dialect == "mysql"
+            if self.dialect == MYSQL
             else insert.on_conflict_do_nothing()
         )
-        new = insert.inserted if self.dialect == "mysql" else insert.excluded
+        new = insert.inserted if self.dialect == MYSQL else insert.excluded
         touched = {
             "due_at_ms": new.due_at_ms,
             "state": PENDING,
@@ -192,7 +178,7 @@ class ScoringStore(SqlStore):
             "last_error": None,
             "updated_at_ms": new.updated_at_ms,
         }
-        if self.dialect == "mysql":
+        if self.dialect == MYSQL:
             self._touch_session_task = insert.on_duplicate_key_update(touched)
         else:
             self._touch_session_task = insert.on_conflict_do_update(
@@ -349,7 +335,7 @@ class ScoringStore(SqlStore):
             scorers.c.experiment_id.in_(sa.bindparam("ids", expanding=True)),
             scorers.c.status != STOPPED,
         )
-        for chunk in _chunks(experiment_ids):
+        for chunk in chunks(experiment_ids, _CHUNK):
             for row in conn.execute(query, {"ids": list(chunk)}):
                 found.setdefault(row.experiment_id, []).append(row)
         if not found:
@@ -393,7 +379,7 @@ class ScoringStore(SqlStore):
 
         def body(conn: sa.Connection) -> int:
             now = int(conn.execute(sa.select(self._now)).scalar_one())
-            for chunk in _chunks(trace_ids):
+            for chunk in chunks(trace_ids, _CHUNK):
                 conn.execute(
                     scoring_tasks.update()
                     .where(
@@ -504,7 +490,7 @@ class ScoringStore(SqlStore):
             rows = conn.execute(query).all()
             if not rows:
                 return []
-            for chunk in _chunks([r.id for r in rows]):
+            for chunk in chunks([r.id for r in rows], _CHUNK):
                 conn.execute(
                     t.update()
                     .where(t.c.id.in_(chunk))
@@ -559,7 +545,7 @@ class ScoringStore(SqlStore):
                     [{**o.row, "created_at_ms": now, "updated_at_ms": now} for o in done],
                 )
             for generation, ids in deleted.items():
-                for chunk in _chunks(ids):
+                for chunk in chunks(ids, _CHUNK):
                     conn.execute(
                         t.delete().where(
                             t.c.id.in_(chunk),
@@ -579,7 +565,7 @@ class ScoringStore(SqlStore):
                     values["last_error"] = reason
                 if state == RETRYING:
                     values["attempts"] = t.c.attempts + 1
-                for chunk in _chunks(ids):
+                for chunk in chunks(ids, _CHUNK):
                     conn.execute(
                         t.update()
                         .where(
@@ -592,7 +578,7 @@ class ScoringStore(SqlStore):
             # A session touched while it was being scored kept its row (another generation):
             # give the lease back so it is scored again when due.
             touched = [o.task.id for o in outcomes if o.task.level == Level.SESSION]
-            for chunk in _chunks(touched):
+            for chunk in chunks(touched, _CHUNK):
                 conn.execute(
                     t.update()
                     .where(t.c.id.in_(chunk), t.c.lease_owner == owner)
@@ -602,6 +588,47 @@ class ScoringStore(SqlStore):
         self._tx(body)
 
     # -- pruning ------------------------------------------------------------------------------
+
+    # -- results, for the UI ------------------------------------------------------------------
+
+    def latest_values(
+        self, trace_ids: Sequence[str], names: Sequence[str]
+    ) -> dict[tuple[str, str], str]:
+        """``(trace_id, name) -> stored value`` of the latest assessment of that name, in one
+        query (a trace page's scorer columns)."""
+        if not trace_ids or not names:
+            return {}
+        query = (
+            sa.select(assessments.c.trace_id, assessments.c.name, assessments.c.value)
+            .where(assessments.c.trace_id.in_(trace_ids), assessments.c.name.in_(names))
+            .order_by(assessments.c.created_at_ms, assessments.c.updated_at_ms)
+        )
+        with self.engine.connect() as conn:
+            rows = conn.execute(query).all()
+        return {(row.trace_id, row.name): row.value for row in rows}
+
+    def value_counts(
+        self, experiment_id: str, names: Sequence[str], since_ms: int, bucket_ms: int
+    ) -> list[tuple[str, int, str, int]]:
+        """``(name, bucket start, stored value, count)`` of the experiment's assessments named
+        ``names`` since ``since_ms``, counted per ``bucket_ms`` in SQL so the rows read stay
+        few however many traces were scored (the scorers' charts)."""
+        if not names:
+            return []
+        offset = assessments.c.created_at_ms - since_ms
+        start = (offset - offset % bucket_ms).label("start")
+        query = (
+            sa.select(assessments.c.name, start, assessments.c.value, sa.func.count().label("n"))
+            .join(traces, traces.c.trace_id == assessments.c.trace_id)
+            .where(
+                traces.c.experiment_id == experiment_id,
+                assessments.c.name.in_(names),
+                assessments.c.created_at_ms >= since_ms,
+            )
+            .group_by(assessments.c.name, start, assessments.c.value)
+        )
+        with self.engine.connect() as conn:
+            return [(r.name, since_ms + int(r.start), r.value, r.n) for r in conn.execute(query)]
 
     def tasks_prune(self, older_than_s: float, *, batch: int = 1000) -> int:
         """Delete the rows of pairs decided (FILTERED or FAILED) more than ``older_than_s``
@@ -657,7 +684,7 @@ class ScoringStore(SqlStore):
 
         def body(conn: sa.Connection) -> int:
             total = 0
-            for chunk in _chunks(trace_ids):
+            for chunk in chunks(trace_ids, _CHUNK):
                 query = sa.select(sa.func.count()).where(
                     t.c.experiment_id == experiment_id,
                     t.c.level == Level.TRACE.value,

@@ -68,7 +68,7 @@ def create_app(settings: Settings) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         runtime = Runtime(settings)
         app.state.runtime = runtime
-        app.state.auth = Authenticator(settings, runtime.backend.engine)
+        app.state.auth = Authenticator(settings, runtime.stores.tokens)
         runtime.start()
         receiver: OtlpGrpcReceiver | None = None
         try:

@@ -31,7 +31,6 @@ from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-import sqlalchemy as sa
 from fastapi import Depends, Request
 
 from assay.config import Settings
@@ -122,9 +121,9 @@ def _is_loopback(host: str) -> bool:
 class Authenticator:
     """Turns an ``Authorization`` header into a :class:`Principal` (one per server)."""
 
-    def __init__(self, settings: Settings, engine: sa.Engine) -> None:
+    def __init__(self, settings: Settings, tokens: TokenStore) -> None:
         self.enabled = auth_enabled(settings)
-        self.tokens = TokenStore(engine)
+        self.tokens = tokens
         self.job_tokens = JobTokens(self.tokens)
         if not self.enabled and not _is_loopback(settings.host):
             log.warning("server.auth enabled=false host=%s: every caller is admin", settings.host)

@@ -24,6 +24,7 @@ the keep-alive connection after the 500.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -126,12 +127,16 @@ class BodyTooLarge(StarletteHTTPException):
         super().__init__(413, f"request body over the {max_bytes}-byte limit ({setting})")
 
 
+ErrorPage = Callable[[Request, int, str], Response]
+"""How the web UI answers a failed page (``app.state.error_page``, set by
+:func:`assay.server.ui.install`): errors never import the UI, whose routes import them."""
+
+
 def _respond(request: Request, status: int, code: str, message: str) -> Response:
     """The API's JSON error, or, for a web UI page, the same reason as a page; on MLflow's
     paths, MLflow's error shape (its routes answer their own errors in it)."""
-    if request.url.path.startswith("/ui/"):
-        from assay.server.ui.pages import error_page  # the UI's routes import this module
-
+    error_page: ErrorPage | None = getattr(request.app.state, "error_page", None)
+    if error_page is not None and request.url.path.startswith("/ui/"):
         return error_page(request, status, message)
     if request.url.path.startswith(MLFLOW_PATH_PREFIXES):
         return unmatched_response(status, message, detail=request.url.path.startswith("/ajax-api/"))

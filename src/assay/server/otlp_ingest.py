@@ -64,12 +64,8 @@ class OtlpIngest:
         with _lock:
             ingest: OtlpIngest | None = getattr(state, "otlp_ingest", None)
             if ingest is None:
-                engine = state.runtime.backend.engine
-                ingest = cls(
-                    TraceStore(engine, session_idle_s=state.settings.session_idle_s),
-                    TrackingStore(engine),
-                    state.settings.max_request_bytes,
-                )
+                stores = state.runtime.stores
+                ingest = cls(stores.traces, stores.tracking, state.settings.max_request_bytes)
                 state.otlp_ingest = ingest
         return ingest
 

@@ -13,6 +13,8 @@ from assay.jobs.backend import Backend
 from assay.jobs.services import Leadership, maintenance
 from assay.jobs.worker import Worker
 from assay.scoring import jobs as scoring
+from assay.scoring.service import ScoringService
+from assay.stores import Stores
 
 __all__ = ["Runtime"]
 
@@ -30,6 +32,8 @@ class Runtime:
         self.settings = settings
         self.id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.backend = Backend(settings)
+        self.stores = Stores.on(self.backend.store, settings)
+        self.scoring = ScoringService(self.stores, settings)
         scoring.install(self.backend.registry)
         worker_settings = settings.model_copy(
             update={"maintenance": False, "public_url": settings.public_url or _own_url(settings)}

@@ -20,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +29,7 @@ import sqlalchemy as sa
 from assay.db.tables import experiments, span_log_events, spans, traces
 from assay.errors import InvalidRequestError, NotFoundError
 from assay.tracing.model import Span
+from assay.util import chunks
 
 __all__ = ["LogEvent", "attach", "insert", "traces_with_events"]
 
@@ -56,7 +57,7 @@ def insert(
     summaries are out of date."""
     experiment_ids = sorted(by_experiment)
     found: set[str] = set()
-    for chunk in _chunks(experiment_ids):
+    for chunk in chunks(experiment_ids, _CHUNK):
         query = (
             sa.select(experiments.c.id)
             .where(experiments.c.id.in_(chunk))
@@ -68,7 +69,7 @@ def insert(
     if missing:
         raise NotFoundError(f"experiment {missing[0]!r} not found")
     experiment_of = {e.trace_id: x for x, events in by_experiment.items() for e in events}
-    for chunk in _chunks(sorted(experiment_of)):
+    for chunk in chunks(sorted(experiment_of), _CHUNK):
         query = sa.select(traces.c.trace_id, traces.c.experiment_id).where(
             traces.c.trace_id.in_(chunk)
         )
@@ -95,7 +96,7 @@ def insert(
         conn.execute(span_log_events.insert(), rows)
     wanted = {(e.trace_id, e.span_id) for events in by_experiment.values() for e in events}
     stale: dict[str, set[str]] = defaultdict(set)
-    for chunk in _chunks(sorted(experiment_of)):
+    for chunk in chunks(sorted(experiment_of), _CHUNK):
         query = sa.select(spans.c.trace_id, spans.c.span_id).where(spans.c.trace_id.in_(chunk))
         for row in conn.execute(query):
             if (row.trace_id, row.span_id) in wanted:
@@ -106,7 +107,7 @@ def insert(
 def traces_with_events(conn: sa.Connection, trace_ids: Sequence[str]) -> set[str]:
     """Of ``trace_ids``, those with stored log events."""
     found: set[str] = set()
-    for chunk in _chunks(sorted(trace_ids)):
+    for chunk in chunks(sorted(trace_ids), _CHUNK):
         query = (
             sa.select(span_log_events.c.trace_id)
             .where(span_log_events.c.trace_id.in_(chunk))
@@ -122,7 +123,7 @@ def attach(conn: sa.Connection, spans_by_trace: dict[str, list[Span]]) -> None:
     if not spans_by_trace:
         return
     by_span: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
-    for chunk in _chunks(sorted(spans_by_trace)):
+    for chunk in chunks(sorted(spans_by_trace), _CHUNK):
         query = (
             sa.select(
                 span_log_events.c.trace_id,
@@ -157,8 +158,3 @@ def attach(conn: sa.Connection, spans_by_trace: dict[str, list[Span]]) -> None:
 
 def _with_events(span: Span, extra: list[dict[str, Any]] | None) -> Span:
     return span if not extra else dataclasses.replace(span, events=[*span.events, *extra])
-
-
-def _chunks(items: Sequence[str], size: int = _CHUNK) -> Iterable[Sequence[str]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]

@@ -27,10 +27,10 @@ from typing import Any, TypeVar
 import sqlalchemy as sa
 
 from assay.db.base import SqlStore
+from assay.db.dialects import SQLITE
 from assay.db.tables import assessments, experiments, spans, trace_metadata, trace_tags, traces
 from assay.errors import InvalidRequestError, NotFoundError
 from assay.jsonvalue import loads
-from assay.scoring.store import Completed, ScoringStore
 from assay.tracing import log_events
 from assay.tracing.derive import MAX_VALUE_CHARS, Summary, summarize
 from assay.tracing.filters import (
@@ -40,6 +40,7 @@ from assay.tracing.filters import (
     parse_filter,
 )
 from assay.tracing.filters.sql import keyed_lookups
+from assay.tracing.listener import Completed, IngestListener
 from assay.tracing.log_events import LogEvent
 from assay.tracing.model import (
     ASSESSMENT_UPDATES,
@@ -85,11 +86,22 @@ def _chunks(items: Sequence[T], size: int = _CHUNK) -> Iterable[Sequence[T]]:
 
 
 class TraceStore(SqlStore):
-    """Typed access to the trace tables of one database."""
+    """Typed access to the trace tables of one database.
 
-    def __init__(self, engine: sa.Engine, *, session_idle_s: float = 300.0) -> None:
+    ``listener`` is told, in each ingest transaction, which traces it completed and which
+    sessions it touched (the scoring ledger: :class:`assay.stores.Stores` wires it); without
+    one, an ingest writes the trace tables only.
+    """
+
+    def __init__(
+        self,
+        engine: sa.Engine,
+        *,
+        session_idle_s: float = 300.0,
+        listener: IngestListener | None = None,
+    ) -> None:
         super().__init__(engine)
-        self.scoring = ScoringStore(engine)
+        self.listener = listener
         self.session_idle_ms = round(session_idle_s * 1000)
         self._update_trace = (
             traces.update()
@@ -248,7 +260,8 @@ class TraceStore(SqlStore):
                 )
                 for t in trace_ids
             ]
-            self.scoring.on_ingest(conn, now, touched, self.session_idle_ms)
+            if self.listener is not None:
+                self.listener.on_ingest(conn, now, touched, self.session_idle_ms)
 
         self._tx(body)
 
@@ -467,7 +480,7 @@ class TraceStore(SqlStore):
             max_results=max_results,
             page_token=page_token,
         )
-        if self.dialect != "sqlite":
+        if self.dialect != SQLITE:
             return self.traces_run(search)
         return self.traces_run(search, keyed_lookups(parse_filter(filter_string)))
 

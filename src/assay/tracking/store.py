@@ -14,16 +14,14 @@ Rules this module keeps:
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
 import uuid
 from collections.abc import Mapping, Sequence
-from typing import Any, TypeVar
+from typing import Any
 
 import sqlalchemy as sa
 
 from assay.db.base import SqlStore
+from assay.db.dialects import MYSQL
 from assay.db.tables import (
     experiment_tags,
     experiments,
@@ -34,7 +32,7 @@ from assay.db.tables import (
     runs,
 )
 from assay.errors import ConflictError, InvalidRequestError, NotFoundError
-from assay.jsonvalue import loads_shallow
+from assay.pagetoken import decode_token, encode_token
 from assay.tracking import limits
 from assay.tracking.model import (
     Experiment,
@@ -46,6 +44,7 @@ from assay.tracking.model import (
     RunPage,
     RunStatus,
 )
+from assay.util import chunks
 
 __all__ = [
     "DEFAULT_EXPERIMENT_ID",
@@ -55,7 +54,6 @@ __all__ = [
     "TrackingStore",
 ]
 
-T = TypeVar("T")
 MAX_PAGE = 1000
 """The most experiments, runs or metric values one page holds."""
 DEFAULT_EXPERIMENT_ID = "0"
@@ -77,7 +75,7 @@ class TrackingStore(SqlStore):
         """INSERT that, on a primary-key clash, sets ``update`` from the new row (or, with
         None, leaves the stored row alone)."""
         stmt = self._insert(table)
-        if self.dialect == "mysql":
+        if self.dialect == MYSQL:
             # Not INSERT IGNORE: that would also turn real errors into warnings.
             column = update or next(c.name for c in table.c if c.name not in keys)
             value = stmt.inserted[column] if update else table.c[column]
@@ -224,7 +222,7 @@ class TrackingStore(SqlStore):
         )
         rows = conn.execute(query).all()
         tags: dict[str, dict[str, str]] = {row.id: {} for row in rows}
-        for chunk in _chunks(list(tags)):
+        for chunk in chunks(list(tags), _CHUNK):
             tag_rows = conn.execute(
                 sa.select(experiment_tags).where(experiment_tags.c.experiment_id.in_(chunk))
             )
@@ -406,7 +404,7 @@ class TrackingStore(SqlStore):
             [{"run_id": run_id, "key": k, "value": texts[k]} for k in keys],
         )
         stored: dict[str, str] = {}
-        for chunk in _chunks(keys):
+        for chunk in chunks(keys, _CHUNK):
             rows = conn.execute(
                 sa.select(run_params.c.key, run_params.c.value).where(
                     run_params.c.run_id == run_id, run_params.c.key.in_(chunk)
@@ -525,7 +523,7 @@ class TrackingStore(SqlStore):
         tags: dict[str, dict[str, str]] = {i: {} for i in ids}
         inputs: dict[str, list[RunInput]] = {i: [] for i in ids}
         metrics: dict[str, dict[str, Metric]] = {i: {} for i in ids}
-        for chunk in _chunks(ids):
+        for chunk in chunks(ids, _CHUNK):
             for row in conn.execute(sa.select(run_params).where(run_params.c.run_id.in_(chunk))):
                 params[row.run_id][row.key] = row.value
             for row in conn.execute(sa.select(run_tags).where(run_tags.c.run_id.in_(chunk))):
@@ -620,18 +618,14 @@ def _check_limit(limit: int) -> None:
         raise InvalidRequestError(f"max_results must be between 1 and {MAX_PAGE}, not {limit}")
 
 
-def _chunks(items: Sequence[T], size: int = _CHUNK) -> list[Sequence[T]]:
-    return [items[start : start + size] for start in range(0, len(items), size)]
-
-
 def _encode_token(*parts: int | str) -> str:
-    return base64.urlsafe_b64encode(json.dumps(list(parts)).encode()).decode()
+    return encode_token(list(parts))
 
 
 def _decode_token(token: str, *types: type) -> tuple[Any, ...]:
     """A page token's parts, checked against ``types`` (int within BIGINT, str without NUL)."""
     try:
-        parts = loads_shallow(base64.urlsafe_b64decode(token.encode()), 1)
+        parts = decode_token(token, 1)
         if not isinstance(parts, list) or len(parts) != len(types):
             raise ValueError(token)
         for part, kind in zip(parts, types, strict=True):
@@ -642,5 +636,5 @@ def _decode_token(token: str, *types: type) -> tuple[Any, ...]:
             if isinstance(part, str) and "\x00" in part:
                 raise ValueError(token)
         return tuple(parts)
-    except (ValueError, TypeError, binascii.Error, UnicodeDecodeError):
+    except (ValueError, TypeError):
         raise InvalidRequestError(f"invalid page_token {token!r}") from None

@@ -10,10 +10,9 @@ from assay.errors import InvalidRequestError
 from assay.jobs.backend import Backend
 from assay.jobs.model import JobStatus
 from assay.server.auth import (
-    Principal,
+    Caller,
     check_job,
     check_submit,
-    principal,
     require_api_token,
     search_owner,
 )
@@ -50,8 +49,6 @@ router = APIRouter(
         422: {"model": ErrorOut},
     },
 )
-
-Caller = Annotated[Principal, Depends(principal)]
 
 
 def _backend(request: Request) -> Backend:

@@ -30,12 +30,8 @@ reach only the experiments they are scoped to, as on ``/api/v1``.
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
 import re
 import secrets
-import threading
 from collections.abc import Iterator
 from typing import Annotated, Any
 
@@ -43,8 +39,9 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import PlainTextResponse
 
 from assay.errors import ConflictError, InvalidRequestError
-from assay.jsonvalue import loads_shallow
+from assay.pagetoken import decode_token, encode_token
 from assay.server.auth import Caller, Principal, require_api_token, require_scope
+from assay.server.deps import tracking_store
 from assay.server.mlflow_schemas import (
     MLFLOW_VERSION,
     CreateExperimentBody,
@@ -72,7 +69,7 @@ from assay.tracking.mlflow_search import EXPERIMENT_FIELDS, RUN_FIELDS, Entity, 
 from assay.tracking.model import Experiment, Metric, Run, RunInput
 from assay.tracking.store import DEFAULT_EXPERIMENT_ID, MAX_PAGE, TrackingStore
 
-__all__ = ["offset_page", "pairs", "router", "tracking_store", "version_router", "writable_run"]
+__all__ = ["offset_page", "pairs", "router", "version_router", "writable_run"]
 
 router = APIRouter(
     prefix="/api/2.0/mlflow", route_class=MlflowRoute, include_in_schema=False, tags=["mlflow"]
@@ -84,7 +81,6 @@ MAX_BATCH_PARAMS = 100
 MAX_BATCH_TAGS = 100
 MAX_BATCH_ENTITIES = 1000
 _HEX_ID = re.compile(r"[0-9a-f]{32}")
-_store_lock = threading.Lock()
 
 
 @version_router.get("/version", response_class=PlainTextResponse)
@@ -115,16 +111,6 @@ _NOUNS = ("otter", "heron", "lynx", "finch", "badger", "moth", "crane", "newt", 
 def _random_name() -> str:
     """A name for a run created without one, in MLflow's style (``keen-heron-417``)."""
     return f"{secrets.choice(_ADJECTIVES)}-{secrets.choice(_NOUNS)}-{secrets.randbelow(1000)}"
-
-
-def tracking_store(request: Request) -> TrackingStore:
-    state = request.app.state
-    with _store_lock:
-        store: TrackingStore | None = getattr(state, "tracking_store", None)
-        if store is None:
-            store = TrackingStore(state.runtime.backend.engine)
-            state.tracking_store = store
-    return store
 
 
 def _run_id(text: str) -> str:
@@ -172,11 +158,11 @@ def _offset(token: str) -> int:
     try:
         if len(token) > MAX_TOKEN_CHARS:
             raise ValueError("too long")
-        offset = loads_shallow(base64.urlsafe_b64decode(token.encode()), 1)["offset"]
+        offset = decode_token(token, 1)["offset"]
         if type(offset) is not int or offset < 0:
             raise ValueError(token)
         return offset
-    except (ValueError, TypeError, KeyError, binascii.Error):
+    except (ValueError, TypeError, KeyError):
         raise InvalidRequestError(f"invalid page_token {shown}") from None
 
 
@@ -184,7 +170,7 @@ def offset_page(items: list[Any], token: str, size: int) -> tuple[list[Any], str
     start = _offset(token)
     end = start + size
     more = end < len(items)
-    next_token = base64.urlsafe_b64encode(json.dumps({"offset": end}).encode()).decode()
+    next_token = encode_token({"offset": end})
     return items[start:end], next_token if more else None
 
 

@@ -23,8 +23,9 @@ from starlette.concurrency import run_in_threadpool
 from assay import jsonvalue
 from assay.errors import InvalidRequestError
 from assay.server.auth import Caller, Principal, require_scope
+from assay.server.deps import tracking_store
 from assay.server.mlflow_schemas import KeyValue, MlflowBody, MlflowRoute
-from assay.server.routes.mlflow import offset_page, pairs, tracking_store, writable_run
+from assay.server.routes.mlflow import offset_page, pairs, writable_run
 from assay.tracking import limits, mlflow_search
 from assay.tracking.artifacts import ArtifactStore, FileEntry, LoggedModel, artifact_root_for
 from assay.tracking.mlflow_search import MODEL_FIELDS, Entity, OrderKey

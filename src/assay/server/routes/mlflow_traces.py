@@ -17,8 +17,8 @@ from fastapi import APIRouter, Body, Request
 
 from assay.errors import InvalidRequestError
 from assay.server.auth import Caller, require_scope
+from assay.server.deps import tracking_store
 from assay.server.mlflow_schemas import MlflowRoute
-from assay.server.routes.mlflow import tracking_store
 
 __all__ = ["SPANS_LOCATION_TAG", "router"]
 

@@ -7,24 +7,22 @@ tokens, a custom one runs code); reading them needs access to the experiment.
 
 from __future__ import annotations
 
-import threading
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from assay.errors import InvalidRequestError
-from assay.scoring.service import ScoringService
 from assay.scoring.store import ScorerRecord
 from assay.server.auth import Caller, require_admin, require_scope
+from assay.server.deps import Scoring
 from assay.server.routes.traces import Store, _trace_id, _visible_trace
 from assay.server.schemas import ErrorOut
 
-__all__ = ["router", "scoring_service"]
+__all__ = ["router"]
 
 router = APIRouter(prefix="/api/v1", tags=["scoring"])
-_lock = threading.Lock()
 _ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorOut},
     403: {"model": ErrorOut},
@@ -32,20 +30,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-def scoring_service(request: Request) -> ScoringService:
-    """The app's scoring service (made on first use, on the runtime's engine)."""
-    state = request.app.state
-    service: ScoringService | None = getattr(state, "scoring_service", None)
-    if service is None:
-        with _lock:
-            service = getattr(state, "scoring_service", None)
-            if service is None:
-                service = ScoringService(state.runtime.backend.engine, state.settings)
-                state.scoring_service = service
-    return service
-
-
-Service = Annotated[ScoringService, Depends(scoring_service)]
+Service = Scoring
 
 
 class ScorerSpecIn(BaseModel):

@@ -55,5 +55,5 @@ def metrics(request: Request, caller: Caller) -> Response:
     (OpenMetrics when the scraper asks for it). Admin-only when auth is on."""
     require_admin(caller, "read /metrics")
     runtime: Runtime = request.app.state.runtime
-    body, content_type = runtime.backend.store.metrics.expose(request.headers.get("accept"))
+    body, content_type = runtime.stores.metrics.expose(request.headers.get("accept"))
     return Response(body, media_type=content_type)

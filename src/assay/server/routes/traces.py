@@ -9,7 +9,6 @@ the encoding of the request (protobuf or JSON).
 from __future__ import annotations
 
 import re
-import threading
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request, Response
@@ -19,6 +18,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from assay.errors import AssayError, NotFoundError
 from assay.server.auth import Caller, Principal, principal, require_scope, require_some_scope
+from assay.server.deps import trace_store
 from assay.server.errors import status_for
 from assay.server.otlp_ingest import OtlpIngest, experiment_header, log_rejected
 from assay.server.schemas import ErrorOut
@@ -51,26 +51,9 @@ __all__ = [
     "TracePageOut",
     "otlp_error_response",
     "router",
-    "trace_store",
 ]
 
 _TRACE_ID = re.compile(r"[0-9a-f]{32}")
-_store_lock = threading.Lock()
-
-
-def trace_store(request: Request) -> TraceStore:
-    """The app's trace store (made on first use, on the runtime's engine)."""
-    state = request.app.state
-    store: TraceStore | None = getattr(state, "trace_store", None)
-    if store is None:
-        with _store_lock:
-            store = getattr(state, "trace_store", None)
-            if store is None:
-                store = TraceStore(
-                    state.runtime.backend.engine, session_idle_s=state.settings.session_idle_s
-                )
-                state.trace_store = store
-    return store
 
 
 # -- bodies ----------------------------------------------------------------------------------------

@@ -10,13 +10,13 @@ it may not create or list experiments.
 
 from __future__ import annotations
 
-import threading
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from assay.server.auth import Caller, Principal, require_api_token, require_scope
+from assay.server.deps import tracking_store
 from assay.server.schemas import ErrorOut
 from assay.tracking import limits
 from assay.tracking.model import Experiment, Metric, Run, RunInput, RunStatus
@@ -177,19 +177,6 @@ _CONFLICT: dict[int | str, dict[str, object]] = {409: {"model": ErrorOut}}
 MaxResults = Annotated[int, Query(ge=1, le=MAX_PAGE)]
 PageToken = Annotated[str | None, Query(max_length=1000)]
 
-_store_lock = threading.Lock()
-
-
-def _store(request: Request) -> TrackingStore:
-    """The app's tracking store, made on first use, on the server's engine."""
-    state = request.app.state
-    with _store_lock:
-        store: TrackingStore | None = getattr(state, "tracking_store", None)
-        if store is None:
-            store = TrackingStore(state.runtime.backend.engine)
-            state.tracking_store = store
-    return store
-
 
 def _check_run(caller: Principal, store: TrackingStore, run_id: str) -> None:
     """A job token may act on runs of its scoped experiments only (checked before writing)."""
@@ -201,7 +188,7 @@ def _check_run(caller: Principal, store: TrackingStore, run_id: str) -> None:
 def create_experiment(body: ExperimentCreate, request: Request, caller: Caller) -> ExperimentOut:
     """A new experiment; 409 if one of that name exists."""
     require_api_token(caller, "create experiments")
-    return ExperimentOut.of(_store(request).create_experiment(body.name, body.tags))
+    return ExperimentOut.of(tracking_store(request).create_experiment(body.name, body.tags))
 
 
 @router.get("/experiments", response_model=ExperimentPageOut)
@@ -214,7 +201,9 @@ def list_experiments(
 ) -> ExperimentPageOut:
     """Experiments, newest first."""
     require_api_token(caller, "list experiments")
-    page = _store(request).list_experiments(limit=max_results, page_token=page_token, name=name)
+    page = tracking_store(request).list_experiments(
+        limit=max_results, page_token=page_token, name=name
+    )
     return ExperimentPageOut(
         experiments=[ExperimentOut.of(e) for e in page.experiments],
         next_page_token=page.next_page_token,
@@ -224,14 +213,14 @@ def list_experiments(
 @router.get("/experiments/{experiment_id}", response_model=ExperimentOut)
 def get_experiment(experiment_id: str, request: Request, caller: Caller) -> ExperimentOut:
     require_scope(caller, "experiment_id", experiment_id)
-    return ExperimentOut.of(_store(request).get_experiment(experiment_id))
+    return ExperimentOut.of(tracking_store(request).get_experiment(experiment_id))
 
 
 @router.post("/runs", status_code=201, response_model=RunOut)
 def create_run(body: RunCreate, request: Request, caller: Caller) -> RunOut:
     """A new RUNNING run in an experiment."""
     require_scope(caller, "experiment_id", body.experiment_id)
-    run = _store(request).create_run(
+    run = tracking_store(request).create_run(
         body.experiment_id, name=body.name, start_time=body.start_time, tags=body.tags
     )
     return RunOut.of(run)
@@ -247,13 +236,15 @@ def list_runs(
 ) -> RunPageOut:
     """The runs of one experiment, latest start first."""
     require_scope(caller, "experiment_id", experiment_id)
-    page = _store(request).list_runs(experiment_id, limit=max_results, page_token=page_token)
+    page = tracking_store(request).list_runs(
+        experiment_id, limit=max_results, page_token=page_token
+    )
     return RunPageOut(runs=[RunOut.of(r) for r in page.runs], next_page_token=page.next_page_token)
 
 
 @router.get("/runs/{run_id}", response_model=RunOut)
 def get_run(run_id: str, request: Request, caller: Caller) -> RunOut:
-    run = _store(request).get_run(run_id)
+    run = tracking_store(request).get_run(run_id)
     require_scope(caller, "experiment_id", run.experiment_id)
     return RunOut.of(run)
 
@@ -261,7 +252,7 @@ def get_run(run_id: str, request: Request, caller: Caller) -> RunOut:
 @router.patch("/runs/{run_id}", response_model=RunOut)
 def update_run(run_id: str, body: RunUpdate, request: Request, caller: Caller) -> RunOut:
     """Set the status and/or end time; ending a run without an end time stamps it now."""
-    store = _store(request)
+    store = tracking_store(request)
     _check_run(caller, store, run_id)
     return RunOut.of(store.update_run(run_id, status=body.status, end_time=body.end_time))
 
@@ -269,7 +260,7 @@ def update_run(run_id: str, body: RunUpdate, request: Request, caller: Caller) -
 @router.post("/runs/{run_id}/log-batch", status_code=204, responses=_CONFLICT)
 def log_batch(run_id: str, body: LogBatch, request: Request, caller: Caller) -> Response:
     """Store metrics, params and tags in one transaction; 409 if a param would change."""
-    store = _store(request)
+    store = tracking_store(request)
     _check_run(caller, store, run_id)
     metrics = [Metric(m.key, m.value, m.step, m.timestamp) for m in body.metrics]
     store.log_batch(run_id, metrics=metrics, params=body.params, tags=body.tags)
@@ -279,7 +270,7 @@ def log_batch(run_id: str, body: LogBatch, request: Request, caller: Caller) -> 
 @router.post("/runs/{run_id}/inputs", status_code=204)
 def log_inputs(run_id: str, body: LogInputs, request: Request, caller: Caller) -> Response:
     """Record datasets the run read (the same name and digest again updates the source)."""
-    store = _store(request)
+    store = tracking_store(request)
     _check_run(caller, store, run_id)
     store.log_inputs(run_id, [RunInput(i.name, i.digest, i.source) for i in body.inputs])
     return Response(status_code=204)
@@ -295,7 +286,7 @@ def metric_history(
     page_token: PageToken = None,
 ) -> MetricPageOut:
     """Every logged value of one metric, by step."""
-    store = _store(request)
+    store = tracking_store(request)
     _check_run(caller, store, run_id)
     page = store.metric_history(run_id, key, limit=max_results, page_token=page_token)
     return MetricPageOut(

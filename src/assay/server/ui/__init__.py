@@ -28,4 +28,5 @@ def install(app: FastAPI) -> None:
     router.include_router(jobs.router)
     router.include_router(experiments.router)
     app.include_router(router)
+    app.state.error_page = pages.error_page
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")

@@ -19,12 +19,10 @@ from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 from urllib.parse import urlencode
 
-import sqlalchemy as sa
 from fastapi import APIRouter, Form, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from assay import jsonvalue
-from assay.db.tables import assessments, traces
 from assay.errors import (
     ConflictError,
     InvalidRequestError,
@@ -35,12 +33,11 @@ from assay.scoring import kinds
 from assay.scoring.service import ScoringService
 from assay.scoring.store import ScorerRecord
 from assay.server.auth import Principal, require_admin, require_api_token, require_scope
+from assay.server.deps import scoring_service, stores, trace_store, tracking_store
 from assay.server.errors import status_for
-from assay.server.routes.scoring import scoring_service
-from assay.server.routes.traces import _trace_id, trace_store
+from assay.server.routes.traces import _trace_id
 from assay.server.ui.pages import UiCaller, is_fragment, render, templates
 from assay.tracing.model import Span, Trace
-from assay.tracking.store import TrackingStore
 
 __all__ = ["Chart", "Timeline", "bucket_size", "charts", "latest_values", "router", "span_tree"]
 
@@ -63,7 +60,7 @@ _FAIL = frozenset({"no", "false", "fail", "failed"})
 @router.get("/ui/experiments", response_class=HTMLResponse)
 def experiments_page(request: Request, caller: UiCaller) -> Response:
     require_api_token(caller, "list experiments")
-    page = _tracking(request).list_experiments(limit=200)
+    page = tracking_store(request).list_experiments(limit=200)
     return render(request, "experiments.html", section="experiments", experiments=page.experiments)
 
 
@@ -79,7 +76,7 @@ def experiment_page(
     """The experiment's traces (newest first, or ``order_by``) matching ``filter``, with one
     column per scorer holding the trace's latest value of it."""
     require_scope(caller, "experiment_id", experiment_id)
-    experiment = _tracking(request).get_experiment(experiment_id)
+    experiment = tracking_store(request).get_experiment(experiment_id)
     scorers = scoring_service(request).list(experiment_id)
     context: dict[str, Any] = {
         "section": "experiments",
@@ -120,16 +117,8 @@ def latest_values(
     request: Request, trace_ids: Sequence[str], names: Sequence[str]
 ) -> dict[tuple[str, str], Any]:
     """``(trace_id, name) -> value`` of the latest assessment of that name, in one query."""
-    if not trace_ids or not names:
-        return {}
-    query = (
-        sa.select(assessments.c.trace_id, assessments.c.name, assessments.c.value)
-        .where(assessments.c.trace_id.in_(trace_ids), assessments.c.name.in_(names))
-        .order_by(assessments.c.created_at_ms, assessments.c.updated_at_ms)
-    )
-    with trace_store(request).engine.connect() as conn:
-        rows = conn.execute(query).all()
-    return {(row.trace_id, row.name): _decode(row.value) for row in rows}
+    found = stores(request).scoring.latest_values(trace_ids, names)
+    return {key: _decode(value) for key, value in found.items()}
 
 
 # -- one trace -------------------------------------------------------------------------------------
@@ -271,23 +260,11 @@ def charts(
     the rows read stay few however many traces were scored."""
     bucket = bucket_size(days)
     since = now_ms - days * DAY_MS
-    offset = assessments.c.created_at_ms - since
-    start = (offset - offset % bucket).label("start")
-    query = (
-        sa.select(assessments.c.name, start, assessments.c.value, sa.func.count().label("n"))
-        .join(traces, traces.c.trace_id == assessments.c.trace_id)
-        .where(
-            traces.c.experiment_id == experiment_id,
-            assessments.c.name.in_(names),
-            assessments.c.created_at_ms >= since,
-        )
-        .group_by(assessments.c.name, start, assessments.c.value)
-    )
     counts: dict[str, list[tuple[int, Any, int]]] = defaultdict(list)
-    if names:
-        with trace_store(request).engine.connect() as conn:
-            for row in conn.execute(query):
-                counts[row.name].append((since + int(row.start), _decode(row.value), row.n))
+    for name, at, value, n in stores(request).scoring.value_counts(
+        experiment_id, names, since, bucket
+    ):
+        counts[name].append((at, _decode(value), n))
     return {name: _chart(counts[name], since, now_ms, bucket) for name in names}
 
 
@@ -462,7 +439,7 @@ def _scorers(
     days: int = 7,
     status_code: int = 200,
 ) -> Response:
-    experiment = _tracking(request).get_experiment(experiment_id)
+    experiment = tracking_store(request).get_experiment(experiment_id)
     service: ScoringService = scoring_service(request)
     scorers = service.list(experiment_id)
     now = datetime.now(UTC).replace(second=0, microsecond=0)
@@ -547,10 +524,6 @@ def _local_ms(text: str, what: str) -> int:
 
 
 # -- shared ----------------------------------------------------------------------------------------
-
-
-def _tracking(request: Request) -> TrackingStore:
-    return TrackingStore(request.app.state.runtime.backend.engine)
 
 
 def _now_ms() -> int:

@@ -8,9 +8,6 @@ deleted meanwhile, and never skips or repeats a row.
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -19,7 +16,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from assay.errors import InvalidRequestError
-from assay.jsonvalue import loads_shallow
+from assay.pagetoken import decode_token, encode_token
 from assay.tracing.filters.grammar import (
     TRACE_FIELDS,
     OrderKey,
@@ -84,8 +81,7 @@ class Keyset:
 
     def token(self, row: Mapping[str, Any] | sa.RowMapping) -> str:
         values = [row[col.name] for col, _ in self.columns]
-        payload = json.dumps({"order": self.signature, "after": values}, ensure_ascii=False)
-        return base64.urlsafe_b64encode(payload.encode()).decode().rstrip("=")
+        return encode_token({"order": self.signature, "after": values})
 
     def decode(self, token: str) -> list[Any]:
         """The sort values in a token made by :meth:`token` for this order; anything else is
@@ -94,11 +90,10 @@ class Keyset:
         try:
             if len(token) > MAX_TOKEN_CHARS:
                 raise ValueError("too long")
-            raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
             # {"order": [...], "after": [...]}: two levels; deeper is refused before parsing.
-            payload = loads_shallow(raw, _TOKEN_DEPTH)
+            payload = decode_token(token, _TOKEN_DEPTH)
             order, values = payload["order"], payload["after"]
-        except (ValueError, TypeError, KeyError, binascii.Error):
+        except (ValueError, TypeError, KeyError):
             raise InvalidRequestError(f"invalid page_token {shown}") from None
         if order != self.signature:
             raise InvalidRequestError(

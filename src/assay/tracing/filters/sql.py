@@ -21,6 +21,7 @@ from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.functions import FunctionElement
 
+from assay.db.dialects import MYSQL, POSTGRESQL, SQLITE
 from assay.errors import InvalidFilterError
 from assay.tracing.filters.grammar import (
     ASSESSMENT_OPS,
@@ -294,13 +295,13 @@ def _plain(element: FunctionElement[str], compiler: SQLCompiler, **kw: Any) -> s
     return compiler.process(element.clauses, **kw)
 
 
-@compiles(_exact, "mysql")
-@compiles(_ordered, "mysql")
+@compiles(_exact, MYSQL)
+@compiles(_ordered, MYSQL)
 def _binary_mysql(element: FunctionElement[str], compiler: SQLCompiler, **kw: Any) -> str:
     return f"CAST({compiler.process(element.clauses, **kw)} AS BINARY)"
 
 
-@compiles(_ordered, "postgresql")
+@compiles(_ordered, POSTGRESQL)
 def _ordered_pg(element: FunctionElement[str], compiler: SQLCompiler, **kw: Any) -> str:
     return f'({compiler.process(element.clauses, **kw)} COLLATE "C")'
 
@@ -311,13 +312,13 @@ def _like_default(element: _like, compiler: SQLCompiler, **kw: Any) -> str:
     return f"({compiler.process(col.like(pattern, escape=chr(92)), **kw)})"
 
 
-@compiles(_like, "sqlite")
+@compiles(_like, SQLITE)
 def _like_sqlite(element: _like, compiler: SQLCompiler, **kw: Any) -> str:
     col, _pattern, glob = element.clauses.clauses
     return f"({compiler.process(col, **kw)} GLOB {compiler.process(glob, **kw)})"
 
 
-@compiles(_like, "mysql")
+@compiles(_like, MYSQL)
 def _like_mysql(element: _like, compiler: SQLCompiler, **kw: Any) -> str:
     col, pattern, _glob = element.clauses.clauses
     escape = compiler.render_literal_value("\\", sa.String())
@@ -334,7 +335,7 @@ def _ilike_default(element: _ilike, compiler: SQLCompiler, **kw: Any) -> str:
     return f"({compiler.process(like, **kw)})"
 
 
-@compiles(_ilike, "mysql")
+@compiles(_ilike, MYSQL)
 def _ilike_mysql(element: _ilike, compiler: SQLCompiler, **kw: Any) -> str:
     """The usual MySQL collations also ignore accents; compare the lowered text by code point."""
     col, pattern = element.clauses.clauses
