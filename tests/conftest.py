@@ -1,4 +1,6 @@
-"""Shared fixtures: real SQLite, PostgreSQL and MariaDB stores, workers in threads and processes.
+"""Shared fixtures: real SQLite, PostgreSQL and MariaDB stores, workers in threads and processes,
+the server's app in this process (``apps``, ``api``) and real server processes (``servers``,
+``server``).
 
 PostgreSQL, MariaDB and Redis are reached at ASSAY_TEST_PG_URI / ASSAY_TEST_MYSQL_URI /
 ASSAY_TEST_REDIS_URI (defaults: the local servers). When one is unreachable its tests skip with
