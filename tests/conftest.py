@@ -1,4 +1,6 @@
-"""Shared fixtures: real SQLite, PostgreSQL and MariaDB stores, workers in threads and processes.
+"""Shared fixtures: real SQLite, PostgreSQL and MariaDB stores, workers in threads and processes,
+the server's app in this process (``apps``, ``api``) and real server processes (``servers``,
+``server``).
 
 PostgreSQL, MariaDB and Redis are reached at ASSAY_TEST_PG_URI / ASSAY_TEST_MYSQL_URI /
 ASSAY_TEST_REDIS_URI (defaults: the local servers). When one is unreachable its tests skip with
@@ -362,3 +364,59 @@ def servers(tmp_path: Path) -> Iterator[Servers]:
 def server(servers: Servers, store_uri: str) -> ServerProcess:
     """One real server (one worker loop, FAST settings, tests' job modules) on each store."""
     return servers.start(store_uri)
+
+
+class InProcessServers:
+    """The real app (``create_app``) of ``assay server``, run in this process: its lifespan
+    (store migration, worker loops in threads, leadership) runs as under uvicorn, requests go
+    to it through httpx (Starlette's ``TestClient``) with no socket and no process to start.
+    For tests of the HTTP API's answers; tests of the process itself (signals, kill -9,
+    replicas, body streaming on a socket, OTLP/gRPC, real clients) use :class:`Servers`."""
+
+    def __init__(self) -> None:
+        self.stack = contextlib.ExitStack()
+
+    def start(self, store_uri: str, *, workers: int = 1, **settings: Any) -> httpx.Client:
+        """An httpx client of a new app on ``store_uri`` with ``workers`` worker loops (the
+        FAST settings and the tests' job modules, as :meth:`Servers.start`). Loopback, port 0
+        and no OTLP/gRPC receiver: auth is off unless ``auth=True``."""
+        from fastapi.testclient import TestClient
+
+        from assay.config import Settings
+        from assay.server.app import create_app
+
+        config = Settings(
+            **{
+                **FAST,
+                "store_uri": store_uri,
+                "server_workers": workers,
+                "port": 0,
+                "otlp_grpc_port": 0,
+                **settings,
+            }
+        )
+        # An IP address for a host: the DNS-rebinding check accepts it ("testserver" it would
+        # refuse). Errors are answered with their status, as a real server's are, not raised.
+        client = TestClient(
+            create_app(config), base_url="http://127.0.0.1", raise_server_exceptions=False
+        )
+        return self.stack.enter_context(client)
+
+    def close(self) -> None:
+        self.stack.close()
+
+
+@pytest.fixture
+def apps() -> Iterator[InProcessServers]:
+    """In-process servers: ``apps.start(store_uri, workers=0)`` is an ``httpx.Client``."""
+    started = InProcessServers()
+    try:
+        yield started
+    finally:
+        started.close()
+
+
+@pytest.fixture
+def api(apps: InProcessServers, store_uri: str) -> httpx.Client:
+    """The in-process :func:`server`: one worker loop, FAST settings, on each store."""
+    return apps.start(store_uri)

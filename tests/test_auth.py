@@ -1,5 +1,6 @@
 """Authentication and authorisation of `assay server`: API tokens made with the CLI, roles, job
-tokens, and the loopback default, against real servers on every store.
+tokens, and the loopback default, on every store: against the server's app in this process, and
+against a real server where a job calls the API back.
 
 Each boundary has a test that fails if its check is removed: no/bad/revoked/expired token
 (401), a user reaching another user's job (404) or submitting a non-public job (403), searches
@@ -40,7 +41,15 @@ from assay.jobs.registry import Registry, job
 from assay.jobs.tokens import JOB_TOKEN_KEY, JobTokens
 from assay.server.auth import Principal, auth_enabled, require_scope
 from assay.server.tokens import TokenStore, hash_token
-from conftest import FAST, TESTS_DIR, ServerProcess, Servers, fast_env, running_worker, wait_until
+from conftest import (
+    FAST,
+    TESTS_DIR,
+    InProcessServers,
+    Servers,
+    fast_env,
+    running_worker,
+    wait_until,
+)
 
 JOBS = ["jobmods", "jobmods_auth"]
 API_TOKEN = re.compile(r"^assay_[A-Za-z0-9_-]{43}$")
@@ -79,10 +88,10 @@ def token_id(store_uri: str, token: str) -> str:
 
 
 def api(
-    server: ServerProcess, method: str, path: str, token: str | None = None, **kw: Any
+    server: httpx.Client, method: str, path: str, token: str | None = None, **kw: Any
 ) -> httpx.Response:
     headers = {"Authorization": f"Bearer {token}"} if token else {}
-    return httpx.request(method, f"{server.url}/api/v1{path}", headers=headers, timeout=20, **kw)
+    return server.request(method, f"/api/v1{path}", headers=headers, **kw)
 
 
 def error(response: httpx.Response, status: int, code: str) -> str:
@@ -96,7 +105,7 @@ def error(response: httpx.Response, status: int, code: str) -> str:
 
 
 def submit(
-    server: ServerProcess, token: str, name: str, timeout: float | None = None, **params: Any
+    server: httpx.Client, token: str, name: str, timeout: float | None = None, **params: Any
 ) -> dict[str, Any]:
     request = {"name": name, "params": params, "timeout": timeout}
     response = api(server, "POST", "/jobs", token, json=request)
@@ -105,7 +114,7 @@ def submit(
     return body
 
 
-def ids(server: ServerProcess, token: str, **query: Any) -> set[str]:
+def ids(server: httpx.Client, token: str, **query: Any) -> set[str]:
     response = api(server, "GET", "/jobs", token, params=query)
     assert response.status_code == 200, response.text
     return {j["id"] for j in response.json()["jobs"]}
@@ -189,29 +198,25 @@ def test_cli_tokens_are_shown_once_and_stored_only_as_a_hash(store_uri: str) -> 
 
 
 @pytest.mark.parametrize("store_uri", ["sqlite"], indirect=True)
-def test_requests_without_a_valid_token_are_401(servers: Servers, store_uri: str) -> None:
+def test_requests_without_a_valid_token_are_401(apps: InProcessServers, store_uri: str) -> None:
     admin = create_token(store_uri, "admin", "root")
     user = create_token(store_uri, "user", "alice")
     soon = create_token(store_uri, "user", "brief", "--expires", "2s")
-    server = servers.start(store_uri, "--auth", "--workers", "0", job_modules=JOBS)
+    server = apps.start(store_uri, workers=0, auth=True, job_modules=JOBS)
 
-    assert httpx.get(f"{server.url}/health", timeout=10).status_code == 200
+    assert server.get("/health").status_code == 200
     for method, path, body in ROUTES:
         for token in (None, "assay_" + "x" * 43, "assayjob_e30.c2ln", "nonsense"):
             response = api(server, method, path, token, json=body)
             error(response, 401, "unauthenticated")
             assert response.headers["www-authenticate"] == "Bearer"
-        basic = httpx.request(
-            method,
-            f"{server.url}/api/v1{path}",
-            headers={"Authorization": f"Basic {admin}"},
-            json=body,
-            timeout=10,
+        basic = server.request(
+            method, f"/api/v1{path}", headers={"Authorization": f"Basic {admin}"}, json=body
         )
         error(basic, 401, "unauthenticated")
     assert "Authorization: Bearer" in error(api(server, "GET", "/jobs"), 401, "unauthenticated")
     # Every API route the server publishes, including ones added after this test was written.
-    paths = httpx.get(f"{server.url}/openapi.json", timeout=10).json()["paths"]
+    paths = server.get("/openapi.json").json()["paths"]
     published = [
         (method.upper(), re.sub(r"\{[^}]+\}", "x", path))
         for path, operations in paths.items()
@@ -220,7 +225,7 @@ def test_requests_without_a_valid_token_are_401(servers: Servers, store_uri: str
     ]
     assert len(published) >= len(ROUTES)
     for method, path in published:
-        response = httpx.request(method, f"{server.url}{path}", json={}, timeout=10)
+        response = server.request(method, path, json={})
         assert response.status_code == 401, (method, path, response.text)
     assert api(server, "GET", "/jobs", admin).status_code == 200
 
@@ -251,12 +256,12 @@ def test_requests_without_a_valid_token_are_401(servers: Servers, store_uri: str
 
 
 def test_users_see_and_cancel_only_their_own_jobs_and_submit_only_public_ones(
-    servers: Servers, store_uri: str
+    apps: InProcessServers, store_uri: str
 ) -> None:
     admin = create_token(store_uri, "admin", "root")
     alice = create_token(store_uri, "user", "alice")
     bob = create_token(store_uri, "user", "bob")
-    server = servers.start(store_uri, "--auth", "--workers", "0", job_modules=JOBS)
+    server = apps.start(store_uri, workers=0, auth=True, job_modules=JOBS)
 
     a1, a2 = submit(server, alice, "a_public", n=1), submit(server, alice, "a_public", n=2)
     b1 = submit(server, bob, "a_public", n=3)
@@ -315,19 +320,18 @@ def test_users_see_and_cancel_only_their_own_jobs_and_submit_only_public_ones(
 
 
 def test_auth_is_off_on_loopback_by_default_and_on_elsewhere(
-    servers: Servers, tmp_path: Path
+    apps: InProcessServers, tmp_path: Path
 ) -> None:
     store_uri = f"sqlite:///{tmp_path / 'assay.db'}"
-    local = servers.start(store_uri, "--workers", "0", job_modules=JOBS)  # 127.0.0.1
+    local = apps.start(store_uri, workers=0, job_modules=JOBS)  # 127.0.0.1
     response = api(local, "POST", "/jobs", json={"name": "a_private"})
     assert response.status_code == 201, response.text
     assert response.json()["owner"] is None  # the anonymous admin
     assert api(local, "GET", "/jobs").status_code == 200
-    local.stop()
 
-    # On every interface (the URL still reaches it through 127.0.0.1) tokens are required.
+    # On every interface (requests still come to 127.0.0.1) tokens are required.
     admin = create_token(store_uri, "admin", "root")
-    exposed = servers.start(store_uri, "--workers", "0", host="0.0.0.0", job_modules=JOBS)
+    exposed = apps.start(store_uri, workers=0, host="0.0.0.0", job_modules=JOBS)
     error(api(exposed, "GET", "/jobs"), 401, "unauthenticated")
     assert api(exposed, "GET", "/jobs", admin).status_code == 200
 
@@ -381,62 +385,71 @@ def test_a_running_job_calls_the_api_back_within_its_token(
         default_executor="process",
         python_env_dir=str(empty_env_dir),
     )
-    # Another job of the same owner: a job token is not its owner's API token.
-    other = submit(server, alice, "a_public", n=1)["id"]
-    jobs = {
-        # A 6 s timeout: the token expires with the job's deadline.
-        "process": submit(server, alice, "a_callback", 6, experiment_id="e1", other_job=other),
-        "inline": submit(server, alice, "a_callback_inline", other_job=other),
-        "venv": submit(server, alice, "a_callback_venv", other_job=other),
-    }
-
-    def finished(job_id: str) -> dict[str, Any] | None:
-        body: dict[str, Any] = api(server, "GET", f"/jobs/{job_id}", admin).json()
-        return body if body["status"] not in ("PENDING", "RUNNING") else None
-
-    results = {}
-    for executor, submitted in jobs.items():
-        done = wait_until(functools.partial(finished, submitted["id"]), timeout=60)
-        assert done["status"] == "SUCCEEDED", (executor, done["error"], server.logs()[-3000:])
-        seen = done["result"]
-        results[executor] = seen
-        expected = {
-            "own": 200,
-            "own_id": submitted["id"],
-            "other": 403,
-            "missing": 403,
-            "search": 403,
-            "submit": 403,
-            "cancel_own": 403,
+    with httpx.Client(base_url=server.url, timeout=20) as client:
+        # Another job of the same owner: a job token is not its owner's API token.
+        other = submit(client, alice, "a_public", n=1)["id"]
+        jobs = {
+            # A 6 s timeout: the token expires with the job's deadline.
+            "process": submit(client, alice, "a_callback", 6, experiment_id="e1", other_job=other),
+            "inline": submit(client, alice, "a_callback_inline", other_job=other),
+            "venv": submit(client, alice, "a_callback_venv", other_job=other),
         }
-        assert {k: seen[k] for k in expected} == expected, executor
-        assert seen["token"].startswith("assayjob_")
-        claims = claims_of(seen["token"])
-        assert (claims["job"], claims["attempt"], claims["owner"]) == (submitted["id"], 1, "alice")
-        # Processes the job starts get the token and the address too.
-        if executor == "inline":
-            assert seen["env_token"] is None  # one process, many jobs: no env vars
-        else:
-            assert (seen["env_token"], seen["env_url"]) == (seen["token"], server.url), executor
 
-    process_token = results["process"]["token"]
-    claims = claims_of(process_token)
-    assert claims["scopes"] == ["experiment_id:e1"]
-    assert claims_of(results["inline"]["token"])["scopes"] == []
-    # The process job's token dies with its 6 s deadline (the TTL is an hour), then it is 403.
-    assert claims["exp"] - time.time() * 1000 < 6000
-    tampered = process_token[:-2] + ("AA" if not process_token.endswith("AA") else "BB")
-    error(api(server, "GET", f"/jobs/{jobs['process']['id']}", tampered), 401, "unauthenticated")
+        def finished(job_id: str) -> dict[str, Any] | None:
+            body: dict[str, Any] = api(client, "GET", f"/jobs/{job_id}", admin).json()
+            return body if body["status"] not in ("PENDING", "RUNNING") else None
 
-    def expired() -> str | None:
-        response = api(server, "GET", f"/jobs/{jobs['process']['id']}", process_token)
-        return error(response, 403, "permission_denied") if response.status_code == 403 else None
+        results = {}
+        for executor, submitted in jobs.items():
+            done = wait_until(functools.partial(finished, submitted["id"]), timeout=60)
+            assert done["status"] == "SUCCEEDED", (executor, done["error"], server.logs()[-3000:])
+            seen = done["result"]
+            results[executor] = seen
+            expected = {
+                "own": 200,
+                "own_id": submitted["id"],
+                "other": 403,
+                "missing": 403,
+                "search": 403,
+                "submit": 403,
+                "cancel_own": 403,
+            }
+            assert {k: seen[k] for k in expected} == expected, executor
+            assert seen["token"].startswith("assayjob_")
+            claims = claims_of(seen["token"])
+            assert (claims["job"], claims["attempt"], claims["owner"]) == (
+                submitted["id"],
+                1,
+                "alice",
+            )
+            # Processes the job starts get the token and the address too.
+            if executor == "inline":
+                assert seen["env_token"] is None  # one process, many jobs: no env vars
+            else:
+                assert (seen["env_token"], seen["env_url"]) == (seen["token"], server.url), executor
 
-    assert "expired" in wait_until(expired, timeout=30)
-    # The inline job's token (an hour) still reads its own job, and still nothing else.
-    inline_token = results["inline"]["token"]
-    assert api(server, "GET", f"/jobs/{jobs['inline']['id']}", inline_token).status_code == 200
-    error(api(server, "GET", f"/jobs/{other}", inline_token), 403, "permission_denied")
+        process_token = results["process"]["token"]
+        claims = claims_of(process_token)
+        assert claims["scopes"] == ["experiment_id:e1"]
+        assert claims_of(results["inline"]["token"])["scopes"] == []
+        # The process job's token dies with its 6 s deadline (the TTL is an hour), then it is 403.
+        assert claims["exp"] - time.time() * 1000 < 6000
+        tampered = process_token[:-2] + ("AA" if not process_token.endswith("AA") else "BB")
+        error(
+            api(client, "GET", f"/jobs/{jobs['process']['id']}", tampered), 401, "unauthenticated"
+        )
+
+        def expired() -> str | None:
+            response = api(client, "GET", f"/jobs/{jobs['process']['id']}", process_token)
+            return (
+                error(response, 403, "permission_denied") if response.status_code == 403 else None
+            )
+
+        assert "expired" in wait_until(expired, timeout=30)
+        # The inline job's token (an hour) still reads its own job, and still nothing else.
+        inline_token = results["inline"]["token"]
+        assert api(client, "GET", f"/jobs/{jobs['inline']['id']}", inline_token).status_code == 200
+        error(api(client, "GET", f"/jobs/{other}", inline_token), 403, "permission_denied")
 
 
 def _token_registry() -> Registry:

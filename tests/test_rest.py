@@ -1,4 +1,5 @@
-"""The REST contract of DESIGN.md against a real `assay server` on every store."""
+"""The REST contract of DESIGN.md on every store: against the server's app in this process (its
+lifespan, worker loops and all), and against a real `assay server` where a socket matters."""
 
 from __future__ import annotations
 
@@ -8,11 +9,11 @@ from typing import Any
 import httpx
 import pytest
 
-from conftest import JOB_KEYS, ServerProcess, Servers, wait_until
+from conftest import JOB_KEYS, InProcessServers, Servers, wait_until
 
 
-def _api(server: ServerProcess, method: str, path: str, **kwargs: Any) -> httpx.Response:
-    return httpx.request(method, f"{server.url}/api/v1{path}", timeout=10, **kwargs)
+def _api(server: httpx.Client, method: str, path: str, **kwargs: Any) -> httpx.Response:
+    return server.request(method, f"/api/v1{path}", **kwargs)
 
 
 def _error(response: httpx.Response, status: int) -> str:
@@ -26,7 +27,7 @@ def _error(response: httpx.Response, status: int) -> str:
     return message
 
 
-def _wait_status(server: ServerProcess, job_id: str, *statuses: str) -> dict[str, Any]:
+def _wait_status(server: httpx.Client, job_id: str, *statuses: str) -> dict[str, Any]:
     def done() -> dict[str, Any] | None:
         job: dict[str, Any] = _api(server, "GET", f"/jobs/{job_id}").json()
         return job if job["status"] in statuses else None
@@ -35,15 +36,15 @@ def _wait_status(server: ServerProcess, job_id: str, *statuses: str) -> dict[str
     return result
 
 
-def test_submit_get_and_finish(server: ServerProcess) -> None:
-    created = _api(server, "POST", "/jobs", json={"name": "t_add", "params": {"a": 2, "b": 3}})
+def test_submit_get_and_finish(api: httpx.Client) -> None:
+    created = _api(api, "POST", "/jobs", json={"name": "t_add", "params": {"a": 2, "b": 3}})
     assert created.status_code == 201, created.text
     job = created.json()
     assert list(job) == JOB_KEYS
     assert job["status"] in ("PENDING", "RUNNING", "SUCCEEDED")
     assert job["params"] == {"a": 2, "b": 3}
     assert job["created_at"].endswith("Z")
-    done = _wait_status(server, job["id"], "SUCCEEDED")
+    done = _wait_status(api, job["id"], "SUCCEEDED")
     assert done["result"] == 5
     assert done["attempt"] == 1
     assert done["started_at"] is not None
@@ -51,15 +52,15 @@ def test_submit_get_and_finish(server: ServerProcess) -> None:
     assert done["worker_id"]
 
 
-def test_submit_with_timeout_times_out(server: ServerProcess) -> None:
+def test_submit_with_timeout_times_out(api: httpx.Client) -> None:
     body = {"name": "t_sleep", "params": {"seconds": 30}, "timeout": 0.5}
-    job = _api(server, "POST", "/jobs", json=body).json()
+    job = _api(api, "POST", "/jobs", json=body).json()
     assert job["timeout"] == 0.5
-    assert _wait_status(server, job["id"], "TIMEOUT")["status"] == "TIMEOUT"
+    assert _wait_status(api, job["id"], "TIMEOUT")["status"] == "TIMEOUT"
 
 
-def test_search_filters_and_pages(servers: Servers, store_uri: str) -> None:
-    server = servers.start(store_uri, "--workers", "0")
+def test_search_filters_and_pages(apps: InProcessServers, store_uri: str) -> None:
+    server = apps.start(store_uri, workers=0)
     ids = [
         _api(server, "POST", "/jobs", json={"name": "t_add", "params": {"a": i, "b": 0}}).json()[
             "id"
@@ -92,25 +93,25 @@ def test_search_filters_and_pages(servers: Servers, store_uri: str) -> None:
     assert len(names.json()["jobs"]) == 8
 
 
-def test_cancel_pending_running_and_finished(server: ServerProcess) -> None:
-    running = _api(server, "POST", "/jobs", json={"name": "t_sleep", "params": {"seconds": 60}})
+def test_cancel_pending_running_and_finished(api: httpx.Client) -> None:
+    running = _api(api, "POST", "/jobs", json={"name": "t_sleep", "params": {"seconds": 60}})
     job_id = running.json()["id"]
-    _wait_status(server, job_id, "RUNNING")
-    cancelled = _api(server, "POST", f"/jobs/{job_id}/cancel")
+    _wait_status(api, job_id, "RUNNING")
+    cancelled = _api(api, "POST", f"/jobs/{job_id}/cancel")
     assert cancelled.status_code == 200
     assert cancelled.json()["status"] == "CANCELED"
-    assert _wait_status(server, job_id, "CANCELED")["finished_at"] is not None
+    assert _wait_status(api, job_id, "CANCELED")["finished_at"] is not None
 
-    done = _api(server, "POST", "/jobs", json={"name": "t_noop"}).json()
-    _wait_status(server, done["id"], "SUCCEEDED")
-    again = _api(server, "POST", f"/jobs/{done['id']}/cancel")
+    done = _api(api, "POST", "/jobs", json={"name": "t_noop"}).json()
+    _wait_status(api, done["id"], "SUCCEEDED")
+    again = _api(api, "POST", f"/jobs/{done['id']}/cancel")
     assert again.status_code == 200
     assert again.json()["status"] == "SUCCEEDED"  # a finished job is returned unchanged
 
 
 @pytest.mark.parametrize("store_uri", ["sqlite"], indirect=True)
-def test_bad_input_is_4xx_naming_the_problem(servers: Servers, store_uri: str) -> None:
-    server = servers.start(store_uri, "--workers", "0", max_params_bytes=1000)
+def test_bad_input_is_4xx_naming_the_problem(apps: InProcessServers, store_uri: str) -> None:
+    server = apps.start(store_uri, workers=0, max_params_bytes=1000)
     message = _error(_api(server, "POST", "/jobs", json={"name": "t_addd"}), 400)
     assert "t_addd" in message
     assert "t_add" in message  # did you mean
@@ -146,39 +147,41 @@ def test_bad_input_is_4xx_naming_the_problem(servers: Servers, store_uri: str) -
     assert "limit" in _error(_api(server, "GET", "/jobs", params={"limit": 0}), 422)
     assert "page_token" in _error(_api(server, "GET", "/jobs", params={"page_token": "x"}), 400)
     _error(_api(server, "DELETE", "/jobs"), 405)
-    _error(httpx.get(f"{server.url}/no/such/route"), 404)
+    _error(server.get("/no/such/route"), 404)
 
 
 @pytest.mark.parametrize("store_uri", ["sqlite"], indirect=True)
 def test_request_and_result_size_limits(servers: Servers, store_uri: str, tmp_path: Path) -> None:
-    server = servers.start(store_uri, max_request_bytes=4096, max_result_bytes=100)
-    huge = b'{"name": "t_noop", "params": {"x": "' + b"y" * 10_000 + b'"}}'
-    headers = {"content-type": "application/json"}
-    message = _error(_api(server, "POST", "/jobs", content=huge, headers=headers), 413)
-    assert "max_request_bytes" in message
+    """On a real server: the request limit applies to a body read from a socket, streamed."""
+    started = servers.start(store_uri, max_request_bytes=4096, max_result_bytes=100)
+    with httpx.Client(base_url=started.url, timeout=10) as server:
+        huge = b'{"name": "t_noop", "params": {"x": "' + b"y" * 10_000 + b'"}}'
+        headers = {"content-type": "application/json"}
+        message = _error(_api(server, "POST", "/jobs", content=huge, headers=headers), 413)
+        assert "max_request_bytes" in message
 
-    def chunks() -> Any:  # no Content-Length: the limit applies while reading
-        yield huge[:3000]
-        yield huge[3000:]
+        def chunks() -> Any:  # no Content-Length: the limit applies while reading
+            yield huge[:3000]
+            yield huge[3000:]
 
-    _error(_api(server, "POST", "/jobs", content=chunks(), headers=headers), 413)
+        _error(_api(server, "POST", "/jobs", content=chunks(), headers=headers), 413)
 
-    body = {"name": "t_record", "params": {"path": str(tmp_path / "rec"), "tag": "z" * 200}}
-    job = _api(server, "POST", "/jobs", json=body).json()
-    failed = _wait_status(server, job["id"], "FAILED")
-    assert "max_result_bytes" in failed["error"]
-    assert failed["result"] is None
+        body = {"name": "t_record", "params": {"path": str(tmp_path / "rec"), "tag": "z" * 200}}
+        job = _api(server, "POST", "/jobs", json=body).json()
+        failed = _wait_status(server, job["id"], "FAILED")
+        assert "max_result_bytes" in failed["error"]
+        assert failed["result"] is None
 
 
 @pytest.mark.parametrize("store_uri", ["sqlite"], indirect=True)
-def test_openapi_docs_and_health(server: ServerProcess) -> None:
-    spec = httpx.get(f"{server.url}/openapi.json").json()
+def test_openapi_docs_and_health(api: httpx.Client) -> None:
+    spec = api.get("/openapi.json").json()
     paths = spec["paths"]
     assert {"post", "get"} <= set(paths["/api/v1/jobs"])
     assert "get" in paths["/api/v1/jobs/{job_id}"]
     assert "post" in paths["/api/v1/jobs/{job_id}/cancel"]
-    assert httpx.get(f"{server.url}/docs").status_code == 200
-    health = httpx.get(f"{server.url}/health")
+    assert api.get("/docs").status_code == 200
+    health = api.get("/health")
     assert health.status_code == 200
     assert health.json()["status"] == "ok"
     assert health.json()["checks"]["database"] == "ok"

@@ -25,7 +25,7 @@ from assay.tracing.filters import (
     parse_filter,
     parse_order_by,
 )
-from conftest import ServerProcess
+from conftest import InProcessServers
 from filter_cases import (
     E1,
     ascii_folding,
@@ -273,23 +273,21 @@ def test_keyset_resumes_after_inserts(seeded: sa.Engine) -> None:
     assert [r["trace_id"] for r in rows] == ["t4", "t3"]
 
 
-# --- REST: GET /api/v1/traces on a real server ----------------------------------------------
+# --- REST: GET /api/v1/traces on an in-process server -------------------------------------------
 
 
-def _get(server: ServerProcess, **params: Any) -> httpx.Response:
-    return httpx.get(f"{server.url}/api/v1/traces", params=params, timeout=30)
+def _get(server: httpx.Client, **params: Any) -> httpx.Response:
+    return server.get("/api/v1/traces", params=params)
 
 
-def _experiment(server: ServerProcess) -> str:
-    created = httpx.post(
-        f"{server.url}/api/v1/experiments", json={"name": f"search-{uuid.uuid4().hex}"}, timeout=30
-    )
+def _experiment(server: httpx.Client) -> str:
+    created = server.post("/api/v1/experiments", json={"name": f"search-{uuid.uuid4().hex}"})
     assert created.status_code == 201, created.text
     experiment_id: str = created.json()["id"]
     return experiment_id
 
 
-def _ingest(server: ServerProcess, experiment_id: str, traces: list[dict[str, Any]]) -> None:
+def _ingest(server: httpx.Client, experiment_id: str, traces: list[dict[str, Any]]) -> None:
     """One OTLP/HTTP JSON request with one root span per trace."""
     spans = []
     for t in traces:
@@ -323,12 +321,12 @@ def _ingest(server: ServerProcess, experiment_id: str, traces: list[dict[str, An
             }
         ]
     }
-    response = httpx.post(f"{server.url}/v1/traces", json=body, timeout=30)
+    response = server.post("/v1/traces", json=body)
     assert response.status_code == 200, response.text
     assert "partialSuccess" not in response.json() or not response.json()["partialSuccess"]
 
 
-def _pages(server: ServerProcess, **params: Any) -> list[list[str]]:
+def _pages(server: httpx.Client, **params: Any) -> list[list[str]]:
     pages: list[list[str]] = []
     token = None
     while True:
@@ -352,7 +350,8 @@ def _error(response: httpx.Response, status: int) -> dict[str, str]:
     return error
 
 
-def test_rest_search_filters_and_pages(server: ServerProcess) -> None:
+def test_rest_search_filters_and_pages(apps: InProcessServers, store_uri: str) -> None:
+    server = apps.start(store_uri, workers=0)
     first, second = _experiment(server), _experiment(server)
     traces = [
         {
@@ -405,7 +404,10 @@ REST_BAD_FILTERS = [
 
 
 @pytest.mark.parametrize("store_uri", ["sqlite"], indirect=True)
-def test_rest_bad_input_is_400_never_500(server: ServerProcess) -> None:
+def test_rest_bad_input_is_400_never_500(
+    apps: InProcessServers, store_uri: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    server = apps.start(store_uri, workers=0)
     experiment = _experiment(server)
     for text, token, position in REST_BAD_FILTERS:
         error = _error(_get(server, experiment_id=experiment, filter=text), 400)
@@ -432,4 +434,4 @@ def test_rest_bad_input_is_400_never_500(server: ServerProcess) -> None:
         assert response.status_code in (200, 400), (text, response.text)
 
     check()
-    assert "request.crashed" not in server.logs()
+    assert "request.crashed" not in caplog.text

@@ -18,7 +18,7 @@ from assay.errors import ConflictError, InvalidRequestError, NotFoundError
 from assay.jobs.tokens import JobTokens, scope
 from assay.server.tokens import TokenStore
 from assay.tracking import Metric, RunInput, RunStatus, TrackingStore
-from conftest import ServerProcess, Servers
+from conftest import InProcessServers, ServerProcess, Servers
 
 # -- helpers -----------------------------------------------------------------------------------
 
@@ -429,6 +429,14 @@ def _api(server: ServerProcess, token: str | None = None) -> httpx.Client:
     return httpx.Client(base_url=f"{server.url}/api/v1", headers=headers, timeout=30)
 
 
+@pytest.fixture
+def rest(apps: InProcessServers, store_uri: str) -> httpx.Client:
+    """The tracking API of an in-process server with no worker loops, auth off."""
+    client = apps.start(store_uri, workers=0)
+    client.base_url = client.base_url.join("/api/v1")
+    return client
+
+
 def _error(answer: httpx.Response, status: int, code: str | None = None) -> str:
     assert answer.status_code == status, answer.text
     error = answer.json()["error"]
@@ -439,153 +447,146 @@ def _error(answer: httpx.Response, status: int, code: str | None = None) -> str:
 
 
 @pytest.mark.parametrize("store_uri", ["sqlite"], indirect=True)
-def test_rest_experiments(server: ServerProcess):
-    with _api(server) as api:
-        created = api.post("/experiments", json={"name": "rest ☃", "tags": {"a": "b"}})
-        assert created.status_code == 201, created.text
-        exp = created.json()
-        assert set(exp) == {"id", "name", "creation_time", "tags"}
-        assert (exp["name"], exp["tags"]) == ("rest ☃", {"a": "b"})
-        assert api.get(f"/experiments/{exp['id']}").json() == exp
-        assert api.get("/experiments", params={"name": "rest ☃"}).json() == {
-            "experiments": [exp],
-            "next_page_token": None,
-        }
-        assert api.get("/experiments", params={"name": "other"}).json()["experiments"] == []
+def test_rest_experiments(rest: httpx.Client):
+    created = rest.post("/experiments", json={"name": "rest ☃", "tags": {"a": "b"}})
+    assert created.status_code == 201, created.text
+    exp = created.json()
+    assert set(exp) == {"id", "name", "creation_time", "tags"}
+    assert (exp["name"], exp["tags"]) == ("rest ☃", {"a": "b"})
+    assert rest.get(f"/experiments/{exp['id']}").json() == exp
+    assert rest.get("/experiments", params={"name": "rest ☃"}).json() == {
+        "experiments": [exp],
+        "next_page_token": None,
+    }
+    assert rest.get("/experiments", params={"name": "other"}).json()["experiments"] == []
 
-        message = _error(api.post("/experiments", json={"name": "rest ☃"}), 409, "conflict")
-        assert "already exists" in message
-        _error(api.get("/experiments/nope"), 404, "not_found")
-        _error(api.post("/experiments", json={"name": ""}), 422)
-        _error(api.post("/experiments", json={"name": "x" * 251}), 422)
-        _error(api.post("/experiments", json={"name": "x", "color": "red"}), 422)
-        assert "starts or ends" in _error(api.post("/experiments", json={"name": "x "}), 400)
-        _error(api.post("/experiments", json={"name": "t", "tags": {"k": "v" * 8001}}), 400)
+    message = _error(rest.post("/experiments", json={"name": "rest ☃"}), 409, "conflict")
+    assert "already exists" in message
+    _error(rest.get("/experiments/nope"), 404, "not_found")
+    _error(rest.post("/experiments", json={"name": ""}), 422)
+    _error(rest.post("/experiments", json={"name": "x" * 251}), 422)
+    _error(rest.post("/experiments", json={"name": "x", "color": "red"}), 422)
+    assert "starts or ends" in _error(rest.post("/experiments", json={"name": "x "}), 400)
+    _error(rest.post("/experiments", json={"name": "t", "tags": {"k": "v" * 8001}}), 400)
 
-        for i in range(3):
-            assert api.post("/experiments", json={"name": f"page{i}"}).status_code == 201
-        everything = api.get("/experiments").json()["experiments"]
-        first = api.get("/experiments", params={"max_results": 2}).json()
-        second = api.get(
-            "/experiments", params={"max_results": 2, "page_token": first["next_page_token"]}
-        ).json()
-        assert first["experiments"] + second["experiments"] == everything
-        assert {e["name"] for e in everything} == {"rest ☃", "page0", "page1", "page2"}
-        assert everything == sorted(
-            everything, key=lambda e: (e["creation_time"], e["id"]), reverse=True
-        )
-        _error(api.get("/experiments", params={"max_results": 0}), 422)
-        _error(api.get("/experiments", params={"page_token": "bad"}), 400)
-
-
-@pytest.mark.parametrize("store_uri", ["sqlite"], indirect=True)
-def test_rest_runs(server: ServerProcess):
-    with _api(server) as api:
-        exp = api.post("/experiments", json={"name": "runs"}).json()
-        created = api.post(
-            "/runs", json={"experiment_id": exp["id"], "name": "r", "tags": {"git": "abc"}}
-        )
-        assert created.status_code == 201, created.text
-        run = created.json()
-        assert run["status"] == "RUNNING"
-        assert (run["name"], run["tags"], run["end_time"]) == ("r", {"git": "abc"}, None)
-        assert (run["params"], run["metrics"], run["inputs"]) == ({}, [], [])
-        rid = run["id"]
-        assert api.get(f"/runs/{rid}").json() == run
-
-        batch = {
-            "params": {"lr": "0.1"},
-            "metrics": [
-                {"key": "loss", "value": 1.0, "step": 0, "timestamp": 1000},
-                {"key": "loss", "value": 0.5, "step": 1},
-                {"key": "loss", "value": 0.25, "step": 2, "timestamp": 3000},
-            ],
-            "tags": {"stage": "train"},
-        }
-        answer = api.post(f"/runs/{rid}/log-batch", json=batch)
-        assert answer.status_code == 204, answer.text
-        again = api.post(f"/runs/{rid}/log-batch", json={"params": {"lr": "0.1"}})
-        assert again.status_code == 204, again.text
-        message = _error(
-            api.post(f"/runs/{rid}/log-batch", json={"params": {"lr": "0.2"}}), 409, "conflict"
-        )
-        assert "'lr'" in message
-        assert "'0.1'" in message
-        assert "'0.2'" in message
-        _error(api.post(f"/runs/{rid}/log-batch", json={"params": {"lr": 0.1}}), 422)
-        _error(api.post(f"/runs/{rid}/log-batch", json={"metrics": [{"key": "x"}]}), 422)
-        nan = '{"metrics": [{"key": "x", "value": NaN}]}'
-        headers = {"content-type": "application/json"}
-        _error(api.post(f"/runs/{rid}/log-batch", content=nan, headers=headers), 422)
-
-        history = api.get(f"/runs/{rid}/metric-history", params={"key": "loss"}).json()
-        assert [(m["step"], m["value"]) for m in history["metrics"]] == [
-            (0, 1.0),
-            (1, 0.5),
-            (2, 0.25),
-        ]
-        assert history["metrics"][2]["timestamp"] == 3000
-        page = api.get(
-            f"/runs/{rid}/metric-history", params={"key": "loss", "max_results": 2}
-        ).json()
-        assert len(page["metrics"]) == 2
-        rest = api.get(
-            f"/runs/{rid}/metric-history",
-            params={"key": "loss", "page_token": page["next_page_token"]},
-        ).json()
-        assert [m["step"] for m in rest["metrics"]] == [2]
-
-        inputs = {"inputs": [{"name": "train", "digest": "d1", "source": "s3://b/t"}]}
-        assert api.post(f"/runs/{rid}/inputs", json=inputs).status_code == 204
-        _error(api.post(f"/runs/{rid}/inputs", json={"inputs": [{"name": "x"}]}), 422)
-
-        got = api.get(f"/runs/{rid}").json()
-        assert got["params"] == {"lr": "0.1"}
-        assert got["tags"] == {"git": "abc", "stage": "train"}
-        assert got["metrics"] == [{"key": "loss", "value": 0.25, "step": 2, "timestamp": 3000}]
-        assert got["inputs"] == inputs["inputs"]
-
-        ended = api.patch(f"/runs/{rid}", json={"status": "FINISHED"})
-        assert ended.status_code == 200, ended.text
-        assert ended.json()["status"] == "FINISHED"
-        assert ended.json()["end_time"] >= run["start_time"]
-        killed = api.patch(f"/runs/{rid}", json={"status": "KILLED", "end_time": 5})
-        assert (killed.json()["status"], killed.json()["end_time"]) == ("KILLED", 5)
-        assert "status" in _error(api.patch(f"/runs/{rid}", json={"status": "DONE"}), 422)
-        _error(api.patch(f"/runs/{rid}", json={"end_time": -1}), 422)
-        _error(api.patch(f"/runs/{rid}", json={"status": "FINISHED", "x": 1}), 422)
-
-        listed = api.get("/runs", params={"experiment_id": exp["id"]}).json()
-        assert [r["id"] for r in listed["runs"]] == [rid]
-
-        for answer in [
-            api.get("/runs/nope"),
-            api.patch("/runs/nope", json={"status": "FAILED"}),
-            api.post("/runs/nope/log-batch", json={"params": {"a": "b"}}),
-            api.post("/runs/nope/inputs", json=inputs),
-            api.get("/runs/nope/metric-history", params={"key": "loss"}),
-            api.post("/runs", json={"experiment_id": "nope"}),
-            api.get("/runs", params={"experiment_id": "nope"}),
-        ]:
-            _error(answer, 404, "not_found")
-        assert "NUL" in _error(api.get("/runs/nul%00id"), 400, "invalid_request")
+    for i in range(3):
+        assert rest.post("/experiments", json={"name": f"page{i}"}).status_code == 201
+    everything = rest.get("/experiments").json()["experiments"]
+    first = rest.get("/experiments", params={"max_results": 2}).json()
+    second = rest.get(
+        "/experiments", params={"max_results": 2, "page_token": first["next_page_token"]}
+    ).json()
+    assert first["experiments"] + second["experiments"] == everything
+    assert {e["name"] for e in everything} == {"rest ☃", "page0", "page1", "page2"}
+    assert everything == sorted(
+        everything, key=lambda e: (e["creation_time"], e["id"]), reverse=True
+    )
+    _error(rest.get("/experiments", params={"max_results": 0}), 422)
+    _error(rest.get("/experiments", params={"page_token": "bad"}), 400)
 
 
 @pytest.mark.parametrize("store_uri", ["sqlite"], indirect=True)
-def test_rest_log_batch_limits(server: ServerProcess):
-    with _api(server) as api:
-        exp = api.post("/experiments", json={"name": "limits"}).json()
-        for name, at, over, message in LIMITS:
-            rid = api.post("/runs", json={"experiment_id": exp["id"]}).json()["id"]
-            refused = api.post(f"/runs/{rid}/log-batch", json=over.json())
-            assert message in _error(refused, 400, "invalid_request"), name
-            accepted = api.post(f"/runs/{rid}/log-batch", json=at.json())
-            assert accepted.status_code == 204, (name, accepted.text[:300])
-            _stored(api.get(f"/runs/{rid}").json(), at)
-        too_many = {"inputs": [{"name": f"d{i}", "digest": "x"} for i in range(101)]}
-        assert "100 inputs per request" in _error(
-            api.post(f"/runs/{rid}/inputs", json=too_many), 400
-        )
+def test_rest_runs(rest: httpx.Client):
+    exp = rest.post("/experiments", json={"name": "runs"}).json()
+    created = rest.post(
+        "/runs", json={"experiment_id": exp["id"], "name": "r", "tags": {"git": "abc"}}
+    )
+    assert created.status_code == 201, created.text
+    run = created.json()
+    assert run["status"] == "RUNNING"
+    assert (run["name"], run["tags"], run["end_time"]) == ("r", {"git": "abc"}, None)
+    assert (run["params"], run["metrics"], run["inputs"]) == ({}, [], [])
+    rid = run["id"]
+    assert rest.get(f"/runs/{rid}").json() == run
+
+    batch = {
+        "params": {"lr": "0.1"},
+        "metrics": [
+            {"key": "loss", "value": 1.0, "step": 0, "timestamp": 1000},
+            {"key": "loss", "value": 0.5, "step": 1},
+            {"key": "loss", "value": 0.25, "step": 2, "timestamp": 3000},
+        ],
+        "tags": {"stage": "train"},
+    }
+    answer = rest.post(f"/runs/{rid}/log-batch", json=batch)
+    assert answer.status_code == 204, answer.text
+    again = rest.post(f"/runs/{rid}/log-batch", json={"params": {"lr": "0.1"}})
+    assert again.status_code == 204, again.text
+    message = _error(
+        rest.post(f"/runs/{rid}/log-batch", json={"params": {"lr": "0.2"}}), 409, "conflict"
+    )
+    assert "'lr'" in message
+    assert "'0.1'" in message
+    assert "'0.2'" in message
+    _error(rest.post(f"/runs/{rid}/log-batch", json={"params": {"lr": 0.1}}), 422)
+    _error(rest.post(f"/runs/{rid}/log-batch", json={"metrics": [{"key": "x"}]}), 422)
+    nan = '{"metrics": [{"key": "x", "value": NaN}]}'
+    headers = {"content-type": "application/json"}
+    _error(rest.post(f"/runs/{rid}/log-batch", content=nan, headers=headers), 422)
+
+    history = rest.get(f"/runs/{rid}/metric-history", params={"key": "loss"}).json()
+    assert [(m["step"], m["value"]) for m in history["metrics"]] == [
+        (0, 1.0),
+        (1, 0.5),
+        (2, 0.25),
+    ]
+    assert history["metrics"][2]["timestamp"] == 3000
+    page = rest.get(f"/runs/{rid}/metric-history", params={"key": "loss", "max_results": 2}).json()
+    assert len(page["metrics"]) == 2
+    remaining = rest.get(
+        f"/runs/{rid}/metric-history",
+        params={"key": "loss", "page_token": page["next_page_token"]},
+    ).json()
+    assert [m["step"] for m in remaining["metrics"]] == [2]
+
+    inputs = {"inputs": [{"name": "train", "digest": "d1", "source": "s3://b/t"}]}
+    assert rest.post(f"/runs/{rid}/inputs", json=inputs).status_code == 204
+    _error(rest.post(f"/runs/{rid}/inputs", json={"inputs": [{"name": "x"}]}), 422)
+
+    got = rest.get(f"/runs/{rid}").json()
+    assert got["params"] == {"lr": "0.1"}
+    assert got["tags"] == {"git": "abc", "stage": "train"}
+    assert got["metrics"] == [{"key": "loss", "value": 0.25, "step": 2, "timestamp": 3000}]
+    assert got["inputs"] == inputs["inputs"]
+
+    ended = rest.patch(f"/runs/{rid}", json={"status": "FINISHED"})
+    assert ended.status_code == 200, ended.text
+    assert ended.json()["status"] == "FINISHED"
+    assert ended.json()["end_time"] >= run["start_time"]
+    killed = rest.patch(f"/runs/{rid}", json={"status": "KILLED", "end_time": 5})
+    assert (killed.json()["status"], killed.json()["end_time"]) == ("KILLED", 5)
+    assert "status" in _error(rest.patch(f"/runs/{rid}", json={"status": "DONE"}), 422)
+    _error(rest.patch(f"/runs/{rid}", json={"end_time": -1}), 422)
+    _error(rest.patch(f"/runs/{rid}", json={"status": "FINISHED", "x": 1}), 422)
+
+    listed = rest.get("/runs", params={"experiment_id": exp["id"]}).json()
+    assert [r["id"] for r in listed["runs"]] == [rid]
+
+    for answer in [
+        rest.get("/runs/nope"),
+        rest.patch("/runs/nope", json={"status": "FAILED"}),
+        rest.post("/runs/nope/log-batch", json={"params": {"a": "b"}}),
+        rest.post("/runs/nope/inputs", json=inputs),
+        rest.get("/runs/nope/metric-history", params={"key": "loss"}),
+        rest.post("/runs", json={"experiment_id": "nope"}),
+        rest.get("/runs", params={"experiment_id": "nope"}),
+    ]:
+        _error(answer, 404, "not_found")
+    assert "NUL" in _error(rest.get("/runs/nul%00id"), 400, "invalid_request")
+
+
+@pytest.mark.parametrize("store_uri", ["sqlite"], indirect=True)
+def test_rest_log_batch_limits(rest: httpx.Client):
+    exp = rest.post("/experiments", json={"name": "limits"}).json()
+    for name, at, over, message in LIMITS:
+        rid = rest.post("/runs", json={"experiment_id": exp["id"]}).json()["id"]
+        refused = rest.post(f"/runs/{rid}/log-batch", json=over.json())
+        assert message in _error(refused, 400, "invalid_request"), name
+        accepted = rest.post(f"/runs/{rid}/log-batch", json=at.json())
+        assert accepted.status_code == 204, (name, accepted.text[:300])
+        _stored(rest.get(f"/runs/{rid}").json(), at)
+    too_many = {"inputs": [{"name": f"d{i}", "digest": "x"} for i in range(101)]}
+    assert "100 inputs per request" in _error(rest.post(f"/runs/{rid}/inputs", json=too_many), 400)
 
 
 @pytest.mark.parametrize("store_uri", ["sqlite"], indirect=True)
