@@ -273,6 +273,13 @@ traces = sa.Table(
     sa.Index("ix_traces_experiment_session", "experiment_id", "session_id", "start_time_ms"),
     sa.Index("ix_traces_experiment_status", "experiment_id", "status", "start_time_ms"),
     sa.Index("ix_traces_experiment_model", "experiment_id", "model", "start_time_ms"),
+    # LIKE '%…%' on the request text, from pg_trgm trigrams (migration 0009; PostgreSQL only).
+    sa.Index(
+        "ix_traces_request_trgm",
+        "request_preview",
+        postgresql_using="gin",
+        postgresql_ops={"request_preview": "gin_trgm_ops"},
+    ).ddl_if(dialect="postgresql"),
     **UTF8,
 )
 
