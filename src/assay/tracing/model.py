@@ -8,12 +8,13 @@ from __future__ import annotations
 import enum
 import hashlib
 import json
+import re
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
 from assay import jsonvalue
-from assay.errors import InvalidRequestError
+from assay.errors import InvalidRequestError, NotFoundError
 
 __all__ = [
     "ASSESSMENT_UPDATES",
@@ -28,6 +29,7 @@ __all__ = [
     "assessment_row",
     "clean_text",
     "default_idempotency_key",
+    "trace_id_of",
 ]
 
 
@@ -204,3 +206,15 @@ def assessment_row(item: NewAssessment) -> dict[str, Any]:
             None if item.idempotency_key is None else _key(item.idempotency_key, "idempotency key")
         ),
     }
+
+
+_TRACE_ID = re.compile(r"[0-9a-f]{32}")
+
+
+def trace_id_of(text: str) -> str:
+    """The stored form of a trace id given by a caller: 32 hex digits (any case), optionally as
+    MLflow writes them (``tr-<hex>``). Anything else names no trace (NotFoundError)."""
+    normal = text.lower().removeprefix("tr-")
+    if not _TRACE_ID.fullmatch(normal):
+        raise NotFoundError(f"trace {text[:64]!r} not found")
+    return normal

@@ -17,8 +17,9 @@ from assay.errors import InvalidRequestError
 from assay.scoring.store import ScorerRecord
 from assay.server.auth import Caller, require_admin, require_scope
 from assay.server.deps import Scoring
-from assay.server.routes.traces import Store, _trace_id, _visible_trace
+from assay.server.routes.traces import Store, visible_trace
 from assay.server.schemas import ErrorOut
+from assay.tracing.model import trace_id_of
 
 __all__ = ["router"]
 
@@ -207,6 +208,6 @@ def backfill_scorer(
 def trace_scoring(trace_id: str, store: Store, service: Service, caller: Caller) -> DecisionsOut:
     """The decision log: for each scorer of the trace's experiment, whether it scored, will
     score, or skipped this trace, and why."""
-    trace = _visible_trace(store, caller, _trace_id(trace_id))
+    trace = visible_trace(store, caller, trace_id_of(trace_id))
     decisions = [DecisionOut.model_validate(d) for d in service.decisions(trace)]
     return DecisionsOut(trace_id=trace.trace_id, decisions=decisions)

@@ -8,7 +8,6 @@ the encoding of the request (protobuf or JSON).
 
 from __future__ import annotations
 
-import re
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request, Response
@@ -31,6 +30,7 @@ from assay.tracing.model import (
     Span,
     Trace,
     TraceDetail,
+    trace_id_of,
 )
 from assay.tracing.otlp import (
     JSON,
@@ -52,8 +52,6 @@ __all__ = [
     "otlp_error_response",
     "router",
 ]
-
-_TRACE_ID = re.compile(r"[0-9a-f]{32}")
 
 
 # -- bodies ----------------------------------------------------------------------------------------
@@ -340,16 +338,7 @@ api = APIRouter(
 Store = Annotated[TraceStore, Depends(trace_store)]
 
 
-def _trace_id(trace_id: str) -> str:
-    """Trace ids are 32 hex digits (any case), optionally as MLflow writes them
-    (``tr-<hex>``); anything else names no trace."""
-    normal = trace_id.lower().removeprefix("tr-")
-    if not _TRACE_ID.fullmatch(normal):
-        raise NotFoundError(f"trace {trace_id[:64]!r} not found")
-    return normal
-
-
-def _visible_trace(store: TraceStore, caller: Principal, trace_id: str) -> Trace:
+def visible_trace(store: TraceStore, caller: Principal, trace_id: str) -> Trace:
     trace = store.trace_get(trace_id)
     if trace is None:
         raise NotFoundError(f"trace {trace_id!r} not found")
@@ -397,7 +386,7 @@ def search_traces(
 @api.get("/{trace_id}", response_model=TraceDetailOut)
 def get_trace(trace_id: str, store: Store, caller: Caller) -> TraceDetailOut:
     """A trace with its spans (in start order) and its assessments."""
-    trace_id = _trace_id(trace_id)
+    trace_id = trace_id_of(trace_id)
     detail = store.trace_detail(trace_id)
     if detail is None:
         raise NotFoundError(f"trace {trace_id!r} not found")
@@ -411,8 +400,8 @@ def create_assessment(
 ) -> AssessmentOut:
     """Add an assessment; with an ``idempotency_key`` already used on this trace, replace that
     assessment instead (201 either way)."""
-    trace_id = _trace_id(trace_id)
-    _visible_trace(store, caller, trace_id)
+    trace_id = trace_id_of(trace_id)
+    visible_trace(store, caller, trace_id)
     written = store.assessment_write(
         NewAssessment(
             trace_id=trace_id,
@@ -431,8 +420,8 @@ def create_assessment(
 
 @api.get("/{trace_id}/assessments", response_model=AssessmentListOut)
 def list_assessments(trace_id: str, store: Store, caller: Caller) -> AssessmentListOut:
-    trace_id = _trace_id(trace_id)
-    _visible_trace(store, caller, trace_id)
+    trace_id = trace_id_of(trace_id)
+    visible_trace(store, caller, trace_id)
     found = store.assessments_list(trace_id)
     if found is None:
         raise NotFoundError(f"trace {trace_id!r} not found")
@@ -441,8 +430,8 @@ def list_assessments(trace_id: str, store: Store, caller: Caller) -> AssessmentL
 
 @api.delete("/{trace_id}/assessments/{assessment_id}", status_code=204)
 def delete_assessment(trace_id: str, assessment_id: str, store: Store, caller: Caller) -> Response:
-    trace_id = _trace_id(trace_id)
-    _visible_trace(store, caller, trace_id)
+    trace_id = trace_id_of(trace_id)
+    visible_trace(store, caller, trace_id)
     if "\x00" in assessment_id or not store.assessment_delete(trace_id, assessment_id):
         raise NotFoundError(f"assessment {assessment_id[:64]!r} of trace {trace_id} not found")
     return Response(status_code=204)

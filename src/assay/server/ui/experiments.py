@@ -35,9 +35,8 @@ from assay.scoring.store import ScorerRecord
 from assay.server.auth import Principal, require_admin, require_api_token, require_scope
 from assay.server.deps import scoring_service, stores, trace_store, tracking_store
 from assay.server.errors import status_for
-from assay.server.routes.traces import _trace_id
 from assay.server.ui.pages import UiCaller, is_fragment, render, templates
-from assay.tracing.model import Span, Trace
+from assay.tracing.model import Span, Trace, trace_id_of
 
 __all__ = ["Chart", "Timeline", "bucket_size", "charts", "latest_values", "router", "span_tree"]
 
@@ -178,7 +177,7 @@ shown."""
 def trace_page(request: Request, trace_id: str, caller: UiCaller) -> Response:
     """A trace: summary, span timeline, inputs/outputs, assessments and the decision log."""
     store = trace_store(request)
-    trace = store.trace_get(_trace_id(trace_id))
+    trace = store.trace_get(trace_id_of(trace_id))
     if trace is None:
         raise NotFoundError(f"trace {trace_id[:64]!r} not found")
     require_scope(caller, "experiment_id", trace.experiment_id)
