@@ -194,8 +194,10 @@ def sb_not_json() -> object:
 
 @job(name="sb_forged", executor="sandbox")
 def sb_forged(payload: str) -> None:
-    """Writes raw bytes to the result pipe (found by scanning fds) and exits without a result."""
-    for fd in range(3, 64):
+    """Writes raw bytes to the result pipe (found by scanning fds) and exits without a result.
+
+    The pipe keeps the parent's fd number, which is high in a long-lived test process."""
+    for fd in range(3, 4096):  # above RLIMIT_NOFILE too: the fd was inherited
         try:
             if stat.S_ISFIFO(os.fstat(fd).st_mode):
                 os.write(fd, payload.encode())
