@@ -31,7 +31,7 @@ from mlflow.exceptions import MlflowException  # noqa: E402
 from assay.db.engine import create_engine  # noqa: E402
 from assay.db.migrate import upgrade  # noqa: E402
 from assay.errors import ConflictError  # noqa: E402
-from assay.server.mlflow_schemas import MLFLOW_VERSION  # noqa: E402
+from assay.server.schemas.mlflow import MLFLOW_VERSION  # noqa: E402
 from assay.server.tokens import TokenStore  # noqa: E402
 from assay.tracking import RunStatus, TrackingStore  # noqa: E402
 from conftest import ServerProcess, Servers  # noqa: E402

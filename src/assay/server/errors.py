@@ -19,16 +19,35 @@
 Every answer is a complete response on a connection that stays open: an unexpected exception
 is answered by :class:`CatchUnexpected` and not raised on to the server, which would close
 the keep-alive connection after the 500.
+
+The MLflow-compatible routes (:class:`MlflowRoute`) and every path under
+:data:`MLFLOW_PATH_PREFIXES` answer in MLflow's shape instead:
+``{"error_code": "...", "message": "..."}`` with MLflow's HTTP status for the code (the MLflow
+client reads ``error_code``); the jobs routes add ``detail``, as MLflow's FastAPI jobs API
+does. The assay error each code stands for:
+
+==========================  ======  ===========================================================
+RESOURCE_DOES_NOT_EXIST     404     NotFoundError
+INVALID_PARAMETER_VALUE     400     InvalidRequestError, a malformed body, a param changed
+RESOURCE_ALREADY_EXISTS     400     an experiment name taken (the route says so)
+UNAUTHENTICATED             401     AuthenticationError
+PERMISSION_DENIED           403     PermissionDeniedError
+TEMPORARILY_UNAVAILABLE     503     StoreError (the client retries it)
+ENDPOINT_NOT_FOUND          404     a path or method the surface does not serve
+INTERNAL_ERROR              500     anything else (logged as ``request.crashed``)
+==========================  ======  ===========================================================
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -45,15 +64,19 @@ from assay.errors import (
     StoreError,
     UnsupportedMediaTypeError,
 )
-from assay.server.mlflow_schemas import MLFLOW_PATH_PREFIXES, unmatched_response
 
 __all__ = [
+    "MLFLOW_PATH_PREFIXES",
     "BodyTooLarge",
     "CatchUnexpected",
+    "MlflowJobsRoute",
+    "MlflowRoute",
     "assay_error_response",
     "error_response",
     "install_error_handlers",
+    "mlflow_error",
     "status_for",
+    "unmatched_response",
 ]
 
 log = logging.getLogger("assay.server")
@@ -211,3 +234,106 @@ class CatchUnexpected:
                 request, 500, "internal_error", f"internal error: {type(exc).__name__}"
             )
             await response(scope, receive, send)
+
+
+# -- MLflow's error shape ---------------------------------------------------------------------
+
+MLFLOW_PATH_PREFIXES = (
+    "/api/2.0/mlflow/",
+    "/api/2.0/mlflow-artifacts/",
+    "/api/3.0/mlflow/",
+    "/ajax-api/3.0/jobs",
+)
+"""Paths answered in MLflow's error shape, even when no route serves them."""
+
+_MLFLOW_STATUS = {
+    "RESOURCE_DOES_NOT_EXIST": 404,
+    "ENDPOINT_NOT_FOUND": 404,
+    "INVALID_PARAMETER_VALUE": 400,
+    "RESOURCE_ALREADY_EXISTS": 400,
+    "BAD_REQUEST": 400,
+    "UNAUTHENTICATED": 401,
+    "PERMISSION_DENIED": 403,
+    "REQUEST_LIMIT_EXCEEDED": 429,
+    "TEMPORARILY_UNAVAILABLE": 503,
+    "INTERNAL_ERROR": 500,
+}
+_MLFLOW_CODES: list[tuple[type[AssayError], str]] = [
+    (NotFoundError, "RESOURCE_DOES_NOT_EXIST"),
+    (InvalidRequestError, "INVALID_PARAMETER_VALUE"),
+    (ConflictError, "INVALID_PARAMETER_VALUE"),
+    (AuthenticationError, "UNAUTHENTICATED"),
+    (PermissionDeniedError, "PERMISSION_DENIED"),
+    (StoreError, "TEMPORARILY_UNAVAILABLE"),
+]
+
+
+def mlflow_error(code: str, message: str, *, detail: bool = False) -> JSONResponse:
+    """MLflow's error answer; ``detail``: also as FastAPI's ``detail`` (the jobs API)."""
+    body: dict[str, str] = {"error_code": code, "message": message}
+    if detail:
+        body["detail"] = message
+    status = _MLFLOW_STATUS.get(code, 400)
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def _describe_mlflow(exc: RequestValidationError) -> str:
+    parts = []
+    for err in exc.errors()[:5]:
+        where = ".".join(str(p) for p in err.get("loc", ()) if p not in ("body", "query"))
+        parts.append(f"{where or 'body'}: {err.get('msg', 'invalid')}")
+    return "invalid request: " + ("; ".join(parts) or "malformed body")
+
+
+def _mlflow_answer(exc: Exception, detail: bool) -> Response:
+    if isinstance(exc, RequestValidationError):
+        return mlflow_error("INVALID_PARAMETER_VALUE", _describe_mlflow(exc), detail=detail)
+    if isinstance(exc, AssayError):
+        code = next((c for cls, c in _MLFLOW_CODES if isinstance(exc, cls)), "INTERNAL_ERROR")
+        if code == "INTERNAL_ERROR":
+            log.error("request.failed code=%s", exc.code, exc_info=exc)
+        return mlflow_error(code, str(exc), detail=detail)
+    if isinstance(exc, StarletteHTTPException):
+        return unmatched_response(exc.status_code, str(exc.detail), detail=detail)
+    log.error("request.crashed", exc_info=exc)
+    return mlflow_error("INTERNAL_ERROR", f"internal error: {type(exc).__name__}", detail=detail)
+
+
+def unmatched_response(status: int, message: str, *, detail: bool = False) -> JSONResponse:
+    """An error raised outside the MLflow routes (no route for the path, a wrong method, a
+    body over the size limit) on an MLflow path, in MLflow's shape with the status kept."""
+    code = {
+        400: "INVALID_PARAMETER_VALUE",
+        401: "UNAUTHENTICATED",
+        403: "PERMISSION_DENIED",
+        404: "ENDPOINT_NOT_FOUND",
+        405: "ENDPOINT_NOT_FOUND",
+        413: "REQUEST_LIMIT_EXCEEDED",
+        422: "INVALID_PARAMETER_VALUE",
+    }.get(status, "INTERNAL_ERROR" if status >= 500 else "BAD_REQUEST")
+    response = mlflow_error(code, message, detail=detail)
+    response.status_code = status
+    return response
+
+
+class MlflowRoute(APIRoute):
+    """A route whose every error (bad body, auth, store) is answered in MLflow's shape."""
+
+    detail = False
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+        detail = self.detail
+
+        async def route(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except Exception as exc:
+                return _mlflow_answer(exc, detail)
+
+        return route
+
+
+class MlflowJobsRoute(MlflowRoute):
+    detail = True

@@ -16,10 +16,10 @@ from assay.server.auth import (
     require_api_token,
     search_owner,
 )
-from assay.server.schemas import (
+from assay.server.schemas.errors import ErrorOut
+from assay.server.schemas.jobs import (
     AttemptListOut,
     AttemptOut,
-    ErrorOut,
     JobBatchSubmit,
     JobListOut,
     JobOut,
@@ -61,7 +61,7 @@ def submit_job(body: JobSubmit, request: Request, caller: Caller) -> JobOut:
     backend = _backend(request)
     check_submit(caller, backend.registry, body.name)
     job = backend.submit(body.name, body.params, timeout=body.timeout, owner=caller.subject)
-    return JobOut.of(job)
+    return JobOut.model_validate(job)
 
 
 @router.post(":batch", status_code=201, response_model=JobListOut)
@@ -72,7 +72,7 @@ def submit_jobs(body: JobBatchSubmit, request: Request, caller: Caller) -> JobLi
     jobs = backend.submit_many(
         body.name, body.params_list, timeout=body.timeout, owner=caller.subject
     )
-    return JobListOut(jobs=[JobOut.of(j) for j in jobs])
+    return JobListOut(jobs=[JobOut.model_validate(j) for j in jobs])
 
 
 @router.get("/{job_id}", response_model=JobOut, responses={404: {"model": ErrorOut}})
@@ -80,7 +80,7 @@ def get_job(job_id: str, request: Request, caller: Caller) -> JobOut:
     check_job(caller, job_id)
     job = _backend(request).get(job_id)
     check_job(caller, job_id, job)
-    return JobOut.of(job)
+    return JobOut.model_validate(job)
 
 
 @router.get(
@@ -127,7 +127,9 @@ def search_jobs(
         id_prefix=id_prefix,
         include_internal=include_internal,
     )
-    return JobPageOut(jobs=[JobOut.of(j) for j in page.jobs], next_page_token=page.next_page_token)
+    return JobPageOut(
+        jobs=[JobOut.model_validate(j) for j in page.jobs], next_page_token=page.next_page_token
+    )
 
 
 @router.post("/{job_id}/cancel", response_model=JobOut, responses={404: {"model": ErrorOut}})
@@ -135,4 +137,4 @@ def cancel_job(job_id: str, request: Request, caller: Caller) -> JobOut:
     require_api_token(caller, "cancel jobs")
     backend = _backend(request)
     check_job(caller, job_id, backend.get(job_id))
-    return JobOut.of(backend.cancel(job_id))
+    return JobOut.model_validate(backend.cancel(job_id))

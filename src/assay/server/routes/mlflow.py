@@ -5,8 +5,8 @@ metrics, tags and datasets into the same store as ``/api/v1``: a run logged with
 ``mlflow.log_metric`` is an assay run. Served: ``/version``, ``/api/3.0/mlflow/server-info``
 (no optional features); ``experiments/`` create, get,
 get-by-name, search; ``runs/`` create, get, update, search, log-metric, log-parameter, set-tag,
-log-batch, log-inputs; ``metrics/get-history``. Wire format and errors:
-:mod:`assay.server.mlflow_schemas`; the search grammar: :mod:`assay.tracking.mlflow_search`.
+log-batch, log-inputs; ``metrics/get-history``. Wire format: :mod:`assay.server.schemas.mlflow`;
+errors: :mod:`assay.server.errors`; the search grammar: :mod:`assay.tracking.mlflow_search`.
 
 How MLflow's ideas map onto assay's:
 
@@ -42,7 +42,8 @@ from assay.errors import ConflictError, InvalidRequestError
 from assay.pagetoken import decode_token, encode_token
 from assay.server.auth import Caller, Principal, require_api_token, require_scope
 from assay.server.deps import tracking_store
-from assay.server.mlflow_schemas import (
+from assay.server.errors import MlflowRoute, mlflow_error
+from assay.server.schemas.mlflow import (
     MLFLOW_VERSION,
     CreateExperimentBody,
     CreateRunBody,
@@ -50,7 +51,6 @@ from assay.server.mlflow_schemas import (
     LogInputsBody,
     LogMetricBody,
     LogParamBody,
-    MlflowRoute,
     SearchExperimentsBody,
     SearchRunsBody,
     SetTagBody,
@@ -58,7 +58,6 @@ from assay.server.mlflow_schemas import (
     experiment_json,
     metric_json,
     metric_value,
-    mlflow_error,
     run_info_json,
     run_json,
     run_name,

@@ -17,15 +17,24 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import FileResponse
-from pydantic import Field
 from starlette.concurrency import run_in_threadpool
 
 from assay import jsonvalue
 from assay.errors import InvalidRequestError
 from assay.server.auth import Caller, Principal, require_scope
 from assay.server.deps import tracking_store
-from assay.server.mlflow_schemas import KeyValue, MlflowBody, MlflowRoute
+from assay.server.errors import MlflowRoute
 from assay.server.routes.mlflow import offset_page, pairs, writable_run
+from assay.server.schemas.mlflow import (
+    CreateLoggedModelBody,
+    FinalizeLoggedModelBody,
+    LoggedModelParamsBody,
+    LoggedModelTagsBody,
+    LogModelBody,
+    LogOutputsBody,
+    SearchLoggedModelsBody,
+    model_json,
+)
 from assay.tracking import limits, mlflow_search
 from assay.tracking.artifacts import ArtifactStore, FileEntry, LoggedModel, artifact_root_for
 from assay.tracking.mlflow_search import MODEL_FIELDS, Entity, OrderKey
@@ -136,71 +145,6 @@ def list_run_artifacts(
 
 
 # -- logged models ----------------------------------------------------------------------------
-
-
-class CreateLoggedModelBody(MlflowBody):
-    experiment_id: str = ""
-    name: str = Field("model", max_length=limits.MAX_NAME_CHARS)
-    model_type: str = Field("", max_length=limits.MAX_NAME_CHARS)
-    source_run_id: str = Field("", max_length=1000)
-    params: list[KeyValue] = Field(default_factory=list)
-    tags: list[KeyValue] = Field(default_factory=list)
-
-
-class FinalizeLoggedModelBody(MlflowBody):
-    status: str = "LOGGED_MODEL_READY"
-
-
-class LoggedModelTagsBody(MlflowBody):
-    tags: list[KeyValue] = Field(default_factory=list)
-
-
-class LoggedModelParamsBody(MlflowBody):
-    params: list[KeyValue] = Field(default_factory=list)
-
-
-class OrderByBody(MlflowBody):
-    field_name: str
-    ascending: bool = True
-
-
-class SearchLoggedModelsBody(MlflowBody):
-    experiment_ids: list[str] = Field(default_factory=list)
-    filter: str = ""
-    max_results: int = Field(100, ge=1, le=1000)
-    order_by: list[OrderByBody] = Field(default_factory=list)
-    page_token: str = ""
-
-
-class LogOutputsBody(MlflowBody):
-    run_id: str = ""
-
-
-class LogModelBody(MlflowBody):
-    run_id: str = ""
-    model_json: str = ""
-
-
-def model_json(model: LoggedModel) -> dict[str, Any]:
-    return {
-        "info": {
-            "model_id": model.model_id,
-            "experiment_id": model.experiment_id,
-            "name": model.name,
-            "creation_timestamp_ms": model.creation_timestamp_ms,
-            "last_updated_timestamp_ms": model.last_updated_timestamp_ms,
-            "artifact_uri": f"mlflow-artifacts:/{model.artifact_path}",
-            "status": model.status,
-            "model_type": model.model_type,
-            "source_run_id": model.source_run_id,
-            "status_message": model.status_message,
-            "tags": [{"key": k, "value": v} for k, v in model.tags.items()],
-        },
-        "data": {
-            "params": [{"key": k, "value": v} for k, v in model.params.items()],
-            "metrics": [],
-        },
-    }
 
 
 def _model(request: Request, caller: Caller, model_id: str) -> LoggedModel:

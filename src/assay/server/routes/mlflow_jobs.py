@@ -22,14 +22,13 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Request
-from pydantic import Field
 
 from assay.errors import InvalidRequestError, NotFoundError
 from assay.jobs.backend import Backend
 from assay.jobs.model import Job, JobStatus
 from assay.server.auth import Caller, check_job, check_submit, require_api_token, search_owner
-from assay.server.mlflow_schemas import MlflowBody, MlflowJobsRoute
-from assay.server.schemas import Params
+from assay.server.errors import MlflowJobsRoute
+from assay.server.schemas.mlflow import SearchJobsBody, SubmitJobBody, job_json
 
 __all__ = ["router"]
 
@@ -41,55 +40,6 @@ router = APIRouter(
 )
 
 _PAGE = 1000
-
-
-class SubmitJobBody(MlflowBody):
-    job_name: str = Field(min_length=1, max_length=200)
-    params: Params = Field(default_factory=dict)
-    timeout: float | None = Field(None, gt=0, allow_inf_nan=False)
-
-
-class SearchJobsBody(MlflowBody):
-    job_name: str | None = Field(None, max_length=200)
-    params: dict[str, Any] | None = None
-    statuses: list[str] | None = None
-
-
-def _ms(job: Job, name: str) -> int | None:
-    value = getattr(job, name)
-    return None if value is None else int(value.timestamp() * 1000)
-
-
-def job_json(job: Job) -> dict[str, Any]:
-    """A job under MLflow's field names."""
-    created = _ms(job, "created_at") or 0
-    times = [t for t in (created, _ms(job, "started_at"), _ms(job, "finished_at")) if t]
-    progress = None
-    if job.progress is not None:
-        completed, total = job.progress.completed, job.progress.total
-        progress = {
-            "phase": job.progress.message,
-            "completed": int(completed) if float(completed).is_integer() else completed,
-            "total": int(total) if total is not None and float(total).is_integer() else total,
-            "unit": None,
-        }
-    return {
-        "job_id": job.id,
-        "creation_time": created,
-        "job_name": job.name,
-        "params": job.params,
-        "timeout": job.timeout,
-        "status": job.status.value,
-        "result": job.result,
-        "error_message": job.error,
-        "retry_count": max(job.attempt - 1, 0),
-        "last_update_time": max(times),
-        "status_details": None,
-        "creator": job.owner,
-        "status_message": job.progress.message if job.progress else None,
-        "progress": progress,
-        "progress_updated_at": None,
-    }
 
 
 def _backend(request: Request) -> Backend:

@@ -18,7 +18,7 @@ from fastapi import APIRouter, Body, Request
 from assay.errors import InvalidRequestError
 from assay.server.auth import Caller, require_scope
 from assay.server.deps import tracking_store
-from assay.server.mlflow_schemas import MlflowRoute
+from assay.server.errors import MlflowRoute
 
 __all__ = ["SPANS_LOCATION_TAG", "router"]
 

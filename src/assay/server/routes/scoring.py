@@ -8,17 +8,25 @@ tokens, a custom one runs code); reading them needs access to the experiment.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any
 
 from fastapi import APIRouter, Request, Response
-from pydantic import BaseModel, ConfigDict, Field
 
 from assay.errors import InvalidRequestError
-from assay.scoring.store import ScorerRecord
 from assay.server.auth import Caller, require_admin, require_scope
 from assay.server.deps import Scoring
 from assay.server.routes.traces import Store, visible_trace
-from assay.server.schemas import ErrorOut
+from assay.server.schemas.errors import ErrorOut
+from assay.server.schemas.scoring import (
+    BackfillIn,
+    BackfillOut,
+    DecisionOut,
+    DecisionsOut,
+    ScorerIn,
+    ScorerListOut,
+    ScorerOut,
+    ScorerPatchIn,
+)
 from assay.tracing.model import trace_id_of
 
 __all__ = ["router"]
@@ -32,81 +40,6 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 
 
 Service = Scoring
-
-
-class ScorerSpecIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    kind: str = Field(max_length=50, description="`llm_judge`, `custom` or a heuristic kind.")
-    level: Literal["trace", "session"] = "trace"
-    definition: dict[str, Any] = Field(default_factory=dict)
-
-
-class ScorerIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    scorer: ScorerSpecIn
-    sample_rate: float = Field(1.0, ge=0, le=1, allow_inf_nan=False)
-    filter_string: str | None = Field(None, max_length=10_000)
-
-
-class ScorerSpecOut(BaseModel):
-    kind: str
-    level: str
-    version: int
-    definition: dict[str, Any]
-
-
-class ScorerOut(BaseModel):
-    experiment_id: str
-    name: str
-    scorer: ScorerSpecOut
-    sample_rate: float
-    filter_string: str | None
-    status: str
-    status_reason: str | None
-    created_at_ms: int
-    updated_at_ms: int
-
-    @classmethod
-    def of(cls, record: ScorerRecord) -> ScorerOut:
-        return cls.model_validate(record.to_dict())
-
-
-class ScorerListOut(BaseModel):
-    scorers: list[ScorerOut]
-
-
-class ScorerPatchIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    status: Literal["ACTIVE", "PAUSED", "STOPPED"]
-
-
-class BackfillIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    start: int | datetime = Field(description="Epoch milliseconds or an ISO-8601 time.")
-    end: int | datetime = Field(description="Epoch milliseconds or an ISO-8601 time.")
-    dry_run: bool = False
-
-
-class BackfillOut(BaseModel):
-    count: int
-    examined: int
-    estimated_tokens: int | None
-    cap: int
-    over_cap: bool
-    job_id: str | None = None
-
-
-class DecisionOut(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    scorer: str
-    level: str
-    state: str
-    reason: str | None = None
-
-
-class DecisionsOut(BaseModel):
-    trace_id: str
-    decisions: list[DecisionOut]
 
 
 def _millis(value: int | datetime) -> int:

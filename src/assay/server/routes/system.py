@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from assay.db.migrate import is_current
 from assay.server.auth import Caller, require_admin
 from assay.server.runtime import Runtime
-from assay.server.schemas import ErrorOut
+from assay.server.schemas.errors import ErrorOut
 
 __all__ = ["router"]
 

@@ -1,186 +1,67 @@
-"""MLflow's wire format for the MLflow-compatible routes: request bodies, the JSON of
-experiments, runs and metrics, and MLflow's error shape.
+"""MLflow's wire format for the MLflow-compatible routes (:mod:`assay.server.routes.mlflow`,
+``mlflow_artifacts``, ``mlflow_jobs``): request bodies, and the JSON of experiments, runs,
+metrics, logged models and jobs. Errors in MLflow's shape: :mod:`assay.server.errors`.
 
 Bodies follow MLflow's protobuf JSON: unknown fields are ignored, fields left at their default
 may be missing (an empty string, a zero), 64-bit integers may come as strings, enums as names
 or numbers. Answers use MLflow's field names; ids are strings.
-
-Errors on these routes are ``{"error_code": "...", "message": "..."}`` with MLflow's HTTP
-status for the code (the MLflow client reads ``error_code``); the jobs routes add ``detail``,
-as MLflow's FastAPI jobs API does. The assay error each code stands for:
-
-==========================  ======  ===========================================================
-RESOURCE_DOES_NOT_EXIST     404     NotFoundError
-INVALID_PARAMETER_VALUE     400     InvalidRequestError, a malformed body, a param changed
-RESOURCE_ALREADY_EXISTS     400     an experiment name taken (the route says so)
-UNAUTHENTICATED             401     AuthenticationError
-PERMISSION_DENIED           403     PermissionDeniedError
-TEMPORARILY_UNAVAILABLE     503     StoreError (the client retries it)
-ENDPOINT_NOT_FOUND          404     a path or method the surface does not serve
-INTERNAL_ERROR              500     anything else (logged as ``request.crashed``)
-==========================  ======  ===========================================================
 """
 
 from __future__ import annotations
 
-import logging
 import math
 import sys
-from collections.abc import Callable, Coroutine
 from typing import Annotated, Any
 
-from fastapi import Request, Response
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
-from fastapi.routing import APIRoute
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from assay.errors import (
-    AssayError,
-    AuthenticationError,
-    ConflictError,
-    InvalidRequestError,
-    NotFoundError,
-    PermissionDeniedError,
-    StoreError,
-)
+from assay.errors import InvalidRequestError
+from assay.jobs.model import Job
+from assay.server.schemas.jobs import Params
+from assay.tracking import limits
+from assay.tracking.artifacts import LoggedModel
 from assay.tracking.model import Experiment, Metric, Run, RunStatus
 
 __all__ = [
-    "MLFLOW_PATH_PREFIXES",
     "MLFLOW_VERSION",
     "CreateExperimentBody",
+    "CreateLoggedModelBody",
     "CreateRunBody",
     "DatasetInputBody",
+    "FinalizeLoggedModelBody",
     "KeyValue",
     "LogBatchBody",
     "LogInputsBody",
     "LogMetricBody",
+    "LogModelBody",
+    "LogOutputsBody",
     "LogParamBody",
+    "LoggedModelParamsBody",
+    "LoggedModelTagsBody",
     "MetricBody",
     "MlflowBody",
-    "MlflowJobsRoute",
-    "MlflowRoute",
+    "OrderByBody",
     "RunIdBody",
     "SearchExperimentsBody",
+    "SearchJobsBody",
+    "SearchLoggedModelsBody",
     "SearchRunsBody",
     "SetTagBody",
+    "SubmitJobBody",
     "UpdateRunBody",
     "experiment_json",
+    "job_json",
     "metric_json",
     "metric_value",
-    "mlflow_error",
+    "model_json",
     "run_info_json",
     "run_json",
     "run_name",
     "run_status",
-    "unmatched_response",
 ]
-
-log = logging.getLogger("assay.server")
 
 MLFLOW_VERSION = "3.17.2"
 """What ``/version`` answers: the MLflow release whose client the surface is tested with."""
-MLFLOW_PATH_PREFIXES = (
-    "/api/2.0/mlflow/",
-    "/api/2.0/mlflow-artifacts/",
-    "/api/3.0/mlflow/",
-    "/ajax-api/3.0/jobs",
-)
-"""Paths answered in MLflow's error shape, even when no route serves them."""
-
-_STATUS = {
-    "RESOURCE_DOES_NOT_EXIST": 404,
-    "ENDPOINT_NOT_FOUND": 404,
-    "INVALID_PARAMETER_VALUE": 400,
-    "RESOURCE_ALREADY_EXISTS": 400,
-    "BAD_REQUEST": 400,
-    "UNAUTHENTICATED": 401,
-    "PERMISSION_DENIED": 403,
-    "REQUEST_LIMIT_EXCEEDED": 429,
-    "TEMPORARILY_UNAVAILABLE": 503,
-    "INTERNAL_ERROR": 500,
-}
-_CODES: list[tuple[type[AssayError], str]] = [
-    (NotFoundError, "RESOURCE_DOES_NOT_EXIST"),
-    (InvalidRequestError, "INVALID_PARAMETER_VALUE"),
-    (ConflictError, "INVALID_PARAMETER_VALUE"),
-    (AuthenticationError, "UNAUTHENTICATED"),
-    (PermissionDeniedError, "PERMISSION_DENIED"),
-    (StoreError, "TEMPORARILY_UNAVAILABLE"),
-]
-
-
-def mlflow_error(code: str, message: str, *, detail: bool = False) -> JSONResponse:
-    """MLflow's error answer; ``detail``: also as FastAPI's ``detail`` (the jobs API)."""
-    body: dict[str, str] = {"error_code": code, "message": message}
-    if detail:
-        body["detail"] = message
-    status = _STATUS.get(code, 400)
-    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
-    return JSONResponse(body, status_code=status, headers=headers)
-
-
-def _describe(exc: RequestValidationError) -> str:
-    parts = []
-    for err in exc.errors()[:5]:
-        where = ".".join(str(p) for p in err.get("loc", ()) if p not in ("body", "query"))
-        parts.append(f"{where or 'body'}: {err.get('msg', 'invalid')}")
-    return "invalid request: " + ("; ".join(parts) or "malformed body")
-
-
-def _translate(exc: Exception, detail: bool) -> Response:
-    if isinstance(exc, RequestValidationError):
-        return mlflow_error("INVALID_PARAMETER_VALUE", _describe(exc), detail=detail)
-    if isinstance(exc, AssayError):
-        code = next((c for cls, c in _CODES if isinstance(exc, cls)), "INTERNAL_ERROR")
-        if code == "INTERNAL_ERROR":
-            log.error("request.failed code=%s", exc.code, exc_info=exc)
-        return mlflow_error(code, str(exc), detail=detail)
-    if isinstance(exc, StarletteHTTPException):
-        return unmatched_response(exc.status_code, str(exc.detail), detail=detail)
-    log.error("request.crashed", exc_info=exc)
-    return mlflow_error("INTERNAL_ERROR", f"internal error: {type(exc).__name__}", detail=detail)
-
-
-def unmatched_response(status: int, message: str, *, detail: bool = False) -> JSONResponse:
-    """An error raised outside the MLflow routes (no route for the path, a wrong method, a
-    body over the size limit) on an MLflow path, in MLflow's shape with the status kept."""
-    code = {
-        400: "INVALID_PARAMETER_VALUE",
-        401: "UNAUTHENTICATED",
-        403: "PERMISSION_DENIED",
-        404: "ENDPOINT_NOT_FOUND",
-        405: "ENDPOINT_NOT_FOUND",
-        413: "REQUEST_LIMIT_EXCEEDED",
-        422: "INVALID_PARAMETER_VALUE",
-    }.get(status, "INTERNAL_ERROR" if status >= 500 else "BAD_REQUEST")
-    response = mlflow_error(code, message, detail=detail)
-    response.status_code = status
-    return response
-
-
-class MlflowRoute(APIRoute):
-    """A route whose every error (bad body, auth, store) is answered in MLflow's shape."""
-
-    detail = False
-
-    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        handler = super().get_route_handler()
-        detail = self.detail
-
-        async def route(request: Request) -> Response:
-            try:
-                return await handler(request)
-            except Exception as exc:
-                return _translate(exc, detail)
-
-        return route
-
-
-class MlflowJobsRoute(MlflowRoute):
-    detail = True
 
 
 # -- request bodies ---------------------------------------------------------------------------
@@ -304,6 +185,67 @@ class SearchRunsBody(MlflowBody):
     page_token: str = ""
 
 
+# Logged models (routes/mlflow_artifacts.py).
+
+
+class CreateLoggedModelBody(MlflowBody):
+    experiment_id: str = ""
+    name: str = Field("model", max_length=limits.MAX_NAME_CHARS)
+    model_type: str = Field("", max_length=limits.MAX_NAME_CHARS)
+    source_run_id: str = Field("", max_length=1000)
+    params: list[KeyValue] = Field(default_factory=list)
+    tags: list[KeyValue] = Field(default_factory=list)
+
+
+class FinalizeLoggedModelBody(MlflowBody):
+    status: str = "LOGGED_MODEL_READY"
+
+
+class LoggedModelTagsBody(MlflowBody):
+    tags: list[KeyValue] = Field(default_factory=list)
+
+
+class LoggedModelParamsBody(MlflowBody):
+    params: list[KeyValue] = Field(default_factory=list)
+
+
+class OrderByBody(MlflowBody):
+    field_name: str
+    ascending: bool = True
+
+
+class SearchLoggedModelsBody(MlflowBody):
+    experiment_ids: list[str] = Field(default_factory=list)
+    filter: str = ""
+    max_results: int = Field(100, ge=1, le=1000)
+    order_by: list[OrderByBody] = Field(default_factory=list)
+    page_token: str = ""
+
+
+class LogOutputsBody(MlflowBody):
+    run_id: str = ""
+
+
+class LogModelBody(MlflowBody):
+    run_id: str = ""
+    model_json: str = ""
+
+
+# Jobs (routes/mlflow_jobs.py).
+
+
+class SubmitJobBody(MlflowBody):
+    job_name: str = Field(min_length=1, max_length=200)
+    params: Params = Field(default_factory=dict)
+    timeout: float | None = Field(None, gt=0, allow_inf_nan=False)
+
+
+class SearchJobsBody(MlflowBody):
+    job_name: str | None = Field(None, max_length=200)
+    params: dict[str, Any] | None = None
+    statuses: list[str] | None = None
+
+
 # -- values -----------------------------------------------------------------------------------
 
 _RUN_STATUS_NUMBERS = {1: "RUNNING", 2: "SCHEDULED", 3: "FINISHED", 4: "FAILED", 5: "KILLED"}
@@ -404,4 +346,63 @@ def run_json(run: Run) -> dict[str, Any]:
             ]
         },
         "outputs": {},
+    }
+
+
+def model_json(model: LoggedModel) -> dict[str, Any]:
+    return {
+        "info": {
+            "model_id": model.model_id,
+            "experiment_id": model.experiment_id,
+            "name": model.name,
+            "creation_timestamp_ms": model.creation_timestamp_ms,
+            "last_updated_timestamp_ms": model.last_updated_timestamp_ms,
+            "artifact_uri": f"mlflow-artifacts:/{model.artifact_path}",
+            "status": model.status,
+            "model_type": model.model_type,
+            "source_run_id": model.source_run_id,
+            "status_message": model.status_message,
+            "tags": [{"key": k, "value": v} for k, v in model.tags.items()],
+        },
+        "data": {
+            "params": [{"key": k, "value": v} for k, v in model.params.items()],
+            "metrics": [],
+        },
+    }
+
+
+def _ms(job: Job, name: str) -> int | None:
+    value = getattr(job, name)
+    return None if value is None else int(value.timestamp() * 1000)
+
+
+def job_json(job: Job) -> dict[str, Any]:
+    """A job under MLflow's field names."""
+    created = _ms(job, "created_at") or 0
+    times = [t for t in (created, _ms(job, "started_at"), _ms(job, "finished_at")) if t]
+    progress = None
+    if job.progress is not None:
+        completed, total = job.progress.completed, job.progress.total
+        progress = {
+            "phase": job.progress.message,
+            "completed": int(completed) if float(completed).is_integer() else completed,
+            "total": int(total) if total is not None and float(total).is_integer() else total,
+            "unit": None,
+        }
+    return {
+        "job_id": job.id,
+        "creation_time": created,
+        "job_name": job.name,
+        "params": job.params,
+        "timeout": job.timeout,
+        "status": job.status.value,
+        "result": job.result,
+        "error_message": job.error,
+        "retry_count": max(job.attempt - 1, 0),
+        "last_update_time": max(times),
+        "status_details": None,
+        "creator": job.owner,
+        "status_message": job.progress.message if job.progress else None,
+        "progress": progress,
+        "progress_updated_at": None,
     }

@@ -1,4 +1,4 @@
-"""Request and response bodies of the REST API (they make the published OpenAPI schema)."""
+"""``/api/v1/jobs``: a job to submit, and a job as answered (:mod:`assay.server.routes.jobs`)."""
 
 from __future__ import annotations
 
@@ -7,28 +7,20 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-from assay.jobs.model import Job, JobStatus
+from assay.jobs.model import JobStatus
 from assay.jobs.payload import dumps_plain
 
 __all__ = [
-    "ErrorBody",
-    "ErrorOut",
+    "AttemptListOut",
+    "AttemptOut",
     "JobBatchSubmit",
     "JobListOut",
     "JobOut",
     "JobPageOut",
     "JobSubmit",
+    "Params",
     "ProgressOut",
 ]
-
-
-class ErrorBody(BaseModel):
-    code: str
-    message: str
-
-
-class ErrorOut(BaseModel):
-    error: ErrorBody
 
 
 def _plain_json(value: dict[str, Any]) -> dict[str, Any]:
@@ -62,6 +54,8 @@ class JobBatchSubmit(BaseModel):
 
 
 class ProgressOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
     completed: float
     total: float | None = None
     message: str | None = None
@@ -84,6 +78,8 @@ class AttemptListOut(BaseModel):
 
 
 class JobOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
     id: str
     name: str
     params: dict[str, Any]
@@ -100,10 +96,6 @@ class JobOut(BaseModel):
     progress: ProgressOut | None = None
     log_tail: str | None = None
     owner: str | None = None
-
-    @classmethod
-    def of(cls, job: Job) -> JobOut:
-        return cls.model_validate(job.to_dict())
 
 
 class JobListOut(BaseModel):
