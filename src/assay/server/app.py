@@ -38,6 +38,7 @@ from assay.server.errors import (
     install_error_handlers,
 )
 from assay.server.otlp_grpc import OtlpGrpcReceiver, start_receiver
+from assay.server.otlp_http import otlp_error_response
 from assay.server.routes import (
     jobs,
     mlflow,
@@ -50,7 +51,6 @@ from assay.server.routes import (
     traces,
     tracking,
 )
-from assay.server.routes.traces import otlp_error_response
 from assay.server.runtime import Runtime
 from assay.server.ui.csrf import refuse_cross_site
 from assay.server.ui.pages import COOKIE, LoginRequired

@@ -28,9 +28,8 @@ from assay.config import Settings
 from assay.errors import AssayError, ConfigError
 from assay.server.auth import require_some_scope
 from assay.server.errors import status_for
-from assay.server.otlp_ingest import OtlpIngest, experiment_header, log_rejected
-from assay.tracing.otlp import PROTOBUF, encode_response
-from assay.tracing.otlp_logs import encode_logs_response
+from assay.server.otlp_ingest import OtlpIngest, Signal, experiment_header, log_rejected
+from assay.tracing.otlp import PROTOBUF
 
 if TYPE_CHECKING:
     import grpc
@@ -132,7 +131,7 @@ class OtlpGrpcReceiver:
     def _logs(self, request: bytes, context: grpc.ServicerContext) -> bytes:
         return self._export("logs", request, context)
 
-    def _export(self, signal: str, request: bytes, context: grpc.ServicerContext) -> bytes:
+    def _export(self, signal: Signal, request: bytes, context: grpc.ServicerContext) -> bytes:
         metadata = {key.lower(): value for key, value in context.invocation_metadata()}
 
         def header(name: str) -> str | None:
@@ -142,18 +141,15 @@ class OtlpGrpcReceiver:
         try:
             caller = self.state.auth.authenticate(header("authorization"))
             require_some_scope(caller, "experiment_id", f"send {signal}")
-            ingest = OtlpIngest.of(self.state)
-            kwargs: dict[str, Any] = {
-                "media": PROTOBUF,
-                "encoding": None,
-                "experiment": experiment_header(header),
-                "transport": "grpc",
-            }
-            if signal == "traces":
-                spans = ingest.spans(caller, request, **kwargs)
-                return encode_response(PROTOBUF, spans.rejected, spans.error_message)
-            logs = ingest.logs(caller, request, **kwargs)
-            return encode_logs_response(PROTOBUF, logs.rejected, logs.error_message)
+            return OtlpIngest.of(self.state).export(
+                signal,
+                caller,
+                request,
+                media=PROTOBUF,
+                encoding=None,
+                experiment=experiment_header(header),
+                transport="grpc",
+            )
         except AssayError as exc:
             status, message = status_for(exc), str(exc)
             log_rejected(signal, "grpc", status, message)

@@ -16,23 +16,31 @@ import logging
 import threading
 from collections import defaultdict
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal, TypeVar
 
 from assay.server.auth import Principal, require_scope
-from assay.tracing.log_events import LogEvent
-from assay.tracing.model import Span
-from assay.tracing.otlp import EXPERIMENT_HEADER, Decoded, decode_request
-from assay.tracing.otlp_logs import DecodedLogs, decode_logs_request
+from assay.tracing.otlp import EXPERIMENT_HEADER, decode_request, encode_response
+from assay.tracing.otlp_logs import decode_logs_request, encode_logs_response
 from assay.tracing.store import TraceStore
 from assay.tracking.store import DEFAULT_EXPERIMENT_ID, TrackingStore
 
-__all__ = ["MLFLOW_EXPERIMENT_HEADER", "OtlpIngest", "experiment_header", "log_rejected"]
+__all__ = [
+    "MLFLOW_EXPERIMENT_HEADER",
+    "OtlpIngest",
+    "Signal",
+    "experiment_header",
+    "log_rejected",
+]
 
 log = logging.getLogger("assay.server.otlp")
 
 MLFLOW_EXPERIMENT_HEADER = "x-mlflow-experiment-id"
 """The header MLflow's span exporters name their experiment with."""
 _lock = threading.Lock()
+T = TypeVar("T")
+
+Signal = Literal["traces", "logs"]
+"""What an OTLP export request carries: spans, or log records (GenAI events)."""
 
 
 def experiment_header(header: Callable[[str], str | None]) -> str | None:
@@ -69,8 +77,9 @@ class OtlpIngest:
                 state.otlp_ingest = ingest
         return ingest
 
-    def spans(
+    def export(
         self,
+        signal: Signal,
         caller: Principal,
         body: bytes,
         *,
@@ -78,65 +87,50 @@ class OtlpIngest:
         encoding: str | None,
         experiment: str | None,
         transport: str,
-    ) -> Decoded:
-        """Store the spans of one trace export request (the caller is authenticated)."""
-        decoded = decode_request(
-            body,
-            content_type=media,
-            content_encoding=encoding,
-            default_experiment_id=experiment,
-            max_bytes=self.max_bytes,
-        )
-        by_experiment: dict[str, list[Span]] = defaultdict(list)
-        resolve = self._resolver()
-        for incoming in decoded.spans:
-            by_experiment[resolve(incoming.experiment_id)].append(incoming.span)
-        for experiment_id in by_experiment:
-            require_scope(caller, "experiment_id", experiment_id)
-        self.traces.spans_ingest(by_experiment)
-        if decoded.rejected:
+    ) -> bytes:
+        """Store the spans (``traces``) or GenAI events (``logs``) of one export request (the
+        caller is authenticated); the export response, encoded as ``media``."""
+        options: dict[str, Any] = {
+            "content_type": media,
+            "content_encoding": encoding,
+            "default_experiment_id": experiment,
+            "max_bytes": self.max_bytes,
+        }
+        if signal == "traces":
+            spans = decode_request(body, **options)
+            grouped = self._by_experiment(caller, [(s.experiment_id, s.span) for s in spans.spans])
+            self.traces.spans_ingest(grouped)
+            rejected, reason = spans.rejected, spans.error_message
+            answer = encode_response(media, rejected, reason)
+        else:
+            logs = decode_logs_request(body, **options)
+            events = self._by_experiment(caller, [(e.experiment_id, e.event) for e in logs.events])
+            if events:
+                self.traces.log_events_ingest(events)
+            rejected, reason = logs.rejected, logs.error_message
+            answer = encode_logs_response(media, rejected, reason)
+        if rejected:
             log.warning(
-                "otlp.partial signal=traces transport=%s rejected=%s reason=%s",
+                "otlp.partial signal=%s transport=%s rejected=%s reason=%s",
+                signal,
                 transport,
-                decoded.rejected,
-                decoded.error_message,
+                rejected,
+                reason,
             )
-        return decoded
+        return answer
 
-    def logs(
-        self,
-        caller: Principal,
-        body: bytes,
-        *,
-        media: str,
-        encoding: str | None,
-        experiment: str | None,
-        transport: str,
-    ) -> DecodedLogs:
-        """Store the GenAI events of one logs export request (the caller is authenticated)."""
-        decoded = decode_logs_request(
-            body,
-            content_type=media,
-            content_encoding=encoding,
-            default_experiment_id=experiment,
-            max_bytes=self.max_bytes,
-        )
-        by_experiment: dict[str, list[LogEvent]] = defaultdict(list)
+    def _by_experiment(
+        self, caller: Principal, items: list[tuple[str | None, T]]
+    ) -> dict[str, list[T]]:
+        """``(experiment id, item)`` pairs grouped by experiment as stored, once the caller
+        may write to each of those experiments."""
+        grouped: dict[str, list[T]] = defaultdict(list)
         resolve = self._resolver()
-        for incoming in decoded.events:
-            by_experiment[resolve(incoming.experiment_id)].append(incoming.event)
-        for experiment_id in by_experiment:
+        for experiment_id, item in items:
+            grouped[resolve(experiment_id)].append(item)
+        for experiment_id in grouped:
             require_scope(caller, "experiment_id", experiment_id)
-        if by_experiment:
-            self.traces.log_events_ingest(by_experiment)
-        if decoded.rejected:
-            log.warning(
-                "otlp.partial signal=logs transport=%s rejected=%s reason=%s",
-                transport,
-                decoded.rejected,
-                decoded.error_message,
-            )
-        return decoded
+        return grouped
 
     def _resolver(self) -> Callable[[str | None], str]:
         """Experiment ids as stored: none, or ``0``, is the default experiment (looked up, or

@@ -32,8 +32,8 @@ from __future__ import annotations
 
 import re
 import secrets
-from collections.abc import Iterator
-from typing import Annotated, Any
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Annotated, Any, Protocol, TypeVar
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import PlainTextResponse
@@ -64,11 +64,11 @@ from assay.server.schemas.mlflow import (
     run_status,
 )
 from assay.tracking import limits, mlflow_search
-from assay.tracking.mlflow_search import EXPERIMENT_FIELDS, RUN_FIELDS, Entity, OrderKey
+from assay.tracking.mlflow_search import EXPERIMENT_FIELDS, RUN_FIELDS, Clause, Entity, OrderKey
 from assay.tracking.model import Experiment, Metric, Run, RunInput
 from assay.tracking.store import DEFAULT_EXPERIMENT_ID, MAX_PAGE, TrackingStore
 
-__all__ = ["offset_page", "pairs", "router", "version_router", "writable_run"]
+__all__ = ["pairs", "router", "search_page", "version_router", "writable_run"]
 
 router = APIRouter(
     prefix="/api/2.0/mlflow", route_class=MlflowRoute, include_in_schema=False, tags=["mlflow"]
@@ -80,6 +80,7 @@ MAX_BATCH_PARAMS = 100
 MAX_BATCH_TAGS = 100
 MAX_BATCH_ENTITIES = 1000
 _HEX_ID = re.compile(r"[0-9a-f]{32}")
+T = TypeVar("T")
 
 
 @version_router.get("/version", response_class=PlainTextResponse)
@@ -145,11 +146,11 @@ def pairs(items: list[Any], what: str) -> dict[str, str]:
 
 
 MAX_TOKEN_CHARS = 1000
-"""The longest page token read (the ones :func:`offset_page` makes are about 20 characters)."""
+"""The longest page token read (the ones :func:`_offset_page` makes are about 20 characters)."""
 
 
 def _offset(token: str) -> int:
-    """The offset in a page token made by :func:`offset_page`: ``{"offset": n}``, base64. A
+    """The offset in a page token made by :func:`_offset_page`: ``{"offset": n}``, base64. A
     long or nested token is refused before it is parsed (the parser recurses)."""
     if not token:
         return 0
@@ -165,12 +166,47 @@ def _offset(token: str) -> int:
         raise InvalidRequestError(f"invalid page_token {shown}") from None
 
 
-def offset_page(items: list[Any], token: str, size: int) -> tuple[list[Any], str | None]:
+class PageBody(Protocol):
+    """The paging fields of a search body."""
+
+    @property
+    def page_token(self) -> str: ...
+
+    @property
+    def max_results(self) -> int: ...
+
+
+def _offset_page(items: list[T], token: str, size: int) -> tuple[list[T], str | None]:
     start = _offset(token)
     end = start + size
     more = end < len(items)
     next_token = encode_token({"offset": end})
     return items[start:end], next_token if more else None
+
+
+def _paged(name: str, items: list[dict[str, Any]], token: str | None) -> dict[str, Any]:
+    """MLflow's answer of a page: ``{name: items}``, with ``next_page_token`` if more follow."""
+    answer: dict[str, Any] = {name: items}
+    if token:
+        answer["next_page_token"] = token
+    return answer
+
+
+def search_page(
+    name: str,
+    candidates: Iterable[T],
+    lookup: Callable[[T], mlflow_search.Lookup],
+    clauses: Sequence[Clause],
+    order: Sequence[OrderKey],
+    body: PageBody,
+    to_json: Callable[[T], dict[str, Any]],
+) -> dict[str, Any]:
+    """The answer to an MLflow search: the candidates ``clauses`` match, sorted by ``order``,
+    one page of ``body.max_results`` from ``body.page_token`` on (an offset)."""
+    found = [c for c in candidates if mlflow_search.matches(clauses, lookup(c))]
+    found.sort(key=lambda c: mlflow_search.sort_key(order, lookup(c)))
+    page, token = _offset_page(found, body.page_token, body.max_results)
+    return _paged(name, [to_json(c) for c in page], token)
 
 
 def _active_only(view_type: str | int, what: str) -> bool:
@@ -253,19 +289,12 @@ def search_experiments(
         OrderKey("attribute", "creation_time", ascending=False),
         OrderKey("attribute", "experiment_id", ascending=True),
     ]
-    found = []
-    if _active_only(body.view_type, "view_type"):
-        found = [
-            e
-            for e in _all_experiments(tracking_store(request))
-            if mlflow_search.matches(clauses, _experiment_lookup(e))
-        ]
-    found.sort(key=lambda e: mlflow_search.sort_key(order, _experiment_lookup(e)))
-    page, token = offset_page(found, body.page_token, body.max_results)
-    answer: dict[str, Any] = {"experiments": [experiment_json(e) for e in page]}
-    if token:
-        answer["next_page_token"] = token
-    return answer
+    store = tracking_store(request)
+    active = _active_only(body.view_type, "view_type")
+    candidates = _all_experiments(store) if active else iter(())
+    return search_page(
+        "experiments", candidates, _experiment_lookup, clauses, order, body, experiment_json
+    )
 
 
 # -- runs -------------------------------------------------------------------------------------
@@ -415,14 +444,17 @@ def _run_lookup(run: Run) -> mlflow_search.Lookup:
     return lookup
 
 
-def _runs_of(store: TrackingStore, experiment_id: str) -> Iterator[Run]:
-    token = None
-    while True:
-        page = store.list_runs(experiment_id, limit=MAX_PAGE, page_token=token)
-        yield from page.runs
-        token = page.next_page_token
-        if token is None:
-            return
+def _runs_of(store: TrackingStore, caller: Principal, experiment_ids: list[str]) -> Iterator[Run]:
+    """The runs of the experiments, each experiment once the caller may read it."""
+    for experiment_id in dict.fromkeys(experiment_ids):
+        require_scope(caller, "experiment_id", experiment_id)
+        token = None
+        while True:
+            page = store.list_runs(experiment_id, limit=MAX_PAGE, page_token=token)
+            yield from page.runs
+            token = page.next_page_token
+            if token is None:
+                break
 
 
 @router.post("/runs/search")
@@ -436,21 +468,9 @@ def search_runs(body: SearchRunsBody, request: Request, caller: Caller) -> dict[
         OrderKey("attribute", "run_id", ascending=True),
     ]
     store = tracking_store(request)
-    found: list[Run] = []
-    if _active_only(body.run_view_type, "run_view_type"):
-        for experiment_id in dict.fromkeys(body.experiment_ids):
-            require_scope(caller, "experiment_id", experiment_id)
-            found += [
-                r
-                for r in _runs_of(store, experiment_id)
-                if mlflow_search.matches(clauses, _run_lookup(r))
-            ]
-    found.sort(key=lambda r: mlflow_search.sort_key(order, _run_lookup(r)))
-    page, token = offset_page(found, body.page_token, body.max_results)
-    answer: dict[str, Any] = {"runs": [run_json(r) for r in page]}
-    if token:
-        answer["next_page_token"] = token
-    return answer
+    active = _active_only(body.run_view_type, "run_view_type")
+    candidates = _runs_of(store, caller, body.experiment_ids) if active else iter(())
+    return search_page("runs", candidates, _run_lookup, clauses, order, body, run_json)
 
 
 @router.get("/metrics/get-history")
@@ -477,7 +497,4 @@ def get_metric_history(
         token = page.next_page_token
         if token is None or (max_results is not None and len(metrics) >= max_results):
             break
-    answer: dict[str, Any] = {"metrics": [metric_json(m) for m in metrics]}
-    if token:
-        answer["next_page_token"] = token
-    return answer
+    return _paged("metrics", [metric_json(m) for m in metrics], token)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Iterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
@@ -24,7 +25,7 @@ from assay.errors import InvalidRequestError
 from assay.server.auth import Caller, Principal, require_scope
 from assay.server.deps import tracking_store
 from assay.server.errors import MlflowRoute
-from assay.server.routes.mlflow import offset_page, pairs, writable_run
+from assay.server.routes.mlflow import pairs, search_page, writable_run
 from assay.server.schemas.mlflow import (
     CreateLoggedModelBody,
     FinalizeLoggedModelBody,
@@ -188,20 +189,17 @@ def search_logged_models(
         OrderKey("attribute", "creation_timestamp", ascending=False),
         OrderKey("attribute", "model_id", ascending=True),
     ]
-    found: list[LoggedModel] = []
-    for experiment_id in dict.fromkeys(body.experiment_ids):
+    models = _models_of(request, caller, body.experiment_ids)
+    return search_page("models", models, _model_lookup, clauses, order, body, model_json)
+
+
+def _models_of(
+    request: Request, caller: Principal, experiment_ids: list[str]
+) -> Iterator[LoggedModel]:
+    """The logged models of the experiments, each experiment once the caller may read it."""
+    for experiment_id in dict.fromkeys(experiment_ids):
         require_scope(caller, "experiment_id", experiment_id)
-        found += [
-            m
-            for m in _artifacts(request).models_of(experiment_id)
-            if mlflow_search.matches(clauses, _model_lookup(m))
-        ]
-    found.sort(key=lambda m: mlflow_search.sort_key(order, _model_lookup(m)))
-    page, token = offset_page(found, body.page_token, body.max_results)
-    answer: dict[str, Any] = {"models": [model_json(m) for m in page]}
-    if token:
-        answer["next_page_token"] = token
-    return answer
+        yield from _artifacts(request).models_of(experiment_id)
 
 
 def _model_lookup(model: LoggedModel) -> mlflow_search.Lookup:

@@ -14,8 +14,8 @@ from fastapi import APIRouter, Request, Response
 
 from assay.errors import InvalidRequestError
 from assay.server.auth import Caller, require_admin, require_scope
-from assay.server.deps import Scoring
-from assay.server.routes.traces import Store, visible_trace
+from assay.server.deps import Scoring, Traces
+from assay.server.routes.traces import visible_trace
 from assay.server.schemas.errors import ErrorOut
 from assay.server.schemas.scoring import (
     BackfillIn,
@@ -138,7 +138,7 @@ def backfill_scorer(
 @router.get(
     "/traces/{trace_id}/scoring", response_model=DecisionsOut, responses={404: {"model": ErrorOut}}
 )
-def trace_scoring(trace_id: str, store: Store, service: Service, caller: Caller) -> DecisionsOut:
+def trace_scoring(trace_id: str, store: Traces, service: Service, caller: Caller) -> DecisionsOut:
     """The decision log: for each scorer of the trace's experiment, whether it scored, will
     score, or skipped this trace, and why."""
     trace = visible_trace(store, caller, trace_id_of(trace_id))
