@@ -13,11 +13,12 @@ import base64
 import json
 import math
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from google.protobuf import json_format
-from google.protobuf.message import DecodeError
+from google.protobuf.message import DecodeError, Message
 from google.rpc import status_pb2
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
@@ -42,6 +43,7 @@ __all__ = [
     "encode_response",
     "encode_status",
     "media_type_of",
+    "parse_export",
 ]
 
 EXPERIMENT_ATTRIBUTE = "assay.experiment_id"
@@ -101,27 +103,52 @@ def decode_request(
     max_bytes: int,
 ) -> Decoded:
     """Decode one OTLP/HTTP trace export body into spans (InvalidRequestError if malformed)."""
+    message = ExportTraceServiceRequest()
+    parse_export(
+        message,
+        body,
+        content_type=content_type,
+        content_encoding=content_encoding,
+        max_bytes=max_bytes,
+        hex_ids_to_base64=_hex_ids_to_base64,
+    )
+    _check_copies(message, max_bytes)
+    return _spans_of(message, default_experiment_id)
+
+
+def parse_export(
+    message: Message,
+    body: bytes,
+    *,
+    content_type: str | None,
+    content_encoding: str | None,
+    max_bytes: int,
+    hex_ids_to_base64: Callable[[dict[str, Any]], dict[str, Any]],
+) -> None:
+    """Parse an OTLP/HTTP export body (protobuf or OTLP JSON, maybe compressed) into ``message``.
+
+    Traces and logs share it; each signal names its own ids (``hex_ids_to_base64``), since
+    OTLP JSON carries them as hex where protobuf's JSON mapping expects base64. Anything
+    malformed is an InvalidRequestError.
+    """
     media = media_type_of(content_type)
     raw = _decompress(body, content_encoding, max_bytes)
-    message = ExportTraceServiceRequest()
     if media == PROTOBUF:
         try:
             message.ParseFromString(raw)
         except (DecodeError, RuntimeWarning, ValueError) as exc:
             raise InvalidRequestError(f"malformed OTLP protobuf body: {exc}") from None
-    else:
-        try:
-            document = json.loads(raw)
-        except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-            raise InvalidRequestError(f"malformed OTLP JSON body: {exc}") from None
-        if not isinstance(document, dict):
-            raise InvalidRequestError("malformed OTLP JSON body: not a JSON object")
-        try:
-            json_format.ParseDict(_hex_ids_to_base64(document), message, ignore_unknown_fields=True)
-        except (json_format.ParseError, ValueError, TypeError, RecursionError) as exc:
-            raise InvalidRequestError(f"malformed OTLP JSON body: {exc}") from None
-    _check_copies(message, max_bytes)
-    return _spans_of(message, default_experiment_id)
+        return
+    try:
+        document = json.loads(raw)
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise InvalidRequestError(f"malformed OTLP JSON body: {exc}") from None
+    if not isinstance(document, dict):
+        raise InvalidRequestError("malformed OTLP JSON body: not a JSON object")
+    try:
+        json_format.ParseDict(hex_ids_to_base64(document), message, ignore_unknown_fields=True)
+    except (json_format.ParseError, ValueError, TypeError, RecursionError) as exc:
+        raise InvalidRequestError(f"malformed OTLP JSON body: {exc}") from None
 
 
 def encode_response(media: str, rejected: int = 0, error_message: str = "") -> bytes:
@@ -192,10 +219,8 @@ def _decompress(body: bytes, encoding: str | None, max_bytes: int) -> bytes:
     return bytes(out)
 
 
-def _hex_ids_to_base64(document: Any) -> Any:
+def _hex_ids_to_base64(document: dict[str, Any]) -> dict[str, Any]:
     """OTLP JSON carries trace and span ids as hex; protobuf's JSON mapping expects base64."""
-    if not isinstance(document, dict):
-        return document
     for resource_spans in _dicts(document.get("resourceSpans", document.get("resource_spans"))):
         for scope_spans in _dicts(
             resource_spans.get("scopeSpans", resource_spans.get("scope_spans"))

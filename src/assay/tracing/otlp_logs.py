@@ -14,19 +14,16 @@ Bodies are decoded as trace requests are (:mod:`assay.tracing.otlp`): protobuf o
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
 
 from google.protobuf import json_format
-from google.protobuf.message import DecodeError
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import (
     ExportLogsServiceRequest,
     ExportLogsServiceResponse,
 )
 from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
 
-from assay.errors import InvalidRequestError
 from assay.tracing.log_events import LogEvent
 from assay.tracing.model import clean_text
 from assay.tracing.otlp import (
@@ -34,10 +31,9 @@ from assay.tracing.otlp import (
     PROTOBUF,
     _attributes,
     _convert_ids,
-    _decompress,
     _dicts,
     _value,
-    media_type_of,
+    parse_export,
 )
 
 __all__ = [
@@ -82,25 +78,15 @@ def decode_logs_request(
     max_bytes: int,
 ) -> DecodedLogs:
     """Decode one OTLP logs export body (InvalidRequestError if malformed)."""
-    media = media_type_of(content_type)
-    raw = _decompress(body, content_encoding, max_bytes)
     message = ExportLogsServiceRequest()
-    if media == PROTOBUF:
-        try:
-            message.ParseFromString(raw)
-        except (DecodeError, RuntimeWarning, ValueError) as exc:
-            raise InvalidRequestError(f"malformed OTLP protobuf body: {exc}") from None
-    else:
-        try:
-            document = json.loads(raw)
-        except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-            raise InvalidRequestError(f"malformed OTLP JSON body: {exc}") from None
-        if not isinstance(document, dict):
-            raise InvalidRequestError("malformed OTLP JSON body: not a JSON object")
-        try:
-            json_format.ParseDict(_hex_ids_to_base64(document), message, ignore_unknown_fields=True)
-        except (json_format.ParseError, ValueError, TypeError, RecursionError) as exc:
-            raise InvalidRequestError(f"malformed OTLP JSON body: {exc}") from None
+    parse_export(
+        message,
+        body,
+        content_type=content_type,
+        content_encoding=content_encoding,
+        max_bytes=max_bytes,
+        hex_ids_to_base64=_hex_ids_to_base64,
+    )
     return _events_of(message, default_experiment_id)
 
 
