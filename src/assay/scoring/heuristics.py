@@ -210,6 +210,49 @@ def _session_traces(trace: Mapping[str, Any]) -> list[Mapping[str, Any]] | None:
     return [t for t in traces if isinstance(t, Mapping)]
 
 
+@dataclass(frozen=True)
+class _Total:
+    """A measure of a trace, or its sum over a session's traces, as a rationale names it."""
+
+    value: float | int
+    subject: str
+    """``the trace`` or ``the session's N traces``."""
+    note: str = ""
+    """How many session traces had no measure and were left out (when that is allowed)."""
+
+
+def _total(
+    trace: Mapping[str, Any],
+    measure: Callable[[Mapping[str, Any]], float | int | None],
+    what: str,
+    *,
+    skip_unknown: bool,
+) -> _Total | str:
+    """A trace item's ``measure``, or the sum over a session item's traces; else why not.
+
+    ``what`` names the measure in the reasons (``duration``, ``token counts``). With
+    ``skip_unknown`` a session trace without the measure adds nothing (a turn without model
+    calls has no token counts); without it, one unknown trace makes the total unknown.
+    """
+    traces = _session_traces(trace)
+    if traces is None:
+        value = measure(trace)
+        return f"the trace has no {what}" if value is None else _Total(value, "the trace")
+    values = [measure(t) for t in traces]
+    known = [v for v in values if v is not None]
+    subject = f"the session's {len(traces)} traces"
+    if skip_unknown:
+        if not known:
+            return f"no trace in the session has {what}"
+        left_out = len(traces) - len(known)
+        return _Total(sum(known), subject, f" ({left_out} without {what})" if left_out else "")
+    if not traces:
+        return "the session has no traces"
+    if len(known) < len(traces):
+        return f"{len(traces) - len(known)} of {len(traces)} traces in the session have no {what}"
+    return _Total(sum(known), subject)
+
+
 def _fmt(value: float | int) -> str:
     """A count for a rationale: thousands separators, no trailing ``.0``."""
     if isinstance(value, float) and value.is_integer():
@@ -427,23 +470,12 @@ def _build_latency(definition: dict[str, Any], _limits: Limits) -> ScoreFn:
     max_ms: float | int = definition["max_ms"]
 
     def score(item: ScoringItem) -> Feedback:
-        traces = _session_traces(item.trace)
-        if traces is None:
-            duration = _number(item.trace.get("duration_ms"))
-            if duration is None:
-                return _no_duration("the trace has no duration")
-            subject = "the trace"
-        else:
-            if not traces:
-                return _no_duration("the session has no traces")
-            durations = [_number(t.get("duration_ms")) for t in traces]
-            unknown = durations.count(None)
-            if unknown:
-                return _no_duration(
-                    f"{unknown} of {len(traces)} traces in the session have no duration"
-                )
-            duration = sum(d for d in durations if d is not None)
-            subject = f"the session's {len(traces)} traces"
+        total = _total(
+            item.trace, lambda t: _number(t.get("duration_ms")), "duration", skip_unknown=False
+        )
+        if isinstance(total, str):
+            return _no_duration(total)
+        duration, subject = total.value, total.subject
         passed = duration <= max_ms
         rationale = (
             f"{subject} took {_fmt(duration)} ms, "
@@ -483,23 +515,10 @@ def _build_token_budget(definition: dict[str, Any], _limits: Limits) -> ScoreFn:
     max_tokens: int = definition["max_tokens"]
 
     def score(item: ScoringItem) -> Feedback:
-        traces = _session_traces(item.trace)
-        note = ""
-        if traces is None:
-            tokens = _trace_tokens(item.trace)
-            if tokens is None:
-                return _no_tokens("the trace has no token counts")
-            subject = "the trace"
-        else:
-            # A turn without model calls legitimately has no counts; it adds nothing.
-            counts = [_trace_tokens(t) for t in traces]
-            known = [c for c in counts if c is not None]
-            if not known:
-                return _no_tokens("no trace in the session has token counts")
-            tokens = sum(known)
-            subject = f"the session's {len(traces)} traces"
-            if len(known) < len(traces):
-                note = f" ({len(traces) - len(known)} without token counts)"
+        total = _total(item.trace, _trace_tokens, "token counts", skip_unknown=True)
+        if isinstance(total, str):
+            return _no_tokens(total)
+        tokens, subject, note = total.value, total.subject, total.note
         passed = tokens <= max_tokens
         rationale = (
             f"{subject} used {_fmt(tokens)} tokens{note}, "
