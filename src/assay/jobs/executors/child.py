@@ -3,25 +3,35 @@
 The child gets a request on stdin and a message pipe (its fd in the request); what it prints
 goes to the job's log, and it sends progress reports and one result as JSON lines on the pipe.
 :class:`Children` spawns it, sends the request, reads both until the child closes them or the
-executor stops it (:class:`Stop`), kills its process group and reaps it; :func:`read_child`
-is the read loop, each executor supplying its own limits and message parser.
+executor stops it (:class:`Stop`), kills its process group and reaps it. Each executor
+supplies a :class:`Reader`: its message parser, its names, and (for an untrusted child) its
+:class:`ChildLimits`.
 """
 
 from __future__ import annotations
 
 import codecs
 import contextlib
+import math
 import os
 import selectors
 import subprocess
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 
 from assay.jobs.context import JobContext
-from assay.jobs.executors.base import Outcome, kill_group, stopped
+from assay.jobs.executors.base import (
+    Failed,
+    Outcome,
+    TimedOut,
+    describe_exit,
+    kill_group,
+    stopped,
+)
 
-__all__ = ["EXIT_GRACE_S", "Children", "Stop", "read_child"]
+__all__ = ["EXIT_GRACE_S", "ChildLimits", "Children", "Reader", "Stop"]
 
 _POLL_S = 0.05
 EXIT_GRACE_S = 2.0
@@ -35,8 +45,28 @@ class Stop(Exception):
         self.outcome = outcome
 
 
-Collect = Callable[[subprocess.Popen[bytes], int, int], Outcome]
-"""Reads a started child: (process, its stdout fd, the message pipe's read fd) -> outcome."""
+@dataclass(frozen=True)
+class ChildLimits:
+    """What an untrusted child may do before it is stopped: run ``wall_s`` seconds, write
+    ``output_bytes`` of output, send a message line of ``result_bytes``. A child under limits
+    must also send exactly one result, as a complete line."""
+
+    wall_s: float
+    output_bytes: int
+    result_bytes: int
+
+
+@dataclass(frozen=True)
+class Reader:
+    """How an executor reads its child: ``parse`` makes an outcome of one message line (None
+    for a progress report; it may raise :class:`Stop`); ``executor`` and ``who`` (``the job``,
+    ``job 'x'``) name them in the errors; ``describe`` words an exit status."""
+
+    parse: Callable[[bytes], Outcome | None]
+    executor: str
+    who: str
+    limits: ChildLimits | None = None
+    describe: Callable[[int], str] = describe_exit
 
 
 class Children:
@@ -56,16 +86,17 @@ class Children:
         self,
         argv: Sequence[str],
         request: Callable[[int], bytes],
-        collect: Collect,
+        ctx: JobContext,
+        reader: Reader,
         *,
         env: Mapping[str, str],
         cwd: str | None = None,
         keep_stdin: bool = False,
     ) -> Outcome:
         """Start ``argv`` in a session of its own, write ``request(message_fd)`` (made before
-        the start) to its stdin and return what ``collect`` makes of it (or the outcome of a
-        :class:`Stop` it raises). With ``keep_stdin`` stdin stays open until the child is
-        reaped: it is the child's lifeline. Raises OSError if the child cannot be started."""
+        the start) to its stdin and return the outcome ``reader`` reads. With ``keep_stdin``
+        stdin stays open until the child is reaped: it is the child's lifeline. Raises OSError
+        if the child cannot be started."""
         read_fd, write_fd = os.pipe()
         try:
             data = request(write_fd)
@@ -95,7 +126,7 @@ class Children:
                 if not keep_stdin:
                     proc.stdin.close()
             try:
-                outcome = collect(proc, proc.stdout.fileno(), read_fd)
+                outcome = _collect(proc, ctx, proc.stdout.fileno(), read_fd, reader)
             except Stop as stop:
                 outcome = stop.outcome
             kill_group(proc.pid)  # the leader is not reaped yet, so its group id cannot be reused
@@ -110,25 +141,37 @@ class Children:
                 self._live.discard(proc)
 
 
-def read_child(
-    ctx: JobContext,
-    out_fd: int,
-    msg_fd: int,
-    *,
-    on_line: Callable[[bytes, Outcome | None], Outcome | None],
-    on_output: Callable[[bytes], None] = lambda chunk: None,
-    on_partial: Callable[[bytes], None] = lambda pending: None,
-    check: Callable[[], None] = lambda: None,
+def _collect(
+    proc: subprocess.Popen[bytes], ctx: JobContext, out_fd: int, msg_fd: int, reader: Reader
+) -> Outcome:
+    """The child's result, or why there is none."""
+    final, pending = _read(ctx, out_fd, msg_fd, reader)
+    if final is not None:
+        return final
+    if pending and reader.limits is not None:
+        return Failed(
+            f"{reader.executor}: {reader.who}'s result message is incomplete (no newline)"
+        )
+    try:
+        code = proc.wait(timeout=EXIT_GRACE_S)
+    except subprocess.TimeoutExpired:
+        return Failed(f"{reader.executor}: {reader.who} closed its result pipe without a result")
+    how = reader.describe(code)
+    return Failed(f"{reader.executor}: the process of {reader.who} ended without a result ({how})")
+
+
+def _read(
+    ctx: JobContext, out_fd: int, msg_fd: int, reader: Reader
 ) -> tuple[Outcome | None, bytes]:
     """Read the child's output (into the job's log) and messages until it closes both, or
-    :data:`EXIT_GRACE_S` after its result. Returns the result (None if none came) and what
-    is left of an unfinished message line.
+    :data:`EXIT_GRACE_S` after its result. Returns the result (the first outcome
+    ``reader.parse`` makes; None if none came) and what is left of an unfinished message line.
 
-    ``on_line(line, result so far)`` parses one message (None for a progress report), the
-    first outcome being the result; ``on_output`` sees each chunk of output after it is
-    logged, ``on_partial`` the unfinished line after each read, ``check`` runs every poll:
-    any of them may raise :class:`Stop`. A cancelled job stops the child.
+    Raises :class:`Stop` when the job is cancelled or the child breaks one of its limits.
     """
+    limits = reader.limits
+    wall_end = time.monotonic() + limits.wall_s if limits is not None else math.inf
+    output_read = 0
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
     pending = b""
     final: Outcome | None = None
@@ -140,7 +183,8 @@ def read_child(
         while sel.get_map():
             if ctx.cancelled:
                 raise Stop(stopped(ctx))
-            check()
+            if limits is not None and time.monotonic() >= wall_end:
+                raise Stop(TimedOut(f"{reader.executor} wall-clock limit of {limits.wall_s:g}s"))
             if final is not None and time.monotonic() - final_at > EXIT_GRACE_S:
                 break  # the result is in; do not wait for stray output
             for key, _ in sel.select(_POLL_S):
@@ -149,13 +193,31 @@ def read_child(
                     sel.unregister(key.fd)
                 elif key.fd == out_fd:
                     ctx.append_log(decoder.decode(chunk))
-                    on_output(chunk)
+                    output_read += len(chunk)
+                    if limits is not None and output_read > limits.output_bytes:
+                        raise Stop(
+                            Failed(
+                                f"{reader.executor}: {reader.who} wrote more than "
+                                f"{limits.output_bytes} bytes to stdout/stderr and was stopped "
+                                "(output limit)"
+                            )
+                        )
                 else:
                     pending += chunk
                     *lines, pending = pending.split(b"\n")
-                    on_partial(pending)
+                    if limits is not None and len(pending) > limits.result_bytes:
+                        raise Stop(
+                            Failed(
+                                f"{reader.executor}: {reader.who}'s result exceeds "
+                                f"{limits.result_bytes} bytes (result size limit)"
+                            )
+                        )
                     for line in lines:
-                        outcome = on_line(line, final)
+                        if final is not None and limits is not None:
+                            raise Stop(
+                                Failed(f"{reader.executor}: {reader.who} sent more than one result")
+                            )
+                        outcome = reader.parse(line)
                         if outcome is not None and final is None:
                             final, final_at = outcome, time.monotonic()
     finally:

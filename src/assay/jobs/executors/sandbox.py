@@ -30,10 +30,8 @@ import logging
 import math
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,10 +46,9 @@ from assay.jobs.executors.base import (
     Failed,
     Outcome,
     Retry,
-    TimedOut,
     describe_exit,
 )
-from assay.jobs.executors.child import EXIT_GRACE_S, Children, Stop, read_child
+from assay.jobs.executors.child import ChildLimits, Children, Reader, Stop
 from assay.jobs.registry import JobSpec
 
 __all__ = ["SandboxExecutor", "SandboxLimits"]
@@ -179,76 +176,19 @@ class SandboxExecutor(Executor):
 
         env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": tmp, "TMPDIR": tmp}
         argv = [sys.executable, "-I", "-S", "-B", str(CHILD)]
+        reader = Reader(
+            lambda line: self._message(line, spec, ctx),
+            executor="sandbox",
+            who="the job",
+            limits=ChildLimits(
+                self.limits.wall_s, self.limits.output_bytes, self.limits.result_bytes
+            ),
+            describe=_describe,
+        )
         try:
-            return self._children.run(
-                argv,
-                encoded,
-                lambda proc, out_fd, msg_fd: self._collect(proc, out_fd, msg_fd, spec, ctx),
-                env=env,
-                cwd=tmp,
-            )
+            return self._children.run(argv, encoded, ctx, reader, env=env, cwd=tmp)
         except OSError as exc:
             return Failed(f"sandbox: cannot start the child process: {exc}")
-
-    def _collect(
-        self,
-        proc: subprocess.Popen[bytes],
-        out_fd: int,
-        msg_fd: int,
-        spec: JobSpec,
-        ctx: JobContext,
-    ) -> Outcome:
-        limits = self.limits
-        out_read = 0
-        wall_end = time.monotonic() + limits.wall_s
-
-        def check() -> None:
-            if time.monotonic() >= wall_end:
-                raise Stop(TimedOut(f"sandbox wall-clock limit of {limits.wall_s:g}s"))
-
-        def on_output(chunk: bytes) -> None:
-            nonlocal out_read
-            out_read += len(chunk)
-            if out_read > limits.output_bytes:
-                raise Stop(
-                    Failed(
-                        f"sandbox: the job wrote more than {limits.output_bytes} "
-                        "bytes to stdout/stderr and was stopped (output limit)"
-                    )
-                )
-
-        def on_partial(pending: bytes) -> None:
-            if len(pending) > limits.result_bytes:
-                raise Stop(
-                    Failed(
-                        f"sandbox: the job's result exceeds {limits.result_bytes} bytes "
-                        "(result size limit)"
-                    )
-                )
-
-        def on_line(line: bytes, final: Outcome | None) -> Outcome | None:
-            if final is not None:
-                raise Stop(Failed("sandbox: the job sent more than one result"))
-            return self._message(line, spec, ctx)
-
-        final, pending = read_child(
-            ctx,
-            out_fd,
-            msg_fd,
-            on_line=on_line,
-            on_output=on_output,
-            on_partial=on_partial,
-            check=check,
-        )
-        if final is not None:
-            return final
-        if pending:
-            return Failed("sandbox: the job's result message is incomplete (no newline)")
-        try:
-            code = proc.wait(timeout=EXIT_GRACE_S)
-        except subprocess.TimeoutExpired:
-            return Failed("sandbox: the job closed its result pipe without a result")
-        return Failed(f"sandbox: the job's process ended without a result ({_describe(code)})")
 
     def _message(self, line: bytes, spec: JobSpec, ctx: JobContext) -> Outcome | None:
         """One line from the untrusted child: a progress report (None) or the final outcome."""

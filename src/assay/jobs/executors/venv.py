@@ -18,7 +18,6 @@ import base64
 import json
 import os
 import pickle
-import subprocess
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -33,10 +32,9 @@ from assay.jobs.executors.base import (
     Failed,
     Outcome,
     Retry,
-    describe_exit,
     stopped,
 )
-from assay.jobs.executors.child import EXIT_GRACE_S, Children, read_child
+from assay.jobs.executors.child import Children, Reader
 from assay.jobs.registry import JobSpec
 
 __all__ = ["VenvExecutor"]
@@ -102,36 +100,20 @@ class VenvExecutor(Executor):
             }
             return json.dumps(message).encode() + b"\n"
 
+        reader = Reader(
+            lambda line: _message(line, spec, ctx), executor="venv", who=f"job {spec.name!r}"
+        )
         try:
             return self._children.run(
                 [str(pyenv.env_python(env)), "-I", "-B", str(CHILD)],
                 request,
-                lambda proc, out_fd, msg_fd: self._collect(proc, out_fd, msg_fd, spec, ctx),
+                ctx,
+                reader,
                 env={**os.environ, **ctx.api_env()},
                 keep_stdin=True,
             )
         except OSError as exc:
             return Failed(f"venv: cannot start the job's python ({env}): {exc}")
-
-    def _collect(
-        self,
-        proc: subprocess.Popen[bytes],
-        out_fd: int,
-        msg_fd: int,
-        spec: JobSpec,
-        ctx: JobContext,
-    ) -> Outcome:
-        final, _ = read_child(
-            ctx, out_fd, msg_fd, on_line=lambda line, _final: _message(line, spec, ctx)
-        )
-        if final is not None:
-            return final
-        try:
-            code = proc.wait(timeout=EXIT_GRACE_S)
-        except subprocess.TimeoutExpired:
-            return Failed(f"venv: job {spec.name!r} closed its result pipe without a result")
-        how = describe_exit(code)
-        return Failed(f"venv: the process of job {spec.name!r} ended without a result ({how})")
 
 
 def _message(line: bytes, spec: JobSpec, ctx: JobContext) -> Outcome | None:
