@@ -7,7 +7,6 @@ define jobs are imported by :meth:`Registry.load` from settings (``ASSAY_JOB_MOD
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import importlib
 import inspect
@@ -21,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 from assay.errors import ConfigError, InvalidParamsError, UnknownJobError
 from assay.jobs.api import is_internal
 from assay.jobs.payload import dumps_plain
+from assay.util import did_you_mean
 
 if TYPE_CHECKING:
     from assay.config import Settings
@@ -105,10 +105,10 @@ class Registry:
         if spec is None:
             # assay's own jobs are not offered: users do not submit them by hand.
             offered = [n for n in self._specs if not is_internal(n)]
-            hint = difflib.get_close_matches(name, offered, n=1)
-            suffix = f"; did you mean {hint[0]!r}?" if hint else ""
             known = ", ".join(sorted(offered)) or "none registered"
-            raise UnknownJobError(f"unknown job {name!r}{suffix} (known: {known})")
+            raise UnknownJobError(
+                f"unknown job {name!r}{did_you_mean(name, offered)} (known: {known})"
+            )
         return spec
 
     def __contains__(self, name: object) -> bool:
@@ -302,9 +302,9 @@ def _check_param_names(
     known = list(inspect.signature(func).parameters)
     for param in names:
         if param not in known:
-            hint = difflib.get_close_matches(param, known, n=1)
-            suffix = f"; did you mean {hint[0]!r}?" if hint else ""
-            raise ConfigError(f"{where}: {option} names unknown parameter {param!r}{suffix}")
+            raise ConfigError(
+                f"{where}: {option} names unknown parameter {param!r}{did_you_mean(param, known)}"
+            )
 
 
 PYTHON_ENV_KEYS = ("pip",)
@@ -326,11 +326,10 @@ def _check_python_env(
     checked: dict[str, list[str]] = {}
     for key, value in given.items():
         if key not in PYTHON_ENV_KEYS:
-            hint = difflib.get_close_matches(str(key), PYTHON_ENV_KEYS, n=1)
-            suffix = f"; did you mean {hint[0]!r}?" if hint else ""
             accepted = ", ".join(repr(k) for k in PYTHON_ENV_KEYS)
             raise ConfigError(
-                f"{where}: unknown python_env key {key!r}{suffix} (accepted: {accepted})"
+                f"{where}: unknown python_env key {key!r}"
+                f"{did_you_mean(str(key), PYTHON_ENV_KEYS)} (accepted: {accepted})"
             )
         if isinstance(value, str) or not isinstance(value, list | tuple):
             raise ConfigError(

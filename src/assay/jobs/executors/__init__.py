@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 from importlib.metadata import EntryPoint, entry_points
 
 from assay.config import Settings
@@ -20,6 +19,7 @@ from assay.jobs.executors.inline import InlineExecutor
 from assay.jobs.executors.process import ProcessExecutor
 from assay.jobs.executors.sandbox import SandboxExecutor
 from assay.jobs.executors.venv import VenvExecutor
+from assay.util import did_you_mean
 
 __all__ = [
     "Cancelled",
@@ -61,9 +61,9 @@ def check_executor(name: str) -> None:
     """Raise ConfigError naming the choices (with a "did you mean") if ``name`` is unknown."""
     known = available_executors()
     if name not in known:
-        hint = difflib.get_close_matches(name, known, n=1)
-        suffix = f"; did you mean {hint[0]!r}?" if hint else ""
-        raise ConfigError(f"unknown executor {name!r}{suffix} (available: {', '.join(known)})")
+        raise ConfigError(
+            f"unknown executor {name!r}{did_you_mean(name, known)} (available: {', '.join(known)})"
+        )
 
 
 def executor_class(name: str) -> type[Executor]:
@@ -86,10 +86,9 @@ def create_executor(name: str, settings: Settings, *, slots: int) -> Executor:
     given = settings.executor_options.get(name, {})
     for key in given:
         if key not in cls.options:
-            hint = difflib.get_close_matches(key, list(cls.options), n=1)
-            suffix = f"; did you mean {hint[0]!r}?" if hint else ""
             accepted = ", ".join(sorted(cls.options)) or "none"
             raise ConfigError(
-                f"unknown option {key!r} for executor {name!r}{suffix} (accepted: {accepted})"
+                f"unknown option {key!r} for executor {name!r}"
+                f"{did_you_mean(key, cls.options)} (accepted: {accepted})"
             )
     return cls(settings, slots=slots, options=given)
