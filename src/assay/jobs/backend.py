@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import uuid
 from collections.abc import Callable, Iterable, Sequence
@@ -26,6 +24,7 @@ from assay.jobs.notifier import RedisWakeups
 from assay.jobs.registry import REGISTRY, JobSpec, Registry
 from assay.jobs.store import JobStore, NewJob
 from assay.jobs.worker import Worker
+from assay.pagetoken import decode_parts, encode_parts
 
 __all__ = ["Backend", "JobsAPI", "wait_for"]
 
@@ -150,7 +149,7 @@ class Backend:
         names = [name] if isinstance(name, str) else list(name or [])
         raw_statuses = [status] if isinstance(status, str) else list(status or [])
         statuses = [_parse_status(s) for s in raw_statuses]
-        before = _decode_token(page_token) if page_token else None
+        before = decode_parts(page_token, int, str) if page_token else None
         jobs = self.store.jobs_search(
             names=names,
             statuses=statuses,
@@ -163,7 +162,7 @@ class Backend:
         token = None
         if len(jobs) == limit:
             last = jobs[-1]
-            token = _encode_token(int(last.created_at.timestamp() * 1000), last.id)
+            token = encode_parts(int(last.created_at.timestamp() * 1000), last.id)
         return JobPage(jobs=jobs, next_page_token=token)
 
     def cancel(self, job_id: str) -> Job:
@@ -211,19 +210,3 @@ def _parse_status(value: str | JobStatus) -> JobStatus:
     except ValueError:
         known = ", ".join(s.value for s in JobStatus)
         raise InvalidRequestError(f"unknown status {value!r} (expected one of {known})") from None
-
-
-def _encode_token(created_ms: int, job_id: str) -> str:
-    return base64.urlsafe_b64encode(json.dumps([created_ms, job_id]).encode()).decode()
-
-
-def _decode_token(token: str) -> tuple[int, str]:
-    try:
-        created, job_id = json.loads(base64.urlsafe_b64decode(token.encode()))
-        created_ms, last_id = int(created), str(job_id)
-        # The database refuses a bound past BIGINT, and PostgreSQL any text with a NUL byte.
-        if not 0 <= created_ms < 2**63 or "\x00" in last_id:
-            raise ValueError(token)
-        return created_ms, last_id
-    except (ValueError, TypeError, OverflowError, binascii.Error):
-        raise InvalidRequestError(f"invalid page_token {token!r}") from None

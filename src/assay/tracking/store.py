@@ -32,7 +32,7 @@ from assay.db.tables import (
     runs,
 )
 from assay.errors import ConflictError, InvalidRequestError, NotFoundError
-from assay.pagetoken import decode_token, encode_token
+from assay.pagetoken import decode_parts, encode_parts
 from assay.tracking import limits
 from assay.tracking.model import (
     Experiment,
@@ -195,7 +195,7 @@ class TrackingStore(SqlStore):
                 return ExperimentPage(experiments=[], next_page_token=None)
             where.append(experiments.c.name == name)
         if page_token:
-            created, last_id = _decode_token(page_token, int, str)
+            created, last_id = decode_parts(page_token, int, str)
             where.append(
                 sa.or_(
                     experiments.c.created_at_ms < created,
@@ -205,7 +205,7 @@ class TrackingStore(SqlStore):
         found = self._tx(lambda conn: self._experiments(conn, *where, limit=limit), write=False)
         token = None
         if len(found) == limit:
-            token = _encode_token(found[-1].created_at_ms, found[-1].id)
+            token = encode_parts(found[-1].created_at_ms, found[-1].id)
         return ExperimentPage(experiments=found, next_page_token=token)
 
     def _experiment_row(self, conn: sa.Connection, where: sa.ColumnElement[bool]) -> Any:
@@ -296,7 +296,7 @@ class TrackingStore(SqlStore):
         _check_limit(limit)
         where: list[sa.ColumnElement[bool]] = [runs.c.experiment_id == experiment_id]
         if page_token:
-            started, last_id = _decode_token(page_token, int, str)
+            started, last_id = decode_parts(page_token, int, str)
             where.append(
                 sa.or_(
                     runs.c.start_time_ms < started,
@@ -312,7 +312,7 @@ class TrackingStore(SqlStore):
         found = self._tx(body, write=False)
         token = None
         if len(found) == limit:
-            token = _encode_token(found[-1].start_time_ms, found[-1].id)
+            token = encode_parts(found[-1].start_time_ms, found[-1].id)
         return RunPage(runs=found, next_page_token=token)
 
     def update_run(
@@ -471,7 +471,7 @@ class TrackingStore(SqlStore):
         m = run_metrics.c
         where: list[sa.ColumnElement[bool]] = [m.run_id == run_id, m.key == key]
         if page_token:
-            step, ts, last_id = _decode_token(page_token, int, int, int)
+            step, ts, last_id = decode_parts(page_token, int, int, int)
             where.append(sa.tuple_(m.step, m.timestamp_ms, m.id) > sa.tuple_(step, ts, last_id))
 
         def body(conn: sa.Connection) -> list[tuple[int, Metric]]:
@@ -491,7 +491,7 @@ class TrackingStore(SqlStore):
         token = None
         if len(found) == limit:
             last_id, last = found[-1]
-            token = _encode_token(last.step, last.timestamp_ms or 0, last_id)
+            token = encode_parts(last.step, last.timestamp_ms or 0, last_id)
         return MetricPage(metrics=[metric for _, metric in found], next_page_token=token)
 
     def run_experiment_id(self, run_id: str) -> str:
@@ -616,25 +616,3 @@ def _parse_status(value: RunStatus | str) -> RunStatus:
 def _check_limit(limit: int) -> None:
     if not 1 <= limit <= MAX_PAGE:
         raise InvalidRequestError(f"max_results must be between 1 and {MAX_PAGE}, not {limit}")
-
-
-def _encode_token(*parts: int | str) -> str:
-    return encode_token(list(parts))
-
-
-def _decode_token(token: str, *types: type) -> tuple[Any, ...]:
-    """A page token's parts, checked against ``types`` (int within BIGINT, str without NUL)."""
-    try:
-        parts = decode_token(token, 1)
-        if not isinstance(parts, list) or len(parts) != len(types):
-            raise ValueError(token)
-        for part, kind in zip(parts, types, strict=True):
-            if type(part) is not kind:
-                raise ValueError(token)
-            if isinstance(part, int) and not -(2**63) <= part < 2**63:
-                raise ValueError(token)
-            if isinstance(part, str) and "\x00" in part:
-                raise ValueError(token)
-        return tuple(parts)
-    except (ValueError, TypeError):
-        raise InvalidRequestError(f"invalid page_token {token!r}") from None
