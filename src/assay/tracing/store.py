@@ -21,8 +21,8 @@ Rules this module keeps:
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, TypeVar
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -55,10 +55,10 @@ from assay.tracing.model import (
     assessment_row,
     clean_text,
 )
+from assay.util import chunks
 
 __all__ = ["INGEST_TX_SPANS", "TraceStore"]
 
-T = TypeVar("T")
 _CHUNK = 200
 INGEST_TX_SPANS = 1000
 """The most spans one ingest transaction writes, unless one trace of the request has more."""
@@ -80,9 +80,25 @@ _SPAN_UPDATES = (
 )
 
 
-def _chunks(items: Sequence[T], size: int = _CHUNK) -> Iterable[Sequence[T]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
+def _require_all(
+    conn: sa.Connection,
+    column: sa.Column[str],
+    ids: Sequence[str],
+    what: str,
+    *,
+    share_lock: bool = False,
+) -> None:
+    """NotFoundError naming the first of ``ids`` that no row holds in ``column``; with
+    ``share_lock`` the rows found are locked shared, in id order (see ``_check_experiments``)."""
+    found: set[str] = set()
+    for chunk in chunks(ids, _CHUNK):
+        query = sa.select(column).where(column.in_(chunk))
+        if share_lock:
+            query = query.order_by(column).with_for_update(read=True, key_share=True)
+        found.update(conn.execute(query).scalars().all())
+    missing = [i for i in ids if i not in found]
+    if missing:
+        raise NotFoundError(f"{what} {missing[0]!r} not found")
 
 
 class TraceStore(SqlStore):
@@ -180,15 +196,8 @@ class TraceStore(SqlStore):
     def _check_request(self, conn: sa.Connection, experiment_of: Mapping[str, str]) -> None:
         """Before the first of several transactions: the experiments exist and no trace
         belongs to another one (each transaction checks its part again, under its locks)."""
-        experiment_ids = sorted(set(experiment_of.values()))
-        found: set[str] = set()
-        for chunk in _chunks(experiment_ids):
-            query = sa.select(experiments.c.id).where(experiments.c.id.in_(chunk))
-            found.update(conn.execute(query).scalars().all())
-        missing = [e for e in experiment_ids if e not in found]
-        if missing:
-            raise NotFoundError(f"experiment {missing[0]!r} not found")
-        for chunk in _chunks(sorted(experiment_of)):
+        _require_all(conn, experiments.c.id, sorted(set(experiment_of.values())), "experiment")
+        for chunk in chunks(sorted(experiment_of), _CHUNK):
             query = sa.select(traces.c.trace_id, traces.c.experiment_id).where(
                 traces.c.trace_id.in_(chunk)
             )
@@ -271,25 +280,14 @@ class TraceStore(SqlStore):
         change locks the row exclusively, so an ingest reads its experiment's scorers and
         stamps the completion time either wholly before or wholly after that change commits:
         a trace completed after a scorer was registered is always in its ledger."""
-        found: set[str] = set()
-        for chunk in _chunks(experiment_ids):
-            query = (
-                sa.select(experiments.c.id)
-                .where(experiments.c.id.in_(chunk))
-                .order_by(experiments.c.id)
-                .with_for_update(read=True, key_share=True)
-            )
-            found.update(conn.execute(query).scalars().all())
-        missing = [e for e in experiment_ids if e not in found]
-        if missing:
-            raise NotFoundError(f"experiment {missing[0]!r} not found")
+        _require_all(conn, experiments.c.id, experiment_ids, "experiment", share_lock=True)
 
     def _lock_traces(self, conn: sa.Connection, trace_ids: Sequence[str]) -> dict[str, Any]:
         """Lock the trace rows (in id order, so two ingests cannot deadlock on them) and read
         their experiment, completion time and span count. SQLite renders no FOR UPDATE: its
         write transaction already holds the database."""
         out: dict[str, Any] = {}
-        for chunk in _chunks(trace_ids):
+        for chunk in chunks(trace_ids, _CHUNK):
             query = (
                 sa.select(
                     traces.c.trace_id,
@@ -311,7 +309,7 @@ class TraceStore(SqlStore):
         """The stored spans of the traces; ``with_logs``: with the GenAI log events that name
         them among their events (as read and summarised; never written back)."""
         out: dict[str, list[Span]] = {t: [] for t in trace_ids}
-        for chunk in _chunks(trace_ids):
+        for chunk in chunks(trace_ids, _CHUNK):
             for row in conn.execute(sa.select(spans).where(spans.c.trace_id.in_(chunk))):
                 out[row.trace_id].append(_to_span(row))
         if with_logs:
@@ -346,7 +344,7 @@ class TraceStore(SqlStore):
         """Replace the (key, value) rows of the traces in ``pairs``; only the ``stored`` ones
         (traces that had spans, hence a summary, before) can have rows to delete."""
         ids = sorted(pairs)
-        for chunk in _chunks(sorted(stored)):
+        for chunk in chunks(sorted(stored), _CHUNK):
             conn.execute(table.delete().where(table.c.trace_id.in_(chunk)))
         rows = [
             {"trace_id": t, "key": key, "value": clean_text(value)[:MAX_VALUE_CHARS]}
@@ -367,7 +365,7 @@ class TraceStore(SqlStore):
 
         def body(conn: sa.Connection) -> list[Trace]:
             found: dict[str, Trace] = {}
-            for chunk in _chunks(trace_ids):
+            for chunk in chunks(trace_ids, _CHUNK):
                 for row in conn.execute(sa.select(traces).where(traces.c.trace_id.in_(chunk))):
                     found[row.trace_id] = _to_trace(row._mapping)
             return [found[t] for t in trace_ids if t in found]
@@ -408,7 +406,7 @@ class TraceStore(SqlStore):
 
         def body(conn: sa.Connection) -> set[str]:
             found: set[str] = set()
-            for chunk in _chunks(sorted(trace_ids)):
+            for chunk in chunks(sorted(trace_ids), _CHUNK):
                 query = sa.select(traces.c.trace_id).where(traces.c.trace_id.in_(chunk), condition)
                 found.update(conn.execute(query).scalars().all())
             return found
@@ -446,7 +444,7 @@ class TraceStore(SqlStore):
 
         def body(conn: sa.Connection) -> dict[str, Assessment]:
             found: dict[str, Assessment] = {}
-            for chunk in _chunks(sorted(set(keys))):
+            for chunk in chunks(sorted(set(keys)), _CHUNK):
                 query = sa.select(assessments).where(assessments.c.idempotency_key.in_(chunk))
                 for row in conn.execute(query):
                     found[row.idempotency_key] = _to_assessment(row)
@@ -525,14 +523,7 @@ class TraceStore(SqlStore):
         rows = [assessment_row(item) for item in items]
 
         def body(conn: sa.Connection) -> list[Assessment]:
-            trace_ids = sorted({item.trace_id for item in items})
-            existing: set[str] = set()
-            for chunk in _chunks(trace_ids):
-                query = sa.select(traces.c.trace_id).where(traces.c.trace_id.in_(chunk))
-                existing.update(conn.execute(query).scalars().all())
-            missing = [t for t in trace_ids if t not in existing]
-            if missing:
-                raise NotFoundError(f"trace {missing[0]!r} not found")
+            _require_all(conn, traces.c.trace_id, sorted({i.trace_id for i in items}), "trace")
             now = int(conn.execute(sa.select(self._now)).scalar_one())
             written = []
             for new in rows:
