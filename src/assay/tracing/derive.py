@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -118,8 +118,8 @@ def summarize(spans: Sequence[Span]) -> Summary:
     has_request = has_response = False
     request = response = None
     if root is not None:
-        has_request, request = _inputs(root)
-        has_response, response = _outputs(root)
+        has_request, request = _side(root, _REQUEST)
+        has_response, response = _side(root, _RESPONSE)
         status = TraceStatus.ERROR if root.status_code == "ERROR" else TraceStatus.OK
         start_ns = root.start_time_ns
         duration_ms: int | None = (root.end_time_ns - root.start_time_ns) // 1_000_000
@@ -155,65 +155,89 @@ def summarize(spans: Sequence[Span]) -> Summary:
 # -- inputs and outputs ---------------------------------------------------------------------------
 
 
-def _inputs(span: Span) -> tuple[bool, Any]:
+@dataclass(frozen=True)
+class _Side:
+    """Where each convention puts one side of a call, the request or the response; they are
+    tried in this order: MLflow, OpenInference, current GenAI, then older GenAI forms."""
+
+    mlflow: str
+    openinference: str
+    """``input``/``output``: ``llm.<side>_messages.*``, ``<side>.value``, ``<side>.mime_type``."""
+    genai: str
+    instructions: str | None
+    """The attribute of system instructions put before the GenAI messages (requests only)."""
+    message_events: Mapping[str, str | None]
+    """GenAI events that are one message each, and the role each stands for (None: in the
+    message)."""
+    legacy: str
+    """``gen_ai.prompt``/``gen_ai.completion``: an attribute (maybe indexed) or the attribute of
+    the ``legacy_event``."""
+    legacy_event: str
+    text_of: Callable[[Any], str | None]
+
+
+_REQUEST = _Side(
+    mlflow="mlflow.spanInputs",
+    openinference="input",
+    genai="gen_ai.input.messages",
+    instructions="gen_ai.system_instructions",
+    message_events=_GENAI_ROLE_EVENTS,
+    legacy="gen_ai.prompt",
+    legacy_event="gen_ai.content.prompt",
+    text_of=request_text,
+)
+_RESPONSE = _Side(
+    mlflow="mlflow.spanOutputs",
+    openinference="output",
+    genai="gen_ai.output.messages",
+    instructions=None,
+    message_events={"gen_ai.choice": None},
+    legacy="gen_ai.completion",
+    legacy_event="gen_ai.content.completion",
+    text_of=response_text,
+)
+
+
+def _side(span: Span, side: _Side) -> tuple[bool, Any]:
+    """Whether the span records this side of its call, and its value (the text of chat
+    messages where there is one: the question or the answer, not the whole JSON)."""
     attrs = span.attributes
-    if "mlflow.spanInputs" in attrs:
-        return True, _json(attrs["mlflow.spanInputs"])
-    text = request_text(openinference_messages(attrs, "llm.input_messages."))
-    if text is not None:  # the question, not the whole request JSON in input.value
+    if side.mlflow in attrs:
+        return True, _json(attrs[side.mlflow])
+    text = side.text_of(openinference_messages(attrs, f"llm.{side.openinference}_messages."))
+    if text is not None:
         return True, text
-    if "input.value" in attrs:
-        return True, _openinference(attrs["input.value"], attrs.get("input.mime_type"))
-    messages = _genai_messages(span, "gen_ai.input.messages")
+    value_key = f"{side.openinference}.value"
+    if value_key in attrs:
+        mime_type = attrs.get(f"{side.openinference}.mime_type")
+        return True, _openinference(attrs[value_key], mime_type)
+    messages = _genai_messages(span, side.genai)
     if messages is not None:
-        instructions = attrs.get("gen_ai.system_instructions")
+        instructions = attrs.get(side.instructions) if side.instructions else None
         if instructions is not None:
             messages = [{"role": "system", "parts": _json(instructions)}, *messages]
-        return True, _text_or(request_text, messages)
+        return True, _text_or(side.text_of, messages)
     for event in span.events:
-        if event["name"] == "gen_ai.content.prompt" and "gen_ai.prompt" in event["attributes"]:
-            return True, _json(event["attributes"]["gen_ai.prompt"])
-    role_messages = [
-        {"role": _GENAI_ROLE_EVENTS[e["name"]], **_event_body(e["attributes"])}
-        for e in span.events
-        if e["name"] in _GENAI_ROLE_EVENTS
+        if event["name"] == side.legacy_event and side.legacy in event["attributes"]:
+            return True, _json(event["attributes"][side.legacy])
+    event_messages = [
+        _event_message(event, side.message_events[event["name"]])
+        for event in span.events
+        if event["name"] in side.message_events
     ]
-    if role_messages:
-        return True, _text_or(request_text, role_messages)
-    if "gen_ai.prompt" in attrs:
-        return True, _json(attrs["gen_ai.prompt"])
-    indexed = _indexed(attrs, "gen_ai.prompt.")
+    if event_messages:
+        return True, _text_or(side.text_of, event_messages)
+    if side.legacy in attrs:
+        return True, _json(attrs[side.legacy])
+    indexed = _indexed(attrs, f"{side.legacy}.")
     if indexed:
-        return True, _text_or(request_text, indexed)
+        return True, _text_or(side.text_of, indexed)
     return False, None
 
 
-def _outputs(span: Span) -> tuple[bool, Any]:
-    attrs = span.attributes
-    if "mlflow.spanOutputs" in attrs:
-        return True, _json(attrs["mlflow.spanOutputs"])
-    text = response_text(openinference_messages(attrs, "llm.output_messages."))
-    if text is not None:  # the answer, not the whole response JSON in output.value
-        return True, text
-    if "output.value" in attrs:
-        return True, _openinference(attrs["output.value"], attrs.get("output.mime_type"))
-    messages = _genai_messages(span, "gen_ai.output.messages")
-    if messages is not None:
-        return True, _text_or(response_text, messages)
-    for event in span.events:
-        if event["name"] == "gen_ai.content.completion" and (
-            "gen_ai.completion" in event["attributes"]
-        ):
-            return True, _json(event["attributes"]["gen_ai.completion"])
-    choices = [_event_body(e["attributes"]) for e in span.events if e["name"] == "gen_ai.choice"]
-    if choices:
-        return True, _text_or(response_text, choices)
-    if "gen_ai.completion" in attrs:
-        return True, _json(attrs["gen_ai.completion"])
-    indexed = _indexed(attrs, "gen_ai.completion.")
-    if indexed:
-        return True, _text_or(response_text, indexed)
-    return False, None
+def _event_message(event: Mapping[str, Any], role: str | None) -> dict[str, Any]:
+    body = _event_body(event["attributes"])
+    return body if role is None else {"role": role, **body}
 
 
 def _text_or(text_of: Any, messages: Any) -> Any:
