@@ -12,16 +12,17 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import mysql, postgresql, sqlite
 
 from assay.db.dialects import MYSQL, POSTGRESQL, SQLITE, Dialect, dialect_of
 from assay.db.engine import BEGIN_MODE
-from assay.errors import StoreError
+from assay.errors import NotFoundError, StoreError
+from assay.util import chunks
 
-__all__ = ["NOW_SQL", "SqlStore", "is_transient"]
+__all__ = ["IN_CHUNK", "NOW_SQL", "SqlStore", "is_transient", "require_rows"]
 
 T = TypeVar("T")
 
@@ -31,6 +32,35 @@ NOW_SQL = {
     MYSQL: "CAST(UNIX_TIMESTAMP(NOW(3)) * 1000 AS SIGNED)",
 }
 """The database clock in epoch milliseconds, stable within one statement."""
+
+IN_CHUNK = 200
+"""Ids per ``IN (...)`` list when a store looks up many rows."""
+
+
+def require_rows(
+    conn: sa.Connection,
+    column: sa.Column[str],
+    ids: Sequence[str],
+    what: str,
+    *,
+    lock: Literal["share", "update"] | None = None,
+) -> None:
+    """NotFoundError naming the first of ``ids`` that no row holds in ``column``. ``lock``
+    locks the rows found, in id order (so that two transactions cannot deadlock on them):
+    ``share`` as a foreign key check would (PostgreSQL FOR KEY SHARE), ``update``
+    exclusively."""
+    found: set[str] = set()
+    for chunk in chunks(ids, IN_CHUNK):
+        query = sa.select(column).where(column.in_(chunk))
+        if lock is not None:
+            query = query.order_by(column).with_for_update(
+                read=lock == "share", key_share=lock == "share"
+            )
+        found.update(conn.execute(query).scalars().all())
+    missing = [i for i in ids if i not in found]
+    if missing:
+        raise NotFoundError(f"{what} {missing[0]!r} not found")
+
 
 # SQLite has one writer at a time and its busy handler retries on a sleep schedule, so a thread
 # waiting for the write lock can starve behind a busy claim loop. Within one process, writers

@@ -26,12 +26,13 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from assay.db.base import require_rows
 from assay.db.tables import experiments, span_log_events, spans, traces
-from assay.errors import InvalidRequestError, NotFoundError
+from assay.errors import InvalidRequestError
 from assay.tracing.model import Span
 from assay.util import chunks
 
-__all__ = ["LogEvent", "attach", "insert", "traces_with_events"]
+__all__ = ["LogEvent", "attach", "in_other_experiment", "insert", "traces_with_events"]
 
 _CHUNK = 200
 
@@ -55,30 +56,15 @@ def insert(
     InvalidRequestError for an event of a trace stored in another experiment; nothing is
     written then. Returns, by experiment, the traces whose stored spans an event names: their
     summaries are out of date."""
-    experiment_ids = sorted(by_experiment)
-    found: set[str] = set()
-    for chunk in chunks(experiment_ids, _CHUNK):
-        query = (
-            sa.select(experiments.c.id)
-            .where(experiments.c.id.in_(chunk))
-            .order_by(experiments.c.id)
-            .with_for_update()
-        )
-        found.update(conn.execute(query).scalars().all())
-    missing = [e for e in experiment_ids if e not in found]
-    if missing:
-        raise NotFoundError(f"experiment {missing[0]!r} not found")
+    require_rows(conn, experiments.c.id, sorted(by_experiment), "experiment", lock="update")
     experiment_of = {e.trace_id: x for x, events in by_experiment.items() for e in events}
-    for chunk in chunks(sorted(experiment_of), _CHUNK):
-        query = sa.select(traces.c.trace_id, traces.c.experiment_id).where(
-            traces.c.trace_id.in_(chunk)
+    other = in_other_experiment(conn, experiment_of)
+    if other is not None:
+        trace_id, stored = other
+        raise InvalidRequestError(
+            f"log records of trace {trace_id} name experiment "
+            f"{experiment_of[trace_id]!r}, but its spans are in {stored!r}"
         )
-        for row in conn.execute(query):
-            if row.experiment_id != experiment_of[row.trace_id]:
-                raise InvalidRequestError(
-                    f"log records of trace {row.trace_id} name experiment "
-                    f"{experiment_of[row.trace_id]!r}, but its spans are in {row.experiment_id!r}"
-                )
     rows = [
         {
             "experiment_id": experiment_id,
@@ -102,6 +88,21 @@ def insert(
             if (row.trace_id, row.span_id) in wanted:
                 stale[experiment_of[row.trace_id]].add(row.trace_id)
     return dict(stale)
+
+
+def in_other_experiment(
+    conn: sa.Connection, experiment_of: Mapping[str, str]
+) -> tuple[str, str] | None:
+    """The first stored trace that ``experiment_of`` (trace id -> the experiment a request
+    names) puts in another experiment than its own: (its id, its experiment); else None."""
+    for chunk in chunks(sorted(experiment_of), _CHUNK):
+        query = sa.select(traces.c.trace_id, traces.c.experiment_id).where(
+            traces.c.trace_id.in_(chunk)
+        )
+        for row in conn.execute(query):
+            if row.experiment_id != experiment_of[row.trace_id]:
+                return row.trace_id, row.experiment_id
+    return None
 
 
 def traces_with_events(conn: sa.Connection, trace_ids: Sequence[str]) -> set[str]:

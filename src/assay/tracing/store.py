@@ -26,10 +26,10 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from assay.db.base import SqlStore
+from assay.db.base import SqlStore, require_rows
 from assay.db.dialects import SQLITE
 from assay.db.tables import assessments, experiments, spans, trace_metadata, trace_tags, traces
-from assay.errors import InvalidRequestError, NotFoundError
+from assay.errors import InvalidRequestError
 from assay.jsonvalue import loads
 from assay.tracing import log_events
 from assay.tracing.derive import MAX_VALUE_CHARS, Summary, summarize
@@ -78,27 +78,6 @@ _SPAN_UPDATES = (
     "links",
     "resource",
 )
-
-
-def _require_all(
-    conn: sa.Connection,
-    column: sa.Column[str],
-    ids: Sequence[str],
-    what: str,
-    *,
-    share_lock: bool = False,
-) -> None:
-    """NotFoundError naming the first of ``ids`` that no row holds in ``column``; with
-    ``share_lock`` the rows found are locked shared, in id order (see ``_check_experiments``)."""
-    found: set[str] = set()
-    for chunk in chunks(ids, _CHUNK):
-        query = sa.select(column).where(column.in_(chunk))
-        if share_lock:
-            query = query.order_by(column).with_for_update(read=True, key_share=True)
-        found.update(conn.execute(query).scalars().all())
-    missing = [i for i in ids if i not in found]
-    if missing:
-        raise NotFoundError(f"{what} {missing[0]!r} not found")
 
 
 class TraceStore(SqlStore):
@@ -196,16 +175,11 @@ class TraceStore(SqlStore):
     def _check_request(self, conn: sa.Connection, experiment_of: Mapping[str, str]) -> None:
         """Before the first of several transactions: the experiments exist and no trace
         belongs to another one (each transaction checks its part again, under its locks)."""
-        _require_all(conn, experiments.c.id, sorted(set(experiment_of.values())), "experiment")
-        for chunk in chunks(sorted(experiment_of), _CHUNK):
-            query = sa.select(traces.c.trace_id, traces.c.experiment_id).where(
-                traces.c.trace_id.in_(chunk)
-            )
-            for row in conn.execute(query):
-                if row.experiment_id != experiment_of[row.trace_id]:
-                    raise _other_experiment(
-                        row.trace_id, row.experiment_id, experiment_of[row.trace_id]
-                    )
+        require_rows(conn, experiments.c.id, sorted(set(experiment_of.values())), "experiment")
+        other = log_events.in_other_experiment(conn, experiment_of)
+        if other is not None:
+            trace_id, stored = other
+            raise _other_experiment(trace_id, stored, experiment_of[trace_id])
 
     def _ingest_batch(
         self, incoming: Mapping[str, Sequence[Span]], experiment_of: Mapping[str, str]
@@ -280,7 +254,7 @@ class TraceStore(SqlStore):
         change locks the row exclusively, so an ingest reads its experiment's scorers and
         stamps the completion time either wholly before or wholly after that change commits:
         a trace completed after a scorer was registered is always in its ledger."""
-        _require_all(conn, experiments.c.id, experiment_ids, "experiment", share_lock=True)
+        require_rows(conn, experiments.c.id, experiment_ids, "experiment", lock="share")
 
     def _lock_traces(self, conn: sa.Connection, trace_ids: Sequence[str]) -> dict[str, Any]:
         """Lock the trace rows (in id order, so two ingests cannot deadlock on them) and read
@@ -523,7 +497,7 @@ class TraceStore(SqlStore):
         rows = [assessment_row(item) for item in items]
 
         def body(conn: sa.Connection) -> list[Assessment]:
-            _require_all(conn, traces.c.trace_id, sorted({i.trace_id for i in items}), "trace")
+            require_rows(conn, traces.c.trace_id, sorted({i.trace_id for i in items}), "trace")
             now = int(conn.execute(sa.select(self._now)).scalar_one())
             written = []
             for new in rows:
