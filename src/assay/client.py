@@ -24,7 +24,7 @@ from assay.errors import (
     InvalidRequestError,
     StoreError,
 )
-from assay.jobs.api import wait_for
+from assay.jobs.api import one_or_many, wait_for
 from assay.jobs.model import Attempt, Job, JobPage, JobStatus, Progress
 from assay.jobs.registry import JobSpec
 
@@ -160,10 +160,8 @@ class Client:
 
         A server with auth on shows a user token only its own jobs; ``owner`` is for admins.
         """
-        names = [name] if isinstance(name, str) else list(name or [])
-        statuses = [status] if isinstance(status, str) else list(status or [])
-        query: list[tuple[str, str | int]] = [("name", n) for n in names]
-        query += [("status", str(s).upper()) for s in statuses]
+        query: list[tuple[str, str | int]] = [("name", n) for n in one_or_many(name)]
+        query += [("status", str(s).upper()) for s in one_or_many(status)]
         if owner is not None:
             query.append(("owner", owner))
         query.append(("limit", limit))

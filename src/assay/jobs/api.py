@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, Protocol, Self
+from typing import Any, Protocol, Self, TypeVar
 
 from assay.errors import InvalidRequestError, NotFoundError, WaitTimeoutError
 from assay.jobs.model import Attempt, Job, JobPage, JobStatus
@@ -22,6 +22,7 @@ __all__ = [
     "check_id_prefix",
     "find_job",
     "is_internal",
+    "one_or_many",
     "wait_for",
 ]
 
@@ -32,6 +33,8 @@ unless asked for (``include_internal``, ``--all``) or named, and out of "did you
 MIN_ID_PREFIX = 4
 """The shortest id prefix looked up (as git's shortest abbreviation)."""
 
+S = TypeVar("S", bound=str)
+
 _ID_PREFIX = re.compile(r"^[0-9a-f-]+$")
 _ID_LENGTH = 36  # str(uuid4())
 _CANDIDATES_SHOWN = 10
@@ -40,6 +43,12 @@ _CANDIDATES_SHOWN = 10
 def is_internal(name: str) -> bool:
     """Whether ``name`` is one of assay's own jobs (see :data:`INTERNAL_PREFIX`)."""
     return name.startswith(INTERNAL_PREFIX)
+
+
+def one_or_many(value: S | Sequence[S] | None) -> list[S]:
+    """A search filter given as one value, several or none (``name="a"``, ``name=["a", "b"]``)
+    as a list."""
+    return [value] if isinstance(value, str) else list(value or [])
 
 
 def check_id_prefix(prefix: str) -> str:

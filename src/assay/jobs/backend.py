@@ -17,7 +17,7 @@ from assay.errors import (
     MigrationError,
     NotFoundError,
 )
-from assay.jobs.api import JobsAPI, check_id_prefix, wait_for
+from assay.jobs.api import JobsAPI, check_id_prefix, one_or_many, wait_for
 from assay.jobs.executors import check_executor
 from assay.jobs.model import Attempt, Job, JobPage, JobStatus
 from assay.jobs.notifier import RedisWakeups
@@ -146,9 +146,8 @@ class Backend:
         unless ``include_internal`` or named in ``name``."""
         if not 1 <= limit <= MAX_PAGE:
             raise InvalidRequestError(f"limit must be between 1 and {MAX_PAGE}, not {limit}")
-        names = [name] if isinstance(name, str) else list(name or [])
-        raw_statuses = [status] if isinstance(status, str) else list(status or [])
-        statuses = [_parse_status(s) for s in raw_statuses]
+        names = one_or_many(name)
+        statuses = [_parse_status(s) for s in one_or_many(status)]
         before = decode_parts(page_token, int, str) if page_token else None
         jobs = self.store.jobs_search(
             names=names,
