@@ -51,10 +51,7 @@ def worker(
     from assay.jobs.backend import Backend
     from assay.scoring import jobs as scoring_jobs
 
-    logging.basicConfig(
-        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
-    )
-    logging.getLogger("alembic").setLevel(logging.WARNING)
+    _log_to_stderr(log_level)
     settings = _settings(
         store_uri, job_modules, worker_concurrency=concurrency, default_executor=executor
     )
@@ -140,10 +137,7 @@ def server(
 
     from assay.server.app import create_app
 
-    logging.basicConfig(
-        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
-    )
-    logging.getLogger("alembic").setLevel(logging.WARNING)
+    _log_to_stderr(log_level)
     settings = _settings(
         store_uri,
         job_modules,
@@ -207,3 +201,11 @@ def demo(store_uri: str | None, port: int, traces: int, no_serve: bool) -> None:
 
     logging.getLogger("alembic").setLevel(logging.WARNING)
     run_demo(store_uri=store_uri, port=port, traces=traces, serve=not no_serve)
+
+
+def _log_to_stderr(level: str) -> None:
+    """A long-running command's log: one line a record, alembic's chatter left out."""
+    logging.basicConfig(
+        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
+    logging.getLogger("alembic").setLevel(logging.WARNING)
