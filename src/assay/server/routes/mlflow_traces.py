@@ -1,38 +1,69 @@
-"""The MLflow trace route its tracing client calls on a server it finds compatible.
+"""MLflow's trace routes (``/api/3.0/mlflow/traces``): what its tracing client calls to write
+traces, read them back, search them and assess them, on assay's trace store.
 
-With ``mlflow.set_tracking_uri(<assay server>)``, ``@mlflow.trace`` asks ``GET /version``
-(3.4 or later: the native path), sends each trace's spans as OTLP to ``/v1/traces`` with
-``x-mlflow-experiment-id``, then ``POST /api/3.0/mlflow/traces`` (StartTraceV3) with the
-trace's info. The spans carry everything assay stores (:mod:`assay.tracing.derive`), so this
-route checks the experiment and answers the info back tagged
-``mlflow.trace.spansLocation = TRACKING_STORE``: the client then uploads no copy of the spans
-as an artifact. The info's own metadata and tags are not stored.
+Writing: with ``mlflow.set_tracking_uri(<assay server>)``, ``@mlflow.trace`` asks
+``GET /version`` (3.4 or later: the native path), sends each trace's spans as OTLP to
+``/v1/traces`` with ``x-mlflow-experiment-id``, then ``POST /traces`` (StartTraceV3) with the
+trace's info. The spans carry everything assay stores (:mod:`assay.tracing.derive`), so that
+route checks the experiment and answers the info back tagged ``mlflow.trace.spansLocation =
+TRACKING_STORE``: the client then uploads no copy of the spans as an artifact. The info's own
+metadata and tags are not stored.
+
+Reading (``mlflow.get_trace``, ``mlflow.search_traces``, ``MlflowClient`` alike):
+GetTraceInfoV3 ``GET /traces/{id}``, GetTrace ``GET /traces/get``, BatchGetTraces
+``GET /traces/batchGet``, BatchGetTraceInfos ``POST /traces/batchGetInfos``, SearchTracesV3
+``POST /traces/search``. Assessments (``mlflow.log_feedback``, ``log_expectation``,
+``get_assessment``, ``delete_assessment``): ``POST /traces/{id}/assessments``,
+``GET``/``DELETE /traces/{id}/assessments/{assessment_id}``. Not served (MLflow's
+``ENDPOINT_NOT_FOUND``): trace tag writes, assessment updates, trace deletion. The wire
+format: :mod:`assay.server.mlflow_trace_wire`.
+
+Auth is the same as on ``/api/v1/traces``: a job token reads and assesses only the traces of
+the experiments it is scoped to (403 PERMISSION_DENIED otherwise).
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Request
+from fastapi import APIRouter, Body, Depends, Query, Request
 
-from assay.errors import InvalidRequestError
-from assay.server.auth import Caller, require_scope
-from assay.server.deps import tracking_store
+from assay.errors import InvalidRequestError, NotFoundError
+from assay.server.auth import Caller, Principal, require_scope
+from assay.server.deps import trace_store, tracking_store
 from assay.server.errors import MlflowRoute
+from assay.server.mlflow_trace_wire import (
+    SPANS_LOCATION_TAG,
+    assessment_json,
+    detail_info_json,
+    mlflow_filter,
+    mlflow_order_by,
+    new_assessment,
+    trace_info_json,
+    trace_json,
+)
+from assay.server.routes.traces import visible_trace
+from assay.tracing.filters import DEFAULT_MAX_RESULTS, MAX_RESULTS
+from assay.tracing.model import TraceDetail, trace_id_of
+from assay.tracing.store import TraceStore
 
 __all__ = ["SPANS_LOCATION_TAG", "router"]
 
 router = APIRouter(
-    prefix="/api/3.0/mlflow", route_class=MlflowRoute, include_in_schema=False, tags=["mlflow"]
+    prefix="/api/3.0/mlflow/traces",
+    route_class=MlflowRoute,
+    include_in_schema=False,
+    tags=["mlflow"],
 )
 
-SPANS_LOCATION_TAG = "mlflow.trace.spansLocation"
+Store = Annotated[TraceStore, Depends(trace_store)]
+JsonBody = Annotated[dict[str, Any], Body()]
+MAX_BATCH = 100
+"""Trace ids in one batch read (MLflow's client sends at most 10 at a time)."""
 
 
-@router.post("/traces")
-def start_trace(
-    body: Annotated[dict[str, Any], Body()], request: Request, caller: Caller
-) -> dict[str, Any]:
+@router.post("")
+def start_trace(body: JsonBody, request: Request, caller: Caller) -> dict[str, Any]:
     """StartTraceV3: ``{trace: {trace_info}}`` back, once its experiment exists and the
     caller may write to it."""
     try:
@@ -51,3 +82,156 @@ def start_trace(
     return {
         "trace": {"trace_info": {**info, "tags": {**tags, SPANS_LOCATION_TAG: "TRACKING_STORE"}}}
     }
+
+
+def _detail(store: TraceStore, caller: Principal, trace_id: str) -> TraceDetail:
+    detail = store.trace_detail(trace_id_of(trace_id))
+    if detail is None:
+        raise NotFoundError(f"Trace with ID {trace_id[:64]!r} not found")
+    require_scope(caller, "experiment_id", detail.trace.experiment_id)
+    return detail
+
+
+def _experiments(request: Request, caller: Principal, experiment_ids: list[str]) -> list[str]:
+    """The stored ids of the named experiments ("0": the default), each readable by the
+    caller."""
+    tracking = tracking_store(request)
+    found = [tracking.get_experiment(e).id for e in experiment_ids]
+    for experiment in found:
+        require_scope(caller, "experiment_id", experiment)
+    return found
+
+
+def _batch(
+    store: TraceStore,
+    caller: Principal,
+    trace_ids: list[str],
+    experiment_ids: list[str] | None,
+) -> list[TraceDetail]:
+    """The traces of ``trace_ids`` that exist (in the experiments named, if any)."""
+    if len(trace_ids) > MAX_BATCH:
+        raise InvalidRequestError(f"at most {MAX_BATCH} trace ids at once, not {len(trace_ids)}")
+    out = []
+    for trace_id in trace_ids:
+        detail = store.trace_detail(trace_id_of(trace_id))
+        if detail is None or (experiment_ids and detail.trace.experiment_id not in experiment_ids):
+            continue
+        require_scope(caller, "experiment_id", detail.trace.experiment_id)
+        out.append(detail)
+    return out
+
+
+@router.get("/get")
+def get_trace(
+    store: Store, caller: Caller, trace_id: Annotated[str, Query(max_length=200)]
+) -> dict[str, Any]:
+    """GetTrace: the trace's info (with its assessments) and its spans."""
+    return {"trace": trace_json(_detail(store, caller, trace_id))}
+
+
+@router.get("/batchGet")
+def batch_get_traces(
+    store: Store,
+    caller: Caller,
+    trace_ids: Annotated[list[str], Query()],
+    experiment_ids: Annotated[list[str] | None, Query()] = None,
+) -> dict[str, Any]:
+    """BatchGetTraces: the traces found, with their spans; unknown ids are left out."""
+    return {"traces": [trace_json(d) for d in _batch(store, caller, trace_ids, experiment_ids)]}
+
+
+@router.post("/batchGetInfos")
+def batch_get_trace_infos(store: Store, caller: Caller, body: JsonBody) -> dict[str, Any]:
+    """BatchGetTraceInfos: the infos of the traces found; unknown ids are left out."""
+    trace_ids, experiment_ids = body.get("trace_ids"), body.get("experiment_ids")
+    if not isinstance(trace_ids, list) or not all(isinstance(t, str) for t in trace_ids):
+        raise InvalidRequestError("trace_ids must be a list of trace ids")
+    if experiment_ids is not None and not isinstance(experiment_ids, list):
+        raise InvalidRequestError("experiment_ids must be a list")
+    found = _batch(store, caller, trace_ids, experiment_ids)
+    return {"trace_infos": [detail_info_json(d) for d in found]}
+
+
+def _location(location: Any) -> str:
+    try:
+        experiment_id = location["mlflow_experiment"]["experiment_id"]
+    except (KeyError, TypeError):
+        raise InvalidRequestError(
+            "each location must be {mlflow_experiment: {experiment_id}}: assay stores traces "
+            "in experiments"
+        ) from None
+    return str(experiment_id)
+
+
+@router.post("/search")
+def search_traces(request: Request, store: Store, caller: Caller, body: JsonBody) -> dict[str, Any]:
+    """SearchTracesV3: trace infos (without assessments) of the experiments named by
+    ``locations``, newest first unless ``order_by`` says otherwise (filters and order:
+    :func:`mlflow_filter`)."""
+    locations = body.get("locations")
+    if not isinstance(locations, list) or not locations:
+        raise InvalidRequestError("locations must name at least one experiment")
+    order_by = body.get("order_by") or []
+    if not isinstance(order_by, list) or not all(isinstance(o, str) for o in order_by):
+        raise InvalidRequestError("order_by must be a list of strings")
+    max_results = body.get("max_results") or DEFAULT_MAX_RESULTS
+    page_token = body.get("page_token") or None
+    filter_string = body.get("filter")
+    try:
+        max_results = min(int(max_results), MAX_RESULTS)
+    except (TypeError, ValueError):
+        raise InvalidRequestError("max_results must be an integer") from None
+    if not isinstance(filter_string, str | None) or not isinstance(page_token, str | None):
+        raise InvalidRequestError("filter and page_token must be strings")
+    page = store.traces_search(
+        _experiments(request, caller, [_location(loc) for loc in locations]),
+        filter_string=mlflow_filter(filter_string),
+        order_by=mlflow_order_by(order_by),
+        max_results=max_results,
+        page_token=page_token,
+    )
+    out: dict[str, Any] = {"traces": [trace_info_json(t) for t in page.traces]}
+    if page.next_page_token:
+        out["next_page_token"] = page.next_page_token
+    return out
+
+
+@router.get("/{trace_id}")
+def get_trace_info(trace_id: str, store: Store, caller: Caller) -> dict[str, Any]:
+    """GetTraceInfoV3: the trace's info with its assessments."""
+    return {"trace": {"trace_info": detail_info_json(_detail(store, caller, trace_id))}}
+
+
+@router.post("/{trace_id}/assessments")
+def create_assessment(
+    trace_id: str, store: Store, caller: Caller, body: JsonBody
+) -> dict[str, Any]:
+    """CreateAssessment: a feedback or an expectation, added to the trace."""
+    new = new_assessment(trace_id, body)
+    visible_trace(store, caller, new.trace_id)
+    return {"assessment": assessment_json(store.assessment_write(new))}
+
+
+@router.get("/{trace_id}/assessments/{assessment_id}")
+def get_assessment(
+    trace_id: str, assessment_id: str, store: Store, caller: Caller
+) -> dict[str, Any]:
+    stored_id = trace_id_of(trace_id)
+    visible_trace(store, caller, stored_id)
+    found = next(
+        (a for a in store.assessments_list(stored_id) or [] if a.id == assessment_id), None
+    )
+    if found is None:
+        raise NotFoundError(f"assessment {assessment_id[:64]!r} of trace {trace_id} not found")
+    return {"assessment": assessment_json(found)}
+
+
+@router.delete("/{trace_id}/assessments/{assessment_id}")
+def delete_assessment(
+    trace_id: str, assessment_id: str, store: Store, caller: Caller
+) -> dict[str, Any]:
+    stored_id = trace_id_of(trace_id)
+    visible_trace(store, caller, stored_id)
+    if "\x00" in assessment_id or not store.assessment_delete(stored_id, assessment_id):
+        raise NotFoundError(f"assessment {assessment_id[:64]!r} of trace {trace_id} not found")
+    return {}
