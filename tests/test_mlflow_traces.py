@@ -189,6 +189,7 @@ print(json.dumps({
     "listed": [[t.info.trace_id, len(t.data.spans)] for t in listed],
     "ok": ids("trace.status = 'OK'"),
     "error": ids("attributes.status = 'ERROR'"),
+    "bare": ids("status = 'ERROR'"),
     "tagged": ids("tags.team = 'search'"),
     "untagged": ids("tags.team = 'other'"),
     "since": ids(f"trace.timestamp_ms >= {info.request_time}"),
@@ -231,6 +232,7 @@ def test_traces_read_back_through_the_mlflow_client(assay: Assay, tmp_path: Path
     assert out["listed"] == [[assay.error_id, 1], [assay.ok_id, 2]]
     assert out["ok"] == [assay.ok_id]
     assert out["error"] == [assay.error_id]
+    assert out["bare"] == [assay.error_id]
     assert out["tagged"] == [assay.ok_id]
     assert out["untagged"] == []
     assert out["since"] == newest_first
@@ -251,6 +253,10 @@ feedback = mlflow.log_feedback(
     metadata={"run": "r1"},
 )
 expected = mlflow.log_expectation(trace_id=trace_id, name="expected", value={"answer": 1})
+judged = mlflow.search_traces(
+    locations=[CONFIG["experiment_id"]], filter_string="feedback.correct = TRUE",
+    return_type="list", include_spans=False,
+)
 read = mlflow.get_assessment(trace_id, feedback.assessment_id)
 on_trace = mlflow.get_trace(trace_id).info.assessments
 mlflow.delete_assessment(trace_id=trace_id, assessment_id=expected.assessment_id)
@@ -262,12 +268,13 @@ print(json.dumps({
     "on_trace": sorted([a.name, a.value] for a in on_trace),
     "expectation_type": type(next(a for a in on_trace if a.name == "expected")).__name__,
     "after": [a.assessment_id for a in after],
+    "judged": [t.info.trace_id for t in judged],
 }))
 """
 
 
 def test_assessments_from_mlflow_are_assays(assay: Assay, tmp_path: Path) -> None:
-    out = assay.run(ASSESS, tmp_path, ok_id=assay.ok_id)
+    out = assay.run(ASSESS, tmp_path, ok_id=assay.ok_id, experiment_id=assay.experiment_id)
     assert out["read"] == [
         "correct",
         True,
@@ -279,6 +286,7 @@ def test_assessments_from_mlflow_are_assays(assay: Assay, tmp_path: Path) -> Non
     assert out["on_trace"] == [["correct", True], ["expected", {"answer": 1}]]
     assert out["expectation_type"] == "Expectation"
     assert out["after"] == [out["feedback"]]
+    assert out["judged"] == [assay.ok_id]
     # assay's own REST sees what MLflow wrote
     response = assay.get(f"/api/v1/traces/{assay.ok_id}/assessments")
     assert response.status_code == 200, response.text
@@ -351,7 +359,14 @@ def test_mlflow_filters_in_assays_grammar() -> None:
     )
     assert mlflow_filter("feedback.correct = 'yes'") == "assessment.correct = 'yes'"
     assert mlflow_filter('tags.attributes.x = "feedback.y"') == 'tags.attributes.x = "feedback.y"'
-    assert mlflow_order_by(["attributes.timestamp_ms DESC", "execution_time_ms"]) == [
+    assert mlflow_filter("status = 'OK' AND span.status = 'ERROR'") == (
+        "trace.status = 'OK' AND span.status = 'ERROR'"
+    )
+    assert mlflow_filter("execution_time > 5 OR `status` = 1") == (
+        "trace.execution_time_ms > 5 OR `status` = 1"
+    )
+    assert mlflow_order_by(["attributes.timestamp_ms DESC", "execution_time", "trace.status"]) == [
         "trace.timestamp_ms DESC",
-        "execution_time_ms",
+        "trace.execution_time_ms",
+        "trace.status",
     ]

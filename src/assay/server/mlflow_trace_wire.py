@@ -200,6 +200,8 @@ _PREFIXES = {
     "expectation": "assessment",
 }
 _PREFIX = re.compile(r"(?<![\w.`])(" + "|".join(_PREFIXES) + r")\.")
+# MLflow reads a field without an entity as a trace attribute.
+_BARE = re.compile(r"(?<![\w.`])(status|timestamp(?:_ms)?|execution_time(?:_ms)?)(?![\w.`])")
 _ALIASES = re.compile(r"(?<![\w.`])trace\.(timestamp|execution_time)(?![\w])")
 # Quoted strings and backticked keys, left as they are.
 _QUOTED = re.compile(r"""('(?:[^'\\]|\\.|'')*'|"(?:[^"\\]|\\.|"")*"|`[^`]*`)""")
@@ -207,15 +209,17 @@ _QUOTED = re.compile(r"""('(?:[^'\\]|\\.|'')*'|"(?:[^"\\]|\\.|"")*"|`[^`]*`)""")
 
 def _rename(text: str) -> str:
     text = _PREFIX.sub(lambda m: _PREFIXES[m.group(1)] + ".", text)
+    text = _BARE.sub(lambda m: f"trace.{m.group(1)}", text)
     return _ALIASES.sub(lambda m: f"trace.{m.group(1)}_ms", text)
 
 
 def mlflow_filter(text: str | None) -> str | None:
     """An MLflow ``search_traces`` filter in assay's grammar (:mod:`assay.tracing.filters`):
-    ``attributes.``/``attribute.`` are ``trace.``, ``request_metadata.`` is ``metadata.``,
-    ``feedback.``/``expectation.`` are ``assessment.``, ``trace.timestamp`` and
-    ``trace.execution_time`` take their ``_ms``. Anything assay's grammar does not know
-    fails there (InvalidFilterError, 400)."""
+    ``attributes.``/``attribute.`` (or no entity, for ``status``, ``timestamp_ms`` and
+    ``execution_time_ms``) are ``trace.``, ``request_metadata.`` is ``metadata.``,
+    ``feedback.``/``expectation.`` are ``assessment.``, ``timestamp`` and ``execution_time``
+    take their ``_ms``. Anything assay's grammar does not know fails there
+    (InvalidFilterError, 400)."""
     if not text:
         return None
     parts = _QUOTED.split(text)
@@ -223,15 +227,8 @@ def mlflow_filter(text: str | None) -> str | None:
 
 
 def mlflow_order_by(order_by: list[str]) -> list[str]:
-    """MLflow's ``order_by`` (``timestamp_ms DESC``, ``attributes.timestamp_ms``) in assay's."""
-    out = []
-    for item in order_by:
-        text = item.strip()
-        for prefix in ("attributes.", "attribute."):
-            if text.lower().startswith(prefix):
-                text = "trace." + text[len(prefix) :]
-        out.append(_rename(text))
-    return out
+    """MLflow's ``order_by`` (``timestamp_ms DESC``, ``attributes.timestamp``) in assay's."""
+    return [_rename(item.strip()) for item in order_by]
 
 
 # -- assessments -------------------------------------------------------------------------------
