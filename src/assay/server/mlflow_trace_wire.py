@@ -44,7 +44,6 @@ __all__ = [
     "KIND_KEY",
     "SPANS_LOCATION_TAG",
     "assessment_json",
-    "detail_info_json",
     "mlflow_filter",
     "mlflow_order_by",
     "mlflow_trace_id",
@@ -116,15 +115,13 @@ def trace_info_json(
     return info
 
 
-def detail_info_json(detail: TraceDetail) -> dict[str, Any]:
-    """The ``TraceInfoV3`` of a trace read with its spans and assessments."""
-    root = next((s.name for s in detail.spans if s.span_id == detail.trace.root_span_id), None)
-    return trace_info_json(detail.trace, detail.assessments, root)
-
-
 def trace_json(detail: TraceDetail) -> dict[str, Any]:
-    """A ``Trace``: its info (with assessments) and its spans."""
-    return {"trace_info": detail_info_json(detail), "spans": [span_json(s) for s in detail.spans]}
+    """A ``Trace``: its info (with assessments and the root span's name) and its spans."""
+    root = next((s.name for s in detail.spans if s.span_id == detail.trace.root_span_id), None)
+    return {
+        "trace_info": trace_info_json(detail.trace, detail.assessments, root),
+        "spans": [span_json(s) for s in detail.spans],
+    }
 
 
 # -- spans -------------------------------------------------------------------------------------

@@ -35,7 +35,6 @@ from assay.server.errors import MlflowRoute
 from assay.server.mlflow_trace_wire import (
     SPANS_LOCATION_TAG,
     assessment_json,
-    detail_info_json,
     mlflow_filter,
     mlflow_order_by,
     new_assessment,
@@ -44,7 +43,7 @@ from assay.server.mlflow_trace_wire import (
 )
 from assay.server.routes.traces import visible_trace
 from assay.tracing.filters import DEFAULT_MAX_RESULTS, MAX_RESULTS
-from assay.tracing.model import TraceDetail, trace_id_of
+from assay.tracing.model import Trace, TraceDetail, trace_id_of
 from assay.tracing.store import TraceStore
 
 __all__ = ["SPANS_LOCATION_TAG", "router"]
@@ -107,18 +106,21 @@ def _batch(
     caller: Principal,
     trace_ids: list[str],
     experiment_ids: list[str] | None,
-) -> list[TraceDetail]:
-    """The traces of ``trace_ids`` that exist (in the experiments named, if any)."""
+) -> list[Trace]:
+    """The traces of ``trace_ids`` that exist (in the experiments named, if any), each
+    readable by the caller."""
     if len(trace_ids) > MAX_BATCH:
         raise InvalidRequestError(f"at most {MAX_BATCH} trace ids at once, not {len(trace_ids)}")
-    out = []
-    for trace_id in trace_ids:
-        detail = store.trace_detail(trace_id_of(trace_id))
-        if detail is None or (experiment_ids and detail.trace.experiment_id not in experiment_ids):
-            continue
-        require_scope(caller, "experiment_id", detail.trace.experiment_id)
-        out.append(detail)
+    found = store.traces_get_many([trace_id_of(t) for t in trace_ids])
+    out = [t for t in found if not experiment_ids or t.experiment_id in experiment_ids]
+    for trace in out:
+        require_scope(caller, "experiment_id", trace.experiment_id)
     return out
+
+
+def _info(store: TraceStore, trace: Trace) -> dict[str, Any]:
+    """A trace's info with its assessments, without reading its spans."""
+    return trace_info_json(trace, store.assessments_list(trace.trace_id) or [])
 
 
 @router.get("/get")
@@ -137,7 +139,9 @@ def batch_get_traces(
     experiment_ids: Annotated[list[str] | None, Query()] = None,
 ) -> dict[str, Any]:
     """BatchGetTraces: the traces found, with their spans; unknown ids are left out."""
-    return {"traces": [trace_json(d) for d in _batch(store, caller, trace_ids, experiment_ids)]}
+    found = _batch(store, caller, trace_ids, experiment_ids)
+    details = (store.trace_detail(t.trace_id) for t in found)
+    return {"traces": [trace_json(d) for d in details if d is not None]}
 
 
 @router.post("/batchGetInfos")
@@ -149,7 +153,7 @@ def batch_get_trace_infos(store: Store, caller: Caller, body: JsonBody) -> dict[
     if experiment_ids is not None and not isinstance(experiment_ids, list):
         raise InvalidRequestError("experiment_ids must be a list")
     found = _batch(store, caller, trace_ids, experiment_ids)
-    return {"trace_infos": [detail_info_json(d) for d in found]}
+    return {"trace_infos": [_info(store, t) for t in found]}
 
 
 def _location(location: Any) -> str:
@@ -198,8 +202,10 @@ def search_traces(request: Request, store: Store, caller: Caller, body: JsonBody
 
 @router.get("/{trace_id}")
 def get_trace_info(trace_id: str, store: Store, caller: Caller) -> dict[str, Any]:
-    """GetTraceInfoV3: the trace's info with its assessments."""
-    return {"trace": {"trace_info": detail_info_json(_detail(store, caller, trace_id))}}
+    """GetTraceInfoV3: the trace's info with its assessments (not the root span's name, which
+    needs the spans: that tag comes with GetTrace)."""
+    trace = visible_trace(store, caller, trace_id_of(trace_id))
+    return {"trace": {"trace_info": _info(store, trace)}}
 
 
 @router.post("/{trace_id}/assessments")
