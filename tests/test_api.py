@@ -12,7 +12,7 @@ import pytest
 import assay
 from assay import ConfigError, Job, JobStatus, Progress, job, load_settings
 from assay.jobs.registry import REGISTRY, Registry
-from conftest import FAST, JOB_KEYS, running_worker
+from support.jobs import FAST, JOB_KEYS, running_worker
 
 PUBLIC = {
     "FlushError",

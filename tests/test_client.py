@@ -38,7 +38,8 @@ from assay import (
 )
 from assay.client import error_class
 from assay.server.tokens import TokenStore
-from conftest import FAST, free_port
+from support.jobs import FAST
+from support.servers import free_port
 
 
 @pytest.fixture

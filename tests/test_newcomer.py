@@ -20,7 +20,8 @@ from assay import InvalidRequestError, JobStatus, NotFoundError, Progress
 from assay.jobs.api import find_job
 from assay.jobs.backend import Backend
 from assay.jobs.store import NewJob
-from conftest import FAST, ServerProcess, Servers, fast_env, running_worker
+from support.jobs import FAST, fast_env, running_worker
+from support.servers import ServerProcess, Servers
 
 NEWCOMER = {**FAST, "job_modules": ["jobmods", "jobmods_newcomer"]}
 # What `pip install assay` (the client) leaves out: the packages of `assay[server]`.

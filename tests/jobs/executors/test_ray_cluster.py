@@ -1,0 +1,99 @@
+"""The ``ray`` executor on a real Ray cluster of three nodes on this machine, one node killed.
+
+The cluster (bench/ray_cluster.py's ``LocalCluster``: ``ray start --head`` and two
+``ray start --address`` worker nodes, each a process tree of its own) is started once for the
+module and stopped at its end, checked for leftover processes. Each test runs jobs through a
+worker whose executor connects with ``address="auto"``, kills a worker node (SIGKILL to every
+process of it) while jobs run on it, and checks from the jobs table and from the jobs' own
+records of each execution: every job SUCCEEDED (the killed ones retried by assay), none lost,
+none run twice at the same time, and every job's progress reached its row. Slow: a minute or
+two per store on a 2-core machine, most of it Ray starting processes and noticing the death.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from assay import Backend, load_settings
+from support.jobs import BENCH_DIR
+
+ray = pytest.importorskip("ray", reason="the ray extra is not installed: pip install 'assay[ray]'")
+
+sys.path.append(str(BENCH_DIR))
+from ray_cluster import (  # noqa: E402
+    LocalCluster,
+    RunConfig,
+    ray_settings,
+    run_on_cluster,
+    session_pids,
+)
+from ray_cluster_jobs import RAY_CLUSTER_JOBS  # noqa: E402
+
+# Runs in the process that runs the other Ray tests, one module after the other: a process
+# holds one Ray connection at a time.
+# Timeout: starting the cluster and noticing the node's death take minutes on a loaded box.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray"), pytest.mark.timeout(1200)]
+
+KILLED = "node_a"
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[LocalCluster]:
+    assert not ray.is_initialized(), "this process is already connected to a Ray instance"
+    # The cluster runs without token authentication; a driver in token mode (what an earlier
+    # local ray.init() leaves in this process by default) would never receive streamed results.
+    assert os.environ.get("RAY_AUTH_MODE", "disabled") == "disabled", (
+        "an earlier local ray.init() turned on Ray's token authentication in this process"
+    )
+    cluster = LocalCluster(workers=(KILLED, "node_b"))
+    try:
+        with cluster:
+            yield cluster
+    finally:
+        # No process of any node is left, and the temporary directory is gone.
+        assert not any(session_pids(node.session) for node in cluster.nodes.values())
+        assert not cluster.temp_dir.exists()
+
+
+def test_a_killed_node_loses_no_job_and_runs_none_twice(
+    cluster: LocalCluster, store_uri: str, tmp_path: Path
+) -> None:
+    if not cluster.pids(KILLED):  # killed by the previous store's run
+        cluster.start_worker(KILLED)
+    config = RunConfig(
+        jobs=60, steps=3, step_s=0.03, concurrency=4, kill_after=0.3, kill_node=KILLED
+    )
+    backend = Backend(load_settings(**ray_settings(store_uri, config.concurrency)))
+    backend.registry = RAY_CLUSTER_JOBS
+    try:
+        result = run_on_cluster(cluster, backend, config, tmp_path / "executions.log")
+    finally:
+        backend.close()
+    summary = {k: v for k, v in result.items() if k not in ("statuses", "per_node")}
+    # The node was killed while jobs ran on it, and every process of it died.
+    assert result["kill"]["running_on_node"] >= 1, summary
+    assert result["killed_executions"] >= 1, summary
+    assert not cluster.pids(KILLED)
+    # Every job ended SUCCEEDED; the ones killed with the node were retried by assay.
+    assert result["statuses"] == {"SUCCEEDED": config.jobs}, summary
+    assert result["lost"] == 0
+    assert result["retried_jobs"] >= result["killed_executions"], summary
+    assert set(result["retry_reasons"]) <= {
+        "RETRIED NodeDiedError",
+        "RETRIED WorkerCrashedError",
+    }, summary
+    # None ran twice at the same time, every attempt ran exactly once, and every execution not
+    # on the killed node returned.
+    assert result["overlapping_jobs"] == 0, summary
+    assert result["duplicate_attempts"] == 0, summary
+    assert result["unended_executions"] == 0, summary
+    assert result["executions"] == result["attempts"], summary
+    # Jobs ran on both worker nodes (never the head), and each one's last progress report
+    # reached its row.
+    assert set(result["per_node"]) == {KILLED, "node_b"}, result["per_node"]
+    assert result["progress_arrived"] == config.jobs, summary
