@@ -32,7 +32,8 @@ from assay.jobs.tokens import JobTokens
 from assay.server.mlflow_trace_wire import mlflow_filter, mlflow_order_by
 from assay.server.tokens import TokenStore
 from assay.tracking.store import TrackingStore
-from conftest import ServerProcess, Servers, server_database
+from support.databases import server_database
+from support.servers import ServerProcess, Servers
 
 TRACES = "/api/3.0/mlflow/traces"
 
