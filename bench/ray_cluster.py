@@ -525,10 +525,12 @@ def run_on_cluster(
 
             def ready_to_kill(running: int) -> bool:
                 finished = count_finished(backend, ids)
-                return bool(
-                    finished >= config.kill_after * config.jobs
-                    and running_on(record, config.kill_node) >= running
-                )
+                if finished < config.kill_after * config.jobs:
+                    return False
+                # What was seen is what is reported: a job may end before the kill lands.
+                killed["finished_before"] = finished
+                killed["running_on_node"] = running_on(record, config.kill_node)
+                return bool(killed["running_on_node"] >= running)
 
             # Kill while two jobs run on the node (one, if that does not happen within 30 s).
             try:
@@ -540,8 +542,6 @@ def run_on_cluster(
                     f"jobs running on {config.kill_node}",
                     0.01,
                 )
-            killed["finished_before"] = count_finished(backend, ids)
-            killed["running_on_node"] = running_on(record, config.kill_node)
             killed["at_monotonic"] = time.monotonic()
             killed["at"] = time.time()
             killed["pids"] = len(cluster.kill(config.kill_node))

@@ -65,8 +65,10 @@ def test_a_killed_node_loses_no_job_and_runs_none_twice(
 ) -> None:
     if not cluster.pids(KILLED):  # killed by the previous store's run
         cluster.start_worker(KILLED)
+    # Jobs of 0.6 s: long enough that the ones seen running on the node are still running when
+    # the kill lands, on a loaded machine too.
     config = RunConfig(
-        jobs=60, steps=3, step_s=0.03, concurrency=4, kill_after=0.3, kill_node=KILLED
+        jobs=60, steps=3, step_s=0.2, concurrency=4, kill_after=0.3, kill_node=KILLED
     )
     backend = Backend(load_settings(**ray_settings(store_uri, config.concurrency)))
     backend.registry = RAY_CLUSTER_JOBS
