@@ -18,6 +18,7 @@ from assay.errors import (
     NotFoundError,
 )
 from assay.jobs.api import JobsAPI, check_id_prefix, one_or_many, wait_for
+from assay.jobs.context import Resources
 from assay.jobs.executors import check_executor
 from assay.jobs.model import Attempt, Job, JobPage, JobStatus
 from assay.jobs.notifier import RedisWakeups
@@ -50,6 +51,7 @@ class Backend:
         registry.load(settings.job_modules)
         self.store = JobStore(self.engine, wakeups=self.wakeups)
         self._local_workers: list[Worker] = []
+        self.resources = Resources()
 
     def __enter__(self) -> Backend:
         return self
@@ -58,6 +60,7 @@ class Backend:
         self.close()
 
     def close(self) -> None:
+        self.resources.close()
         self.engine.dispose()
         if self.wakeups is not None:
             self.wakeups.close()
@@ -190,7 +193,13 @@ class Backend:
 
     def worker(self, *, settings: Settings | None = None, **kwargs: Any) -> Worker:
         """A worker on this store that is woken at once by this backend's submits."""
-        worker = Worker(self.store, settings or self.settings, registry=self.registry, **kwargs)
+        worker = Worker(
+            self.store,
+            settings or self.settings,
+            registry=self.registry,
+            resources=self.resources,
+            **kwargs,
+        )
         self._local_workers.append(worker)
         return worker
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from contextvars import ContextVar
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from assay.errors import AssayError, JobCancelled
 from assay.jobs.model import Job, Progress
@@ -14,12 +14,39 @@ if TYPE_CHECKING:
     from assay.config import Settings
     from assay.jobs.store import JobStore
 
-__all__ = ["LOG_TAIL_CHARS", "JobContext", "current_job"]
+__all__ = ["LOG_TAIL_CHARS", "JobContext", "Resources", "current_job"]
+
+T = TypeVar("T")
 
 LOG_TAIL_CHARS = 8192
 """How much of a job's output (the end of it) is kept on the job as ``log_tail``."""
 
 _current: ContextVar[JobContext | None] = ContextVar("assay_current_job", default=None)
+
+
+class Resources:
+    """What the jobs of one backend's workers share across executions (assay's own online
+    scoring keeps its engine here: a thread pool and the scorers it has built). Each is made
+    by its factory on first use and closed (when it has ``close()``) with the backend."""
+
+    def __init__(self) -> None:
+        self._made: dict[str, Any] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key: str, factory: Callable[[], T]) -> T:
+        with self._lock:
+            if key not in self._made:
+                self._made[key] = factory()
+            made: T = self._made[key]
+            return made
+
+    def close(self) -> None:
+        with self._lock:
+            made, self._made = list(self._made.values()), {}
+        for value in made:
+            close = getattr(value, "close", None)
+            if callable(close):
+                close()
 
 
 class JobContext:
@@ -34,8 +61,8 @@ class JobContext:
     :attr:`api_url` is where the API is, when the worker knows it. With ``mint_token`` the
     token is minted on first use instead (most jobs never call the API back).
 
-    :attr:`store` and :attr:`settings` are the worker's, for assay's own inline jobs (online
-    scoring) that work on the database directly; None outside a worker.
+    :attr:`store`, :attr:`settings` and :attr:`resources` are the worker's, for assay's own
+    inline jobs (online scoring) that work on the database directly; None outside a worker.
     """
 
     def __init__(
@@ -46,6 +73,7 @@ class JobContext:
         api_url: str | None = None,
         store: JobStore | None = None,
         settings: Settings | None = None,
+        resources: Resources | None = None,
         mint_token: Callable[[], str | None] | None = None,
     ) -> None:
         self.job = job
@@ -54,6 +82,7 @@ class JobContext:
         self.api_url = api_url
         self.store = store
         self.settings = settings
+        self.resources = resources
         self._cancel = threading.Event()
         self._reason: str | None = None
         self._timed_out = False

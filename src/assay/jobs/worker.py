@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 
 from assay.config import Settings
 from assay.errors import AssayError, StoreError
-from assay.jobs.context import JobContext
+from assay.jobs.context import JobContext, Resources
 from assay.jobs.executors import (
     Cancelled,
     Completed,
@@ -93,10 +93,12 @@ class Worker:
         concurrency: int | None = None,
         executor: str | None = None,
         worker_id: str | None = None,
+        resources: Resources | None = None,
     ) -> None:
         self.store = store
         self.settings = settings
         self.registry = registry
+        self.resources = resources or Resources()
         self.id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.concurrency = concurrency or settings.worker_concurrency
         self._default_executor = executor or settings.default_executor
@@ -221,6 +223,7 @@ class Worker:
                 api_url=self.settings.public_url,
                 store=self.store,
                 settings=self.settings,
+                resources=self.resources,
             ),
             deadline=time.monotonic() + job.timeout,
         )

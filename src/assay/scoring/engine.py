@@ -123,8 +123,8 @@ class ScoringMetrics:
 
 
 class ScoringEngine:
-    """Scores the due ledger rows of experiments on one store. One per store per process
-    (:func:`assay.scoring.jobs.scoring_engine`); thread-safe."""
+    """Scores the due ledger rows of experiments on one store. One per backend
+    (kept in the backend's :class:`~assay.jobs.context.Resources`); thread-safe."""
 
     def __init__(
         self,

@@ -18,9 +18,7 @@
 from __future__ import annotations
 
 import logging
-import threading
 import uuid
-import weakref
 from typing import Any
 
 from assay.config import Settings
@@ -42,24 +40,17 @@ JOB_NAMES = {Level.TRACE: "assay.scoring.traces", Level.SESSION: "assay.scoring.
 _ENQUEUE_CHUNK = 1000
 
 
-_ENGINES: weakref.WeakKeyDictionary[JobStore, ScoringEngine] = weakref.WeakKeyDictionary()
-_ENGINES_LOCK = threading.Lock()
-
-
 def _engine(ctx: JobContext) -> ScoringEngine:
-    """The scoring engine of the worker's job store: its pool and built scorers outlive a job.
-
-    Kept here because a job gets only the worker's :class:`JobStore`, not its :class:`Stores`.
-    """
-    if ctx.store is None or ctx.settings is None:
+    """The scoring engine of the worker's backend: its pool and built scorers outlive a job."""
+    store, settings, resources = ctx.store, ctx.settings, ctx.resources
+    if store is None or settings is None or resources is None:
         raise AssayError("online scoring jobs run in an assay worker (inline executor)")
-    with _ENGINES_LOCK:
-        found = _ENGINES.get(ctx.store)
-        if found is None:
-            stores = Stores.on(ctx.store, ctx.settings)
-            registry = ctx.store.metrics.registry
-            found = _ENGINES[ctx.store] = ScoringEngine(stores, ctx.settings, registry=registry)
-        return found
+    return resources.get(
+        "assay.scoring.engine",
+        lambda: ScoringEngine(
+            Stores.on(store, settings), settings, registry=store.metrics.registry
+        ),
+    )
 
 
 def _run(experiment_id: str, level: Level) -> dict[str, Any]:
