@@ -36,7 +36,7 @@ FAST: dict[str, Any] = {
     "default_executor": "inline",
 }
 
-# The public JSON shape of a job (DESIGN.md), in order.
+# The public JSON shape of a job (docs/contract.md), in order.
 JOB_KEYS = [
     "id",
     "name",

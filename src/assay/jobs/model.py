@@ -84,7 +84,7 @@ class Job:
     """Who submitted it (the API token's subject); None for the system and direct callers."""
 
     def to_dict(self) -> dict[str, Any]:
-        """The public JSON shape of a job (DESIGN.md), times as ISO-8601 UTC."""
+        """The public JSON shape of a job (docs/contract.md), times as ISO-8601 UTC."""
         data = asdict(self)
         data.pop("lock_key")
         data["status"] = str(self.status)

@@ -1,5 +1,5 @@
 """Online scoring over REST: scorers of an experiment, backfills, and the decision log of a
-trace (DESIGN.md, Online scoring).
+trace (docs/contract.md, Online scoring).
 
 Registering, changing, deleting and backfilling scorers is for admins (a scorer spends judge
 tokens, a custom one runs code); reading them needs access to the experiment.

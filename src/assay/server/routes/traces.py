@@ -1,5 +1,5 @@
 """Trace ingest and reads: ``POST /v1/traces`` (OTLP/HTTP), ``GET /api/v1/traces/{trace_id}``
-and the assessments of a trace (DESIGN.md, Tracking and traces).
+and the assessments of a trace (docs/contract.md, Tracking and traces).
 
 OTLP answers follow the OTLP/HTTP specification (:mod:`assay.server.otlp_http`): an
 ``ExportTraceServiceResponse`` (with ``partial_success`` when spans were rejected) or, on

@@ -1,4 +1,4 @@
-"""``/api/v1/experiments`` and ``/api/v1/runs``: experiment tracking (DESIGN.md, REST).
+"""``/api/v1/experiments`` and ``/api/v1/runs``: experiment tracking (docs/contract.md, REST).
 
 Times are epoch milliseconds. Over-limit ``log-batch`` and ``inputs`` requests are a 400 that
 names the limit (:mod:`assay.tracking.limits`); malformed bodies are a 422.
