@@ -1,5 +1,6 @@
-"""The REST contract of docs/contract.md on every store: against the server's app in this process (its
-lifespan, worker loops and all), and against a real `assay server` where a socket matters."""
+"""The REST contract of docs/contract.md on every store: against the server's app in this
+process (its lifespan, worker loops and all), and against a real `assay server` where a socket
+matters."""
 
 from __future__ import annotations
 
