@@ -6,10 +6,13 @@ Not a test: a tool for profiling the wake-up path. It wraps methods of a real wo
 (the listener's ``wake``, the fetch loop's event, the claim, the job thread's start) and of the
 submitting backend (its COMMIT), and prints the median and p95 of each step:
 
-    PYTHONPATH=src python bench/pickup_trace.py --store postgresql+psycopg://postgres@127.0.0.1/test
+    PYTHONPATH=src python bench/pickup_trace.py --store postgresql+psycopg://postgres@127.0.0.1/scratch
+
+The store must be a scratch one, migrated: its job tables are emptied first.
 
 Steps, per job:
-  submit: submit() called -> COMMIT sent -> COMMIT returned (= submit() returned)
+  submit: submit() called -> INSERT sent (it stamps created_at) -> COMMIT sent -> COMMIT
+          returned (= submit() returned)
   worker: COMMIT sent -> notification received (the listener's wake()) -> the fetch loop sees
           the wake-up -> claim statement sent -> claim statement returned -> claim committed
           -> the job thread starts the execution.
@@ -124,6 +127,7 @@ def run_bench(uri: str, count: int, rate: float, out: Path) -> dict[str, Any]:
     )
     submits: dict[str, dict[str, int]] = {}
     commits: list[int] = []
+    inserts: list[int] = []
     try:
         with Backend(_settings(uri)) as backend:
             with backend.engine.begin() as conn:
@@ -133,6 +137,11 @@ def run_bench(uri: str, count: int, rate: float, out: Path) -> dict[str, Any]:
             @sa.event.listens_for(backend.engine, "commit")
             def on_commit(conn: Any) -> None:
                 commits.append(ns())
+
+            @sa.event.listens_for(backend.engine, "before_cursor_execute")
+            def on_insert(conn: Any, cursor: Any, statement: str, *_: Any) -> None:
+                if statement.startswith("INSERT INTO jobs"):
+                    inserts.append(ns())
 
             for _ in range(5):  # warm up
                 warm = backend.submit("noop")
@@ -152,7 +161,12 @@ def run_bench(uri: str, count: int, rate: float, out: Path) -> dict[str, Any]:
                 called = ns()
                 job = backend.submit("noop")
                 returned = ns()
-                submits[job.id] = {"call": called, "commit": commits[-1], "ret": returned}
+                submits[job.id] = {
+                    "call": called,
+                    "insert": inserts[-1],
+                    "commit": commits[-1],
+                    "ret": returned,
+                }
             deadline = time.monotonic() + 30
             while any(not backend.get(j).status.is_terminal for j in list(submits)[-3:]):
                 if time.monotonic() > deadline:
@@ -200,7 +214,8 @@ def breakdown(
         seen = first("seen", wake) if wake is not None else None
         sent = first("stmt_sent", claim_call)
         got = first("stmt_ret", claim_call)
-        add("submit: call -> COMMIT sent", s["call"], s["commit"])
+        add("submit: call -> INSERT sent", s["call"], s["insert"])
+        add("submit: INSERT sent -> COMMIT sent", s["insert"], s["commit"])
         add("submit: COMMIT sent -> returned", s["commit"], s["ret"])
         add("COMMIT sent -> listener wake()", s["commit"], wake)
         add("listener wake() -> fetch loop sees it", wake, seen)
@@ -225,7 +240,7 @@ def breakdown(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--store", required=True)
+    parser.add_argument("--store", required=True, help="a scratch store: its jobs are deleted")
     parser.add_argument("--jobs", type=int, default=300)
     parser.add_argument("--rate", type=float, default=50.0)
     parser.add_argument("--worker-out", type=Path, help=argparse.SUPPRESS)
