@@ -83,7 +83,7 @@ _RUNNING = JobStatus.RUNNING.value
 # of ix_jobs_status_run_at, ANDed with ix_jobs_name_created) and sorts them to keep `limit`:
 # every claim costs O(backlog), 10 ms per claim at 10,000 pending jobs. The claim must walk
 # the index in run_at order and stop after `limit` rows; without a sort, that is the only plan.
-_NO_SORT = sa.text("SET LOCAL enable_sort = off")
+_NO_SORT = "SET LOCAL enable_sort = off"
 # Attempt record statuses besides the job statuses an execution can end with.
 RETRIED, LOST, HANDED_BACK = "RETRIED", "LOST", "HANDED_BACK"
 
@@ -131,6 +131,15 @@ class JobStore(LockRows, LeaseRows, Pruning):
             self._claim_and_start = claim_and_start(self._claim_query, start)
             self._finish_returning = finish_returning(self._now)
         self._retry_stmt = retry(self._now)
+        self._insert_jobs = jobs.insert().values(created_at_ms=self._now, run_at_ms=self._now)
+        returned: list[Any] = [*jobs.c]
+        if self.dialect == POSTGRESQL:
+            # The NOTIFY is part of the INSERT, not a statement of its own: one round trip less
+            # between the INSERT (which stamps created_at) and the COMMIT that makes the jobs
+            # claimable, in every submit. It is evaluated per row, but PostgreSQL delivers
+            # identical notifications of one transaction once, at its COMMIT.
+            returned.append(sa.func.pg_notify(NOTIFY_CHANNEL, "").label("notified"))
+        self._insert_returning = self._insert_jobs.returning(*returned)
 
     # -- plumbing ------------------------------------------------------------------------------
 
@@ -306,19 +315,18 @@ class JobStore(LockRows, LeaseRows, Pruning):
                     "owner": new.owner,
                 }
             )
-        insert = jobs.insert().values(created_at_ms=self._now, run_at_ms=self._now)
         returning = conn.dialect.insert_executemany_returning
         stored: dict[str, Job] = {}
         for batch in chunks(rows, CHUNK):
             if returning:  # PostgreSQL, SQLite: no second round trip to read them back
-                result = conn.execute(insert.returning(*jobs.c), batch)
+                result = conn.execute(self._insert_returning, batch)
                 stored.update((row.id, to_job(row)) for row in result)
             else:
-                conn.execute(insert, batch)
+                conn.execute(self._insert_jobs, batch)
         finished = [r["id"] for r in rows if r["status"] != _PENDING]
         for chunk in chunks(finished, CHUNK):
             conn.execute(jobs.update().where(jobs.c.id.in_(chunk)).values(finished_at_ms=self._now))
-        if self.dialect == POSTGRESQL:
+        if self.dialect == POSTGRESQL and rows and not returning:  # a driver without RETURNING
             conn.execute(sa.select(sa.func.pg_notify(NOTIFY_CHANNEL, "")))
         skipped = set(finished)
         reread = [r["id"] for r in rows if not returning or r["id"] in skipped]
@@ -361,8 +369,6 @@ class JobStore(LockRows, LeaseRows, Pruning):
             groups = [(group, group_limit) for group, group_limit in groups if group]
             started: dict[str, Job] = {}
             candidates: list[Any] = []
-            if self.dialect == POSTGRESQL:
-                conn.execute(_NO_SORT)
             if self._claim_and_start is not None and len(groups) == 1:
                 params = {
                     "names": groups[0][0],
@@ -416,7 +422,9 @@ class JobStore(LockRows, LeaseRows, Pruning):
                 started.update((row.id, to_job(row)) for row in rows)
             return sorted(started.values(), key=lambda job: run_at_ms[job.id])
 
-        claimed = self._tx(body)
+        # A claim is a round trip or two from a job's start (pickup latency): its setting
+        # goes with the BEGIN, in one.
+        claimed = self._tx(body, settings=_NO_SORT)
         self.metrics.claimed(claimed, run_at_ms)
         for name, on_conflict in conflicts:
             self.metrics.lock_conflict(name, on_conflict)
