@@ -1,11 +1,10 @@
 """The pickup path, from a submit to a worker's claim: a submit's NOTIFY comes with its INSERT,
-once per transaction; a claim's settings go with its BEGIN and end with its transaction; and a
-job submitted while a worker claims is picked up at once (no wake-up is lost)."""
+once per transaction, and a job submitted while a worker claims is picked up at once (no
+wake-up is lost)."""
 
 from __future__ import annotations
 
 import threading
-import uuid
 from typing import Any
 
 import psycopg
@@ -14,10 +13,7 @@ import sqlalchemy as sa
 
 import assay
 from assay import JobStatus
-from assay.db.engine import create_engine
 from assay.jobs.notifier import NOTIFY_CHANNEL
-from assay.jobs.rows import NewJob
-from assay.jobs.store import _NO_SORT, JobStore
 from support.jobs import FAST, running_worker
 from support.timing import wait_until
 
@@ -46,32 +42,6 @@ def test_a_submit_notifies_once_per_transaction(store_uri: str) -> None:
                 break
             payloads.append(note.payload)
     assert payloads == ["", ""]
-
-
-@postgresql_only
-def test_a_transactions_settings_end_with_it(store_uri: str) -> None:
-    engine = create_engine(store_uri, pool_size=1)  # one connection, used by every step
-    store = JobStore(engine)
-
-    def show(conn: sa.Connection) -> str:
-        return str(conn.exec_driver_sql("SHOW enable_sort").scalar_one())
-
-    try:
-        assert store._tx(show, settings=_NO_SORT) == "off"
-        assert store._tx(show) == "on"
-
-        def insert_then_fail(conn: sa.Connection) -> None:
-            store._jobs_insert(conn, [NewJob(job_id, "t_noop", {}, 0, 60.0)])
-            raise RuntimeError("after the insert")
-
-        job_id = str(uuid.uuid4())
-        with pytest.raises(RuntimeError, match="after the insert"):
-            store._tx(insert_then_fail, settings=_NO_SORT)
-        assert store.job_get(job_id) is None  # rolled back
-        assert store._tx(show) == "on"
-        assert engine.pool.checkedout() == 0
-    finally:
-        engine.dispose()
 
 
 @pytest.mark.parametrize("store_uri", ["sqlite", "postgresql"], indirect=True)

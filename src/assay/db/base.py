@@ -101,15 +101,8 @@ class SqlStore:
             with _WRITERS_LOCK:
                 self._writer = _WRITERS.setdefault(engine, threading.Lock())
 
-    def _tx(
-        self, body: Callable[[sa.Connection], T], *, write: bool = True, settings: str = ""
-    ) -> T:
-        """Run ``body`` in one transaction, retrying deadlocks; translate driver errors.
-
-        ``settings`` (PostgreSQL): ``SET LOCAL`` statements for the transaction, sent with its
-        BEGIN in one round trip where the driver is psycopg (which would otherwise send its
-        BEGIN alone, before the first statement), as a statement of their own elsewhere.
-        """
+    def _tx(self, body: Callable[[sa.Connection], T], *, write: bool = True) -> T:
+        """Run ``body`` in one transaction, retrying deadlocks; translate driver errors."""
         for attempt in range(5):
             try:
                 with (
@@ -118,17 +111,7 @@ class SqlStore:
                 ):
                     if not write:
                         conn.execution_options(**{BEGIN_MODE: "DEFERRED"})
-                    begin = ""
-                    if settings and self.dialect == POSTGRESQL:
-                        if conn.dialect.driver == "psycopg":
-                            # psycopg leaves the transaction to us in autocommit mode, and its
-                            # commit() and rollback() end the one the server reports open.
-                            conn.execution_options(isolation_level="AUTOCOMMIT")
-                            begin = "BEGIN; "
-                        begin += settings
                     with conn.begin():
-                        if begin:
-                            conn.exec_driver_sql(begin)
                         return body(conn)
             except sa.exc.DBAPIError as exc:
                 if (exc.connection_invalidated or is_transient(exc)) and attempt < 4:

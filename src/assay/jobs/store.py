@@ -83,7 +83,7 @@ _RUNNING = JobStatus.RUNNING.value
 # of ix_jobs_status_run_at, ANDed with ix_jobs_name_created) and sorts them to keep `limit`:
 # every claim costs O(backlog), 10 ms per claim at 10,000 pending jobs. The claim must walk
 # the index in run_at order and stop after `limit` rows; without a sort, that is the only plan.
-_NO_SORT = "SET LOCAL enable_sort = off"
+_NO_SORT = sa.text("SET LOCAL enable_sort = off")
 # Attempt record statuses besides the job statuses an execution can end with.
 RETRIED, LOST, HANDED_BACK = "RETRIED", "LOST", "HANDED_BACK"
 
@@ -369,6 +369,8 @@ class JobStore(LockRows, LeaseRows, Pruning):
             groups = [(group, group_limit) for group, group_limit in groups if group]
             started: dict[str, Job] = {}
             candidates: list[Any] = []
+            if self.dialect == POSTGRESQL:
+                conn.execute(_NO_SORT)
             if self._claim_and_start is not None and len(groups) == 1:
                 params = {
                     "names": groups[0][0],
@@ -422,9 +424,7 @@ class JobStore(LockRows, LeaseRows, Pruning):
                 started.update((row.id, to_job(row)) for row in rows)
             return sorted(started.values(), key=lambda job: run_at_ms[job.id])
 
-        # A claim is a round trip or two from a job's start (pickup latency): its setting
-        # goes with the BEGIN, in one.
-        claimed = self._tx(body, settings=_NO_SORT)
+        claimed = self._tx(body)
         self.metrics.claimed(claimed, run_at_ms)
         for name, on_conflict in conflicts:
             self.metrics.lock_conflict(name, on_conflict)
