@@ -15,7 +15,8 @@ LIKE itself (``tracing.filters.textindex``).
 
 Triggers keep it in step with ``traces`` on every insert, delete and change of either
 column, whichever code (or hand-written SQL) makes it; the upgrade indexes the existing rows
-(~2 s per 200,000 traces). They cost ingest ~15-20 % in-process (bench/README.md, scale.py).
+(6.7 s for 200,000 traces with ~150 characters of text, load 17). They cost ~15-20 % of the
+store's own ingest time (bench/README.md, scale.py).
 A SQLite built without FTS5 or the trigram tokenizer (before 3.34) gets no index, with a
 warning, and such searches stay walks. PostgreSQL and MariaDB: nothing to do.
 """
