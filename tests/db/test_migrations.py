@@ -18,7 +18,7 @@ from alembic.runtime.migration import MigrationContext
 import assay
 from assay.db.engine import create_engine
 from assay.db.migrate import current_revision, head_revision, is_current, upgrade
-from assay.db.tables import JOB_STATUSES, jobs, metadata
+from assay.db.tables import JOB_STATUSES, jobs, metadata, traces_fts
 from assay.jobs.model import JobStatus
 from assay.jobs.store import JobStore, NewJob
 from support.databases import server_database
@@ -53,6 +53,9 @@ TABLES = {
     # 0007: GenAI log events of spans (and traces.model)
     "span_log_events",
 }
+# 0010, SQLite only: the FTS5 table of tables.traces_fts (own MetaData) and FTS5's shadow tables
+FTS_TABLES = {traces_fts.name} | {f"{traces_fts.name}_{s}" for s in ("data", "idx", "config")}
+FTS_TRIGGERS = {f"{traces_fts.name}_{s}" for s in ("ai", "ad", "au")}
 
 
 @pytest.fixture(params=["sqlite", "postgresql", "mysql"])
@@ -68,8 +71,11 @@ def empty_uri(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
 def _drift(engine: sa.Engine) -> list[object]:
     dialect = engine.dialect.name
 
-    def on_this_database(obj: object, *_: object) -> bool:
-        """A model object made on some databases only (``ddl_if``) is compared on those."""
+    def on_this_database(obj: object, name: str | None, type_: str, *_: object) -> bool:
+        """A model object made on some databases only (``ddl_if``) is compared on those; the
+        FTS5 tables are checked by test_sqlite_text_index_matches_the_model."""
+        if type_ == "table" and name in FTS_TABLES:
+            return False
         only = getattr(obj, "_ddl_if", None)
         return only is None or only.dialect in (None, dialect)
 
@@ -82,6 +88,12 @@ def _tables(engine: sa.Engine) -> set[str]:
     return set(sa.inspect(engine).get_table_names())
 
 
+def _all_tables(engine: sa.Engine) -> set[str]:
+    """The tables a migrated database has: the models', and on SQLite the FTS5 index."""
+    fts = FTS_TABLES if engine.dialect.name == "sqlite" else set()
+    return TABLES | fts | {"alembic_version"}
+
+
 def test_upgrade_from_empty_yields_the_models(empty_uri):
     engine = create_engine(empty_uri)
     try:
@@ -91,7 +103,7 @@ def test_upgrade_from_empty_yields_the_models(empty_uri):
         upgrade(engine)
         assert current_revision(engine) == head_revision()
         assert is_current(engine)
-        assert _tables(engine) == TABLES | {"alembic_version"}
+        assert _tables(engine) == _all_tables(engine)
         assert _drift(engine) == []
     finally:
         engine.dispose()
@@ -109,8 +121,31 @@ def test_every_migration_downgrades_and_upgrades_again(empty_uri):
             command.downgrade(_config(conn), "base")
         assert _tables(engine) <= {"alembic_version"}
         upgrade(engine)
-        assert _tables(engine) == TABLES | {"alembic_version"}
+        assert _tables(engine) == _all_tables(engine)
         assert _drift(engine) == []
+    finally:
+        engine.dispose()
+
+
+def test_sqlite_text_index_matches_the_model(empty_uri):
+    """0010 made tables.traces_fts (its columns, in order) and its three triggers on SQLite,
+    nothing elsewhere; 0009 made the pg_trgm index on PostgreSQL only."""
+    engine = create_engine(empty_uri)
+    try:
+        upgrade(engine)
+        inspector = sa.inspect(engine)
+        indexes = {i["name"] for i in inspector.get_indexes("traces")}
+        assert ("ix_traces_request_trgm" in indexes) == (engine.dialect.name == "postgresql")
+        if engine.dialect.name != "sqlite":
+            assert not FTS_TABLES & _tables(engine)
+            return
+        with engine.connect() as conn:
+            columns = conn.execute(sa.text(f"PRAGMA table_info({traces_fts.name})")).all()
+            triggers = conn.execute(
+                sa.text("SELECT name FROM sqlite_master WHERE type = 'trigger'")
+            ).scalars()
+            assert set(triggers) == FTS_TRIGGERS
+        assert ["rowid", *(c[1] for c in columns)] == [c.name for c in traces_fts.columns]
     finally:
         engine.dispose()
 

@@ -34,9 +34,11 @@ __all__ = [
     "secrets",
     "span_log_events",
     "spans",
+    "sqlite_metadata",
     "trace_metadata",
     "trace_tags",
     "traces",
+    "traces_fts",
 ]
 
 metadata = sa.MetaData()
@@ -281,6 +283,20 @@ traces = sa.Table(
         postgresql_ops={"request_preview": "gin_trgm_ops"},
     ).ddl_if(dialect="postgresql"),
     **UTF8,
+)
+
+# SQLite only (migration 0010): an FTS5 table of trigrams of the two texts LIKE/ILIKE search
+# most, external content of ``traces`` (keyed by its rowid, case folded), kept in step by
+# triggers. It lives in its own MetaData: no other database has it and nothing creates it but
+# the migration (which leaves it out where SQLite lacks FTS5). Its shadow tables
+# (traces_fts_data, _idx, _config) are FTS5's.
+sqlite_metadata = sa.MetaData()
+traces_fts = sa.Table(
+    "traces_fts",
+    sqlite_metadata,
+    sa.Column("rowid", sa.Integer, primary_key=True),
+    sa.Column("request_preview", sa.Text),
+    sa.Column("response_preview", sa.Text),
 )
 
 trace_metadata = sa.Table(

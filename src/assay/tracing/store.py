@@ -28,7 +28,15 @@ import sqlalchemy as sa
 
 from assay.db.base import SqlStore, require_rows
 from assay.db.dialects import SQLITE
-from assay.db.tables import assessments, experiments, spans, trace_metadata, trace_tags, traces
+from assay.db.tables import (
+    assessments,
+    experiments,
+    spans,
+    trace_metadata,
+    trace_tags,
+    traces,
+    traces_fts,
+)
 from assay.errors import InvalidRequestError
 from assay.jsonvalue import loads
 from assay.tracing import log_events
@@ -40,6 +48,7 @@ from assay.tracing.filters import (
     parse_filter,
 )
 from assay.tracing.filters.sql import keyed_lookups
+from assay.tracing.filters.textindex import text_lookups
 from assay.tracing.listener import Completed, IngestListener
 from assay.tracing.log_events import LogEvent
 from assay.tracing.model import (
@@ -98,6 +107,7 @@ class TraceStore(SqlStore):
         super().__init__(engine)
         self.listener = listener
         self.session_idle_ms = round(session_idle_s * 1000)
+        self._text_index: bool | None = None if self.dialect == SQLITE else False
         self._update_trace = (
             traces.update()
             .where(traces.c.trace_id == sa.bindparam("b_trace_id"))
@@ -454,16 +464,33 @@ class TraceStore(SqlStore):
         )
         if self.dialect != SQLITE:
             return self.traces_run(search)
-        return self.traces_run(search, keyed_lookups(parse_filter(filter_string)))
+        expr = parse_filter(filter_string)
+        lookups = keyed_lookups(expr)
+        if self._has_text_index():
+            lookups += text_lookups(expr, traces, traces_fts)
+        return self.traces_run(search, lookups)
+
+    def _has_text_index(self) -> bool:
+        """Whether migration 0010 made ``traces_fts`` (SQLite with FTS5's trigram tokenizer;
+        asked once per store)."""
+        if self._text_index is None:
+            query = sa.text("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = :name")
+            found = self._tx(
+                lambda conn: conn.execute(query, {"name": traces_fts.name}).first(), write=False
+            )
+            self._text_index = found is not None
+        return self._text_index
 
     def traces_run(
         self, search: TraceSearch, lookups: Sequence[sa.Select[tuple[str]]] = ()
     ) -> TracePage:
         """Run a planned :class:`TraceSearch` in one read transaction.
 
-        ``lookups`` (from :func:`keyed_lookups`, on SQLite): when the rarest of them matches
-        fewer than ``_DRIVE_MAX`` traces, the search starts from its rows (joined to traces,
-        then sorted) instead of walking the experiment's traces in order and probing each.
+        ``lookups`` (on SQLite: :func:`keyed_lookups`, and :func:`text_lookups` for ``LIKE``
+        and ``ILIKE`` on the request or response text, from the FTS5 trigram index of
+        migration 0010): when the rarest of them matches fewer than ``_DRIVE_MAX`` traces, the
+        search starts from its rows (joined to traces, then sorted) instead of walking the
+        experiment's traces in order and probing each; the filter itself still applies.
         SQLite has no statistics (assay never runs ANALYZE), so it always walks: right for a
         common value, a scan of the whole experiment for one that 100 traces of a million
         have. Counting stops at ``_DRIVE_MAX`` index entries, so the check stays cheap.
