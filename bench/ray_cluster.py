@@ -441,6 +441,9 @@ class RunConfig:
     """Kill the node once this fraction of the jobs has finished (and jobs run on it)."""
     kill_node: str = "node_a"
     drain_timeout_s: float = 900.0
+    kill_node_slowdown: float = 1.0
+    """Steps on the node to be killed take this many times longer, so that a job seen running
+    there is still running when the kill lands, however loaded the machine (the tests)."""
 
 
 def ray_settings(uri: str, concurrency: int) -> dict[str, Any]:
@@ -498,8 +501,13 @@ def run_on_cluster(
     """Submit the jobs, run them through a worker of ``backend`` (in a thread of this process,
     connected to ``cluster`` with ``address="auto"``), kill ``config.kill_node`` mid-run, wait
     until every job is finished; returns the numbers."""
+    slow = (
+        {"slow_node": config.kill_node, "slowdown": config.kill_node_slowdown}
+        if config.kill_node_slowdown != 1
+        else {}
+    )
     params = [
-        {"record_path": str(record), "steps": config.steps, "step_s": config.step_s}
+        {"record_path": str(record), "steps": config.steps, "step_s": config.step_s, **slow}
         for _ in range(config.jobs)
     ]
     worker = backend.worker(concurrency=config.concurrency)

@@ -38,10 +38,20 @@ def record(path: str, event: str) -> None:
 
 
 @job(name="rc_step", executor="ray", max_retries=2, timeout=300, registry=RAY_CLUSTER_JOBS)
-def rc_step(record_path: str, steps: int, step_s: float, gate: str | None = None) -> dict[str, Any]:
+def rc_step(
+    record_path: str,
+    steps: int,
+    step_s: float,
+    gate: str | None = None,
+    slow_node: str | None = None,
+    slowdown: float = 1.0,
+) -> dict[str, Any]:
     """``steps`` steps of ``step_s`` seconds, reporting progress after each; records its start
     and end. With ``gate``, waits after the first step until that file exists (a test holds
-    the job there to read its progress while it runs)."""
+    the job there to read its progress while it runs). On ``slow_node``, each step takes
+    ``slowdown`` times longer."""
+    if slow_node is not None and os.environ.get(NODE_VARIABLE) == slow_node:
+        step_s *= slowdown
     ctx = current_job()
     record(record_path, "start")
     for step in range(1, steps + 1):

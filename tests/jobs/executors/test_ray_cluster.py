@@ -65,10 +65,16 @@ def test_a_killed_node_loses_no_job_and_runs_none_twice(
 ) -> None:
     if not cluster.pids(KILLED):  # killed by the previous store's run
         cluster.start_worker(KILLED)
-    # Jobs of 0.6 s: long enough that the ones seen running on the node are still running when
-    # the kill lands, on a loaded machine too.
+    # Jobs of 0.09 s, 4.5 s on the node to be killed: the ones seen running there are still
+    # running when the kill lands, on a loaded machine too.
     config = RunConfig(
-        jobs=60, steps=3, step_s=0.2, concurrency=4, kill_after=0.3, kill_node=KILLED
+        jobs=60,
+        steps=3,
+        step_s=0.03,
+        concurrency=4,
+        kill_after=0.3,
+        kill_node=KILLED,
+        kill_node_slowdown=50,
     )
     backend = Backend(load_settings(**ray_settings(store_uri, config.concurrency)))
     backend.registry = RAY_CLUSTER_JOBS
@@ -95,7 +101,9 @@ def test_a_killed_node_loses_no_job_and_runs_none_twice(
     assert result["duplicate_attempts"] == 0, summary
     assert result["unended_executions"] == 0, summary
     assert result["executions"] == result["attempts"], summary
-    # Jobs ran on both worker nodes (never the head), and each one's last progress report
+    # Jobs ended on worker nodes only (never the head; on the killed node too unless every job
+    # that ran there was still running at the kill), and each one's last progress report
     # reached its row.
-    assert set(result["per_node"]) == {KILLED, "node_b"}, result["per_node"]
+    assert "node_b" in result["per_node"], result["per_node"]
+    assert set(result["per_node"]) <= {KILLED, "node_b"}, result["per_node"]
     assert result["progress_arrived"] == config.jobs, summary

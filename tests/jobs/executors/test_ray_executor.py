@@ -23,7 +23,7 @@ from assay.jobs.model import Progress
 from assay.jobs.tokens import JobTokens
 from assay.server.tokens import TokenStore
 from support.jobs import BENCH_DIR, FAST, JOBMODS_DIR, running_worker
-from support.timing import wait_until
+from support.timing import scaled, wait_until
 
 ray = pytest.importorskip("ray", reason="the ray extra is not installed: pip install 'assay[ray]'")
 
@@ -104,6 +104,15 @@ def ray_instance() -> Iterator[None]:
         owner.start()
         assert ray.is_initialized()
         assert _ray_pids(), "the local Ray instance runs under this process"
+
+        # The first task waits for Ray to start a worker process for its runtime_env (and its
+        # runtime-env agent), tens of seconds on a loaded machine: once here, with its own
+        # bound, not in the first test's.
+        def pid() -> int:  # defined here, so that Ray sends it by value
+            return os.getpid()
+
+        ready = ray.remote(pid).options(runtime_env=RAY_OPTIONS["runtime_env"])
+        assert ray.get(ready.remote(), timeout=scaled(120)) != os.getpid()
         yield
     finally:
         owner.stop()
@@ -134,7 +143,7 @@ def test_plugin_is_registered_and_declares_its_options() -> None:
 
 def test_job_runs_as_a_ray_task(ray_backend: Backend) -> None:
     with running_worker(ray_backend, concurrency=2):
-        done = ray_backend.wait(ray_backend.submit("r_where", {"x": 21}).id, timeout=60)
+        done = ray_backend.wait(ray_backend.submit("r_where", {"x": 21}).id, timeout=scaled(60))
     assert done.status == JobStatus.SUCCEEDED, done.error
     assert done.result["double"] == 42
     assert done.result["attempt"] == 1
@@ -186,7 +195,7 @@ def test_progress_reaches_the_job_while_it_runs_and_when_it_ends(
         assert running.status == JobStatus.RUNNING
         assert running.progress == Progress(1, 3, "step 1 of 3")
         gate.touch()
-        done = backend.wait(job.id, timeout=60)
+        done = backend.wait(job.id, timeout=scaled(60))
     assert done.status == JobStatus.SUCCEEDED, done.error
     assert done.progress == Progress(3, 3, "step 3 of 3")
 
@@ -199,7 +208,9 @@ def test_a_ray_worker_that_dies_is_retried_by_assay(
     backend = cluster_jobs_backend
     record = tmp_path / "rec"
     with running_worker(backend, concurrency=1):
-        done = backend.wait(backend.submit("rc_die_once", {"record_path": str(record)}).id, 90)
+        done = backend.wait(
+            backend.submit("rc_die_once", {"record_path": str(record)}).id, scaled(90)
+        )
     assert done.status == JobStatus.SUCCEEDED, done.error
     assert (done.result, done.attempt) == (2, 2)
     first = backend.attempts(done.id)[0]
@@ -213,7 +224,9 @@ def test_a_ray_worker_that_dies_is_retried_by_assay(
 
 def test_exception_fails_the_job_with_its_traceback(ray_backend: Backend) -> None:
     with running_worker(ray_backend, concurrency=2):
-        done = ray_backend.wait(ray_backend.submit("r_boom", {"message": "kaboom"}).id, timeout=60)
+        done = ray_backend.wait(
+            ray_backend.submit("r_boom", {"message": "kaboom"}).id, timeout=scaled(60)
+        )
     assert done.status == JobStatus.FAILED
     assert done.error is not None
     assert "Traceback" in done.error
@@ -225,7 +238,7 @@ def test_retry_on_is_retried_by_assay(ray_backend: Backend, tmp_path: Path) -> N
     path = tmp_path / "attempts.txt"
     with running_worker(ray_backend, concurrency=2):
         job = ray_backend.submit("r_flaky", {"path": str(path), "fail_times": 1})
-        done = ray_backend.wait(job.id, timeout=60)
+        done = ray_backend.wait(job.id, timeout=scaled(60))
     assert done.status == JobStatus.SUCCEEDED, done.error
     assert done.result == 2
     assert done.attempt == 2
@@ -239,7 +252,7 @@ def test_cancel_stops_the_ray_task(ray_backend: Backend, tmp_path: Path) -> None
         job = ray_backend.submit("r_sleep", {"path": str(path), "seconds": 30})
         task_pid = wait_until(lambda: _started_pid(path), timeout=30)
         ray_backend.cancel(job.id)
-        done = ray_backend.wait(job.id, timeout=30)
+        done = ray_backend.wait(job.id, timeout=scaled(30))
         assert done.status == JobStatus.CANCELED
         # Ray's forced cancel killed the Ray worker process that was running the task, so the
         # task can never reach its "finished" line.
@@ -252,7 +265,7 @@ def test_timeout_stops_the_ray_task(ray_backend: Backend, tmp_path: Path) -> Non
     with running_worker(ray_backend, concurrency=2):
         job = ray_backend.submit("r_slow", {"path": str(path)})
         task_pid = wait_until(lambda: _started_pid(path), timeout=30)
-        done = ray_backend.wait(job.id, timeout=60)
+        done = ray_backend.wait(job.id, timeout=scaled(60))
         assert done.status == JobStatus.TIMEOUT
         assert done.error is not None
         wait_until(lambda: task_pid not in _ray_pids(), timeout=15)
