@@ -297,16 +297,18 @@ class LocalCluster:
     def pids(self, name: str) -> set[int]:
         return session_pids(self.nodes[name].session)
 
-    def kill(self, name: str) -> set[int]:
-        """SIGKILL every process of node ``name`` at once (a machine that dies); returns their
-        pids once all are gone."""
-        pids = self.pids(name)
-        for pid in pids:
+    def kill(self, name: str) -> dict[int, float]:
+        """SIGKILL every process of node ``name`` at once (a machine that dies); once all are
+        gone, returns when each was sent its SIGKILL (pid: wall-clock time), the moment after
+        which it ran no more code."""
+        signalled = {}
+        for pid in self.pids(name):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+            signalled[pid] = time.time()
         wait_for(lambda: not self.pids(name), 30, f"the processes of {name} die", 0.02)
         self.nodes[name].process.wait(timeout=30)
-        return pids
+        return signalled
 
     def stop(self) -> None:
         """Stop every node (workers first) and remove the temporary directory: SIGTERM to each
@@ -387,10 +389,18 @@ class ExecutionReport:
 
 
 def analyse(
-    executions: Sequence[Execution], killed_node: str | None, killed_at: float | None
+    executions: Sequence[Execution],
+    killed_node: str | None,
+    killed_at: float | None,
+    signalled: Mapping[int, float] | None = None,
 ) -> ExecutionReport:
     """Overlaps: an execution spans [start, end]; one that never returned spans until the kill
-    if it was on the killed node (every process of the node was dead by then), else forever."""
+    if it was on the killed node, else forever. On the killed node, its end is when its process
+    was sent SIGKILL (``signalled``: pid to time; it ran no code after that), or ``killed_at``
+    (every process of the node was gone by then) for a process not in ``signalled``. A retry
+    can start before ``killed_at``: Ray reports a task lost as soon as its worker is gone,
+    while the kill is still waiting for the node's other processes."""
+    signalled = signalled or {}
     by_job: dict[str, list[tuple[float, float]]] = defaultdict(list)
     killed = unended = 0
     for e in executions:
@@ -398,7 +408,7 @@ def analyse(
         if end is None:
             if e.node == killed_node and killed_at is not None and e.start <= killed_at:
                 killed += 1
-                end = killed_at
+                end = min(signalled.get(e.pid, killed_at), killed_at)
             else:
                 unended += 1
                 end = math.inf
@@ -513,6 +523,7 @@ def run_on_cluster(
     worker = backend.worker(concurrency=config.concurrency)
     thread = threading.Thread(target=worker.run, name="assay-worker", daemon=True)
     killed: dict[str, Any] = {}
+    signalled: dict[int, float] = {}
     with environ(cluster.environ()):
         thread.start()
         try:
@@ -552,7 +563,8 @@ def run_on_cluster(
                 )
             killed["at_monotonic"] = time.monotonic()
             killed["at"] = time.time()
-            killed["pids"] = len(cluster.kill(config.kill_node))
+            signalled = cluster.kill(config.kill_node)
+            killed["pids"] = len(signalled)
             killed["dead_at"] = time.time()
             killed["load_average"] = os.getloadavg()
             wait_for(
@@ -586,8 +598,8 @@ def run_on_cluster(
         for row in rows
         if row["progress"] and json.loads(row["progress"])["completed"] == config.steps
     )
-    # Executions killed with the node end when its last process was gone.
-    report = analyse(read_executions(record), config.kill_node, killed["dead_at"])
+    # Executions killed with the node end when their process was sent SIGKILL.
+    report = analyse(read_executions(record), config.kill_node, killed["dead_at"], signalled)
     before_s = killed["at_monotonic"] - submitted
     after_s = drained - killed["at_monotonic"]
     return {

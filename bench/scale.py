@@ -9,8 +9,8 @@ Run it from the repository root::
 Jobs: the same measurements on an empty queue and on one preloaded with ``--jobs`` finished
 jobs (and their attempt records): no-op throughput from 1 and 2 worker processes (draining
 ``--pending`` jobs), pickup latency, ``GET /api/v1/jobs?status=FAILED`` and ``?name=`` (first
-page) and ``GET /metrics`` through a real server; then a prune of 90 % of the history while a
-worker keeps running jobs and a probe keeps claiming.
+page) and ``GET /metrics`` through a real server; then a prune of 90 % of the history
+(``--prune N``: the oldest N) while a worker keeps running jobs and a probe keeps claiming.
 
 Traces: one experiment preloaded with ``--traces`` traces of 5 spans, and a small one as the
 baseline; the UI's default page and REST searches (a metadata value, a status, LIKE on the
@@ -72,7 +72,7 @@ API_TRACES = "/api/v1/traces"
 DAY_MS = 86_400_000
 HISTORY_DAYS = 30
 PRUNE_SHARE = 0.9
-"""The oldest 90 % of the history is pruned."""
+"""The oldest 90 % of the history is pruned (``--prune`` sets another count)."""
 CONCURRENCY = 32
 PICKUP_RATE = 50.0
 BASELINE_ROWS = 1_000
@@ -158,6 +158,7 @@ class Sizes:
     pickup_s: float
     steady_s: float
     rounds: int
+    prune: int
     only: tuple[str, ...]
 
 
@@ -554,7 +555,7 @@ def measure_prune(
 ) -> dict[str, Any]:
     """Prune the oldest 90 % of the history in another process while one worker runs a steady
     supply of no-ops and the probe claims; compare a window before the prune with the prune."""
-    cutoff = preload["base_ms"] + int(sizes.jobs * PRUNE_SHARE) * preload["step_ms"]
+    cutoff = preload["base_ms"] + sizes.prune * preload["step_ms"]
     env = dict(os.environ, ASSAY_MAINTENANCE="false")
     env.pop("ASSAY_STORE_URI", None)
     pruner = subprocess.Popen(
@@ -987,6 +988,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, help="turns of the job measurements (default 3)")
     parser.add_argument("--only", default="jobs,traces", help="jobs, traces or both")
     parser.add_argument("--explain", action="store_true", help="print the query plans")
+    parser.add_argument("--prune", type=int, help="oldest jobs pruned (default 90 %% of --jobs)")
     add_run_options(
         parser, "scale", quick_help="20,000 jobs and 20,000 traces, 1 round: a smoke test (2-4 min)"
     )
@@ -995,8 +997,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def sizes_from(args: argparse.Namespace) -> Sizes:
     quick = args.quick
+    jobs = args.jobs or (20_000 if quick else 1_000_000)
     return Sizes(
-        jobs=args.jobs or (20_000 if quick else 1_000_000),
+        jobs=jobs,
         pending=args.pending or (1_000 if quick else 10_000),
         traces=args.traces or (20_000 if quick else 1_000_000),
         baseline_traces=BASELINE_ROWS,
@@ -1004,6 +1007,7 @@ def sizes_from(args: argparse.Namespace) -> Sizes:
         pickup_s=2.0 if quick else 10.0,
         steady_s=2.0 if quick else 10.0,
         rounds=args.rounds or (1 if quick else 3),
+        prune=min(args.prune or int(jobs * PRUNE_SHARE), jobs),
         only=tuple(x.strip() for x in args.only.split(",") if x.strip()),
     )
 

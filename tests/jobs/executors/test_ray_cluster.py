@@ -26,8 +26,10 @@ ray = pytest.importorskip("ray", reason="the ray extra is not installed: pip ins
 
 sys.path.append(str(BENCH_DIR))
 from ray_cluster import (  # noqa: E402
+    Execution,
     LocalCluster,
     RunConfig,
+    analyse,
     ray_settings,
     run_on_cluster,
     session_pids,
@@ -107,3 +109,19 @@ def test_a_killed_node_loses_no_job_and_runs_none_twice(
     assert "node_b" in result["per_node"], result["per_node"]
     assert set(result["per_node"]) <= {KILLED, "node_b"}, result["per_node"]
     assert result["progress_arrived"] == config.jobs, summary
+
+
+def test_an_execution_killed_with_its_node_ends_when_its_process_was_killed() -> None:
+    """The overlap check: Ray reports a task lost as soon as its worker process is gone, so
+    assay's retry can start while the kill still waits for the node's other processes. The
+    killed execution ends when its own process got SIGKILL, not when the last one was gone."""
+    killed = Execution("j1", 1, KILLED, pid=100, start=10.0, end=None)
+    retry = Execution("j1", 2, "node_b", pid=200, start=11.5, end=12.0)
+    # pid 100 got SIGKILL at 11.0; the node's last process was gone at 13.0.
+    report = analyse([killed, retry], KILLED, 13.0, {100: 11.0})
+    assert (report.killed, report.overlapping_jobs) == (1, [])
+    # A retry that started before the SIGKILL overlaps.
+    early = Execution("j1", 2, "node_b", pid=200, start=10.5, end=12.0)
+    assert analyse([killed, early], KILLED, 13.0, {100: 11.0}).overlapping_jobs == ["j1"]
+    # A process the kill did not list ends when the node was gone.
+    assert analyse([killed, retry], KILLED, 13.0, {}).overlapping_jobs == ["j1"]
