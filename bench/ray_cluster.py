@@ -392,7 +392,7 @@ def analyse(
     executions: Sequence[Execution],
     killed_node: str | None,
     killed_at: float | None,
-    signalled: Mapping[int, float] | None = None,
+    signalled: Mapping[int, float],
 ) -> ExecutionReport:
     """Overlaps: an execution spans [start, end]; one that never returned spans until the kill
     if it was on the killed node, else forever. On the killed node, its end is when its process
@@ -400,7 +400,6 @@ def analyse(
     (every process of the node was gone by then) for a process not in ``signalled``. A retry
     can start before ``killed_at``: Ray reports a task lost as soon as its worker is gone,
     while the kill is still waiting for the node's other processes."""
-    signalled = signalled or {}
     by_job: dict[str, list[tuple[float, float]]] = defaultdict(list)
     killed = unended = 0
     for e in executions:
@@ -408,7 +407,7 @@ def analyse(
         if end is None:
             if e.node == killed_node and killed_at is not None and e.start <= killed_at:
                 killed += 1
-                end = min(signalled.get(e.pid, killed_at), killed_at)
+                end = signalled.get(e.pid, killed_at)
             else:
                 unended += 1
                 end = math.inf

@@ -553,8 +553,9 @@ def window(starts: Sequence[int], lo_ms: float, hi_ms: float) -> dict[str, float
 def measure_prune(
     backend: Backend, uri: str, tmp: Path, preload: dict[str, Any], sizes: Sizes
 ) -> dict[str, Any]:
-    """Prune the oldest 90 % of the history in another process while one worker runs a steady
-    supply of no-ops and the probe claims; compare a window before the prune with the prune."""
+    """Prune the oldest ``sizes.prune`` jobs of the history in another process while one
+    worker runs a steady supply of no-ops and the probe claims; compare a window before the
+    prune with the prune."""
     cutoff = preload["base_ms"] + sizes.prune * preload["step_ms"]
     env = dict(os.environ, ASSAY_MAINTENANCE="false")
     env.pop("ASSAY_STORE_URI", None)
