@@ -1008,7 +1008,7 @@ def sizes_from(args: argparse.Namespace) -> Sizes:
         pickup_s=2.0 if quick else 10.0,
         steady_s=2.0 if quick else 10.0,
         rounds=args.rounds or (1 if quick else 3),
-        prune=min(args.prune or int(jobs * PRUNE_SHARE), jobs),
+        prune=min(int(jobs * PRUNE_SHARE) if args.prune is None else max(args.prune, 0), jobs),
         only=tuple(x.strip() for x in args.only.split(",") if x.strip()),
     )
 
