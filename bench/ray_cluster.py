@@ -188,6 +188,9 @@ class LocalCluster:
                 "--include-dashboard=false",
                 f"--dashboard-port={free_port()}",
                 f"--ray-client-server-port={free_port()}",
+                # Ray runs task workers at nice 15 (the head's setting holds cluster-wide):
+                # beside a busy machine's nice-0 processes they would barely run.
+                '--system-config={"worker_niceness": 0}',
                 *self._common_args(),
             ],
         )

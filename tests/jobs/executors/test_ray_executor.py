@@ -49,6 +49,10 @@ RAY_OPTIONS: dict[str, Any] = {
         "object_store_memory": 100 * 1024 * 1024,
         "include_dashboard": False,
         "log_to_driver": False,
+        # Ray lowers its task workers to nice 15: beside anything at nice 0 (the other test
+        # processes, a loaded CI box) such a worker gets ~1 % of a core and takes minutes to
+        # import a job module, so a job's timeout expired before its task's first line ran.
+        "_system_config": {"worker_niceness": 0},
     },
 }
 SETTINGS = {**FAST, "job_modules": [], "executor_options": {"ray": RAY_OPTIONS}}
