@@ -67,6 +67,20 @@ _GENAI_ROLE_EVENTS = {
 }
 _MAX_INT64 = 2**63 - 1
 _SESSION_KEYS = ("session.id", "gen_ai.conversation.id", "mlflow.trace.session")
+_INPUT_TOKENS = (
+    "llm.token_count.prompt",
+    "gen_ai.usage.input_tokens",
+    "gen_ai.usage.prompt_tokens",
+)
+_OUTPUT_TOKENS = (
+    "llm.token_count.completion",
+    "gen_ai.usage.output_tokens",
+    "gen_ai.usage.completion_tokens",
+)
+_TOTAL_TOKENS = ("llm.token_count.total", "gen_ai.usage.total_tokens")
+_USAGE_KEYS = frozenset(["mlflow.chat.tokenUsage", *_INPUT_TOKENS, *_OUTPUT_TOKENS, *_TOTAL_TOKENS])
+_SPAN_COSTS = ("llm.cost.total", "gen_ai.usage.cost")
+_COST_KEYS = frozenset(["mlflow.llm.cost", *_SPAN_COSTS])
 
 
 @dataclass(frozen=True)
@@ -131,6 +145,7 @@ def summarize(spans: Sequence[Span]) -> Summary:
     costs = _top_most(ordered, _cost)
     # Later entries win: every span in start order, then the root.
     precedence = [*ordered, root] if root is not None else ordered
+    metadata, tags = _metadata_and_tags(precedence)
     return Summary(
         status=status,
         request=jsonvalue.to_storable(request),
@@ -144,8 +159,8 @@ def summarize(spans: Sequence[Span]) -> Summary:
         output_tokens=_sum(u[1] for u in usage),
         total_tokens=_sum(u[2] for u in usage),
         cost=sum(costs) if costs else None,
-        metadata=_bounded(_metadata(precedence)),
-        tags=_bounded(_tags(precedence)),
+        metadata=_bounded(metadata),
+        tags=_bounded(tags),
         root_span_id=root.span_id if root is not None else None,
         span_count=len(spans),
         model=model_name([root, *ordered] if root is not None else ordered),
@@ -315,6 +330,8 @@ def _finite(text: str) -> float:
 
 def _int(value: Any) -> int | None:
     """A token count: a non-negative integer (or integral float or digit string) in int64."""
+    if value is None:
+        return None
     integral_float = isinstance(value, float) and value.is_integer()
     digits = isinstance(value, str) and value.strip().isdigit() and len(value.strip()) < 20
     if integral_float or digits:
@@ -340,6 +357,8 @@ def _float(value: Any) -> float | None:
 
 def _usage(span: Span) -> tuple[int | None, int | None, int | None] | None:
     attrs = span.attributes
+    if attrs.keys().isdisjoint(_USAGE_KEYS):  # most spans: one set operation, not eight lookups
+        return None
     mlflow_usage = _json(attrs.get("mlflow.chat.tokenUsage"))
     if isinstance(mlflow_usage, dict):
         found = (
@@ -349,19 +368,9 @@ def _usage(span: Span) -> tuple[int | None, int | None, int | None] | None:
         )
     else:
         found = (
-            _first_int(
-                attrs,
-                "llm.token_count.prompt",
-                "gen_ai.usage.input_tokens",
-                "gen_ai.usage.prompt_tokens",
-            ),
-            _first_int(
-                attrs,
-                "llm.token_count.completion",
-                "gen_ai.usage.output_tokens",
-                "gen_ai.usage.completion_tokens",
-            ),
-            _first_int(attrs, "llm.token_count.total", "gen_ai.usage.total_tokens"),
+            _first_int(attrs, _INPUT_TOKENS),
+            _first_int(attrs, _OUTPUT_TOKENS),
+            _first_int(attrs, _TOTAL_TOKENS),
         )
     input_tokens, output_tokens, total = found
     if input_tokens is None and output_tokens is None and total is None:
@@ -371,7 +380,7 @@ def _usage(span: Span) -> tuple[int | None, int | None, int | None] | None:
     return input_tokens, output_tokens, total
 
 
-def _first_int(attrs: Mapping[str, Any], *keys: str) -> int | None:
+def _first_int(attrs: Mapping[str, Any], keys: Sequence[str]) -> int | None:
     for key in keys:
         value = _int(attrs.get(key))
         if value is not None:
@@ -381,6 +390,8 @@ def _first_int(attrs: Mapping[str, Any], *keys: str) -> int | None:
 
 def _cost(span: Span) -> float | None:
     attrs = span.attributes
+    if attrs.keys().isdisjoint(_COST_KEYS):
+        return None
     mlflow_cost = _json(attrs.get("mlflow.llm.cost"))
     if isinstance(mlflow_cost, dict):
         total = _float(mlflow_cost.get("total_cost"))
@@ -389,7 +400,7 @@ def _cost(span: Span) -> float | None:
         parts = [_float(mlflow_cost.get(k)) for k in ("input_cost", "output_cost")]
         if any(p is not None for p in parts):
             return sum(p or 0.0 for p in parts)
-    for key in ("llm.cost.total", "gen_ai.usage.cost"):
+    for key in _SPAN_COSTS:
         value = _float(attrs.get(key))
         if value is not None:
             return value
@@ -452,35 +463,32 @@ def _text(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
 
 
-def _metadata(precedence: Sequence[Span]) -> dict[str, str]:
-    out: dict[str, str] = {}
+def _metadata_and_tags(precedence: Sequence[Span]) -> tuple[dict[str, str], dict[str, str]]:
+    """Metadata and tags merged over the spans in ``precedence`` (later spans win); one pass
+    over each span's attributes finds both the ``assay.metadata.*`` and ``assay.tags.*``."""
+    metadata: dict[str, str] = {}
+    tags: dict[str, str] = {}
     service = next((s.resource.get("service.name") for s in precedence), None)
     if service is not None:
-        out["service.name"] = _text(service)
+        metadata["service.name"] = _text(service)
     for span in precedence:
         attrs = span.attributes
         if "user.id" in attrs:
-            out["user"] = _text(attrs["user.id"])
+            metadata["user"] = _text(attrs["user.id"])
         blob = _json(attrs.get("metadata"))
         if isinstance(blob, dict):
-            out.update({str(k): _text(v) for k, v in blob.items() if v is not None})
-        for key, value in attrs.items():
-            if key.startswith("assay.metadata.") and value is not None:
-                out[key.removeprefix("assay.metadata.")] = _text(value)
-    return out
-
-
-def _tags(precedence: Sequence[Span]) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for span in precedence:
-        attrs = span.attributes
+            metadata.update({str(k): _text(v) for k, v in blob.items() if v is not None})
         names = attrs.get("tag.tags")
         if isinstance(names, list):
-            out.update({_text(n): "" for n in names if n is not None})
+            tags.update({_text(n): "" for n in names if n is not None})
         for key, value in attrs.items():
-            if key.startswith("assay.tags.") and value is not None:
-                out[key.removeprefix("assay.tags.")] = _text(value)
-    return out
+            if value is None or not key.startswith("assay."):
+                continue
+            if key.startswith("assay.metadata."):
+                metadata[key.removeprefix("assay.metadata.")] = _text(value)
+            elif key.startswith("assay.tags."):
+                tags[key.removeprefix("assay.tags.")] = _text(value)
+    return metadata, tags
 
 
 def _bounded(pairs: dict[str, str]) -> dict[str, str]:
