@@ -59,6 +59,7 @@ from assay.jobs.statements import (
     finish_returning,
     record_attempt,
     retry,
+    still,
 )
 from assay.util import chunks
 
@@ -123,7 +124,7 @@ class JobStore(LockRows, LeaseRows, Pruning):
             "finished_at_ms": None,
             "lease_expires_at_ms": self._now + sa.bindparam("b_ttl", type_=sa.BigInteger),
         }
-        self._start_stmt = jobs.update().where(ids, jobs.c.status == _PENDING).values(**start)
+        self._start_stmt = jobs.update().where(ids, still(_PENDING)).values(**start)
         self._start_returning = self._start_stmt.returning(*jobs.c)
         self._claim_and_start: Any = None
         self._finish_returning: Any = None
@@ -407,7 +408,7 @@ class JobStore(LockRows, LeaseRows, Pruning):
             for job_id, key in skipped:
                 conn.execute(
                     jobs.update()
-                    .where(jobs.c.id == job_id, jobs.c.status == _PENDING)
+                    .where(jobs.c.id == job_id, still(_PENDING))
                     .values(
                         status=JobStatus.CANCELED.value,
                         error=f"skipped: lock {key} is held by another job",
@@ -684,7 +685,7 @@ class JobStore(LockRows, LeaseRows, Pruning):
             if before in (_PENDING, _RUNNING):
                 conn.execute(
                     jobs.update()
-                    .where(jobs.c.id == job_id, jobs.c.status == before)
+                    .where(jobs.c.id == job_id, still(before))
                     .values(
                         status=JobStatus.CANCELED.value,
                         error=reason,
