@@ -154,10 +154,10 @@ def default_idempotency_key(trace_id: str, name: str, source_id: str) -> str:
 
 def clean_text(text: str) -> str:
     """Text every database stores: no NUL (PostgreSQL refuses it), no lone surrogates."""
-    if text.isascii():  # O(1) in CPython, and most text is: nothing to encode to check
-        return text.replace("\x00", "\ufffd") if "\x00" in text else text
     if "\x00" in text:
         text = text.replace("\x00", "\ufffd")
+    if text.isascii():  # O(1) in CPython, and most text is: no surrogate to look for
+        return text
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
