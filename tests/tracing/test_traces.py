@@ -28,13 +28,16 @@ from opentelemetry.trace import Status, StatusCode
 
 import assay
 import assay.tracing
+from assay.config import Settings
 from assay.db.engine import create_engine
-from assay.db.tables import assessments, spans, trace_metadata, trace_tags, traces
-from assay.errors import InvalidRequestError, RequestTooLargeError
+from assay.db.tables import assessments, experiments, spans, trace_metadata, trace_tags, traces
+from assay.errors import InvalidRequestError, RequestTooLargeError, StoreError
+from assay.stores import Stores
 from assay.tracing.derive import summarize
 from assay.tracing.model import Span, default_idempotency_key
 from assay.tracing.otlp import decode_request
 from assay.tracking.store import TrackingStore
+from support.scoring import experiment, new_trace_id, trace_spans
 from support.servers import ServerProcess
 from support.timing import wait_until
 from support.traces import build_agent, export, hex_trace_id, record
@@ -400,6 +403,42 @@ def test_metadata_and_tags_rows_follow_the_summary(server, experiment_id, engine
     assert rows(trace_metadata)["user"] == "u1"  # the root's value wins
     full = get_trace(server, trace_id)["trace"]["metadata"]
     assert full["only_child"] == "x" * 600
+
+
+def test_one_request_inserts_new_traces_and_replaces_resent_spans(store_uri, engine):
+    """Spans of a trace with none stored are inserted (PostgreSQL: one COPY); a re-sent span
+    of a trace with stored spans replaces the stored one. One request holding both kinds."""
+    assay.db.upgrade(engine)
+    stores = Stores.open(engine, Settings(store_uri=store_uri))
+    exp = experiment(engine)
+    old, new = new_trace_id(), new_trace_id()
+    stores.traces.spans_ingest({exp: trace_spans(old, output="first answer")})
+    resent = trace_spans(old, output="second answer", child=False)
+    stores.traces.spans_ingest({exp: [*resent, *trace_spans(new, metadata={"user": "u7"})]})
+    for trace_id, output in ((old, "second answer"), (new, "a fine answer")):
+        trace = stores.traces.trace_get(trace_id)
+        assert trace is not None
+        assert trace.span_count == 2
+        assert trace.response == output
+    root = next(s for s in stores.traces.spans_list(old) if s.parent_span_id is None)
+    assert root.attributes["output.value"] == "second answer"
+    with engine.connect() as conn:
+        query = sa.select(trace_metadata.c.value).where(
+            trace_metadata.c.trace_id == new, trace_metadata.c.key == "user"
+        )
+        assert conn.execute(query).scalar_one() == "u7"
+
+
+def test_a_failed_bulk_insert_is_a_store_error(store_uri, engine):
+    """A driver error inside a bulk insert (PostgreSQL's COPY) surfaces as StoreError, as any
+    other statement's, and rolls its transaction back."""
+    assay.db.upgrade(engine)
+    store = TrackingStore(engine)
+    exp = store.create_experiment(f"exp-{uuid.uuid4().hex[:8]}").id
+    row = {"id": exp, "name": "again", "created_at_ms": 0}
+    with pytest.raises(StoreError, match="store error"):
+        store._tx(lambda conn: store._insert_rows(conn, experiments, [row]))
+    assert store.get_experiment(exp).name.startswith("exp-")
 
 
 # -- refused requests ------------------------------------------------------------------------------

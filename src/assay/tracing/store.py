@@ -219,14 +219,21 @@ class TraceStore(SqlStore):
                     raise _other_experiment(
                         trace_id, locked[trace_id].experiment_id, experiment_of[trace_id]
                     )
-            conn.execute(self._upsert_span, span_rows)
             # A trace with no stored span before this transaction (span_count still 0 under the
-            # lock) now has exactly the spans of this request. Only the traces that had spans
-            # already are read back and summarised again.
+            # lock) now has exactly the spans of this request: they are plain inserts. Only the
+            # spans of traces that had some already can replace stored ones (an exporter's
+            # retry), and only those traces are read back and summarised again.
+            had_spans = {t for t in trace_ids if locked[t].span_count > 0}
+            new_rows = [r for r in span_rows if r["trace_id"] not in had_spans]
+            self._insert_rows(conn, spans, new_rows)
+            if len(new_rows) < len(span_rows):
+                conn.execute(
+                    self._upsert_span, [r for r in span_rows if r["trace_id"] in had_spans]
+                )
             summaries = dict(summaries_of_request)
             # So are traces with GenAI log events stored before their spans (log_events).
             with_logs = log_events.traces_with_events(conn, trace_ids)
-            earlier = [t for t in trace_ids if locked[t].span_count > 0 or t in with_logs]
+            earlier = [t for t in trace_ids if t in had_spans or t in with_logs]
             if earlier:
                 stored = self._read_spans(conn, earlier)
                 summaries.update({t: summarize(stored[t]) for t in earlier})
@@ -335,8 +342,7 @@ class TraceStore(SqlStore):
             for t in ids
             for key, value in pairs[t].items()
         ]
-        if rows:
-            conn.execute(table.insert(), rows)
+        self._insert_rows(conn, table, rows)
 
     # -- reading traces ----------------------------------------------------------------------------
 
