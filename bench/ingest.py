@@ -7,6 +7,8 @@ Run it from the repository root::
                                      [--batch 10] [--traces 100000] [--quick]
                                      [--out bench/results/ingest.json]
 
+The first phase times the ingest path in-process (CPU per span: decoding, storing, and the
+PostgreSQL sessions' CPU from ``/proc``), so that where the time goes is measured, not guessed.
 Every trace has 10 spans (an agent root with OpenInference and GenAI attributes, metadata,
 tags and a session id; retriever, embedding, LLM, tool and HTTP children). Requests are real
 ``ExportTraceServiceRequest`` protobuf messages, serialised before the clock starts and sent
@@ -20,12 +22,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -37,12 +41,16 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, ArrayValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import ScopeSpans, Span, Status
 
+from assay.config import load_settings
 from assay.db.engine import create_engine
+from assay.db.migrate import upgrade
 from assay.db.tables import spans as spans_table
 from assay.db.tables import traces as traces_table
+from assay.stores import Stores
 from assay.tracing.filters import Keyset, parse_order_by
 from assay.tracing.otlp import PROTOBUF, decode_request
 from assay.tracing.store import TraceStore
+from assay.tracking.store import TrackingStore
 from common import (
     SMALL_LARGE_COLUMNS,
     Store,
@@ -92,6 +100,7 @@ class Sizes:
     traces: int
     samples: int
     seed_batch: int
+    cpu_requests: int
 
 
 # -- the traces --------------------------------------------------------------------------------
@@ -461,6 +470,85 @@ def measure_ingest(url: str, sizes: Sizes, exporters: int, experiment_id: str) -
     }
 
 
+def measure_cpu(uri: str, kind: str, requests: int, batch: int) -> dict[str, Any]:
+    """Where an ingest's CPU goes, in this process: ``requests`` requests of ``batch`` traces
+    through ``decode_request``, then through ``Stores.traces.spans_ingest`` (the server's path
+    minus HTTP, with the scoring ledger), each after a warm-up. Returns µs of CPU per span for
+    decoding and for storing (this process), and, for PostgreSQL on this machine, of its
+    sessions (``/proc``; None elsewhere: SQLite's work is in the store figure)."""
+    engine = create_engine(uri)
+    try:
+        upgrade(engine)
+        stores = Stores.open(engine, load_settings(store_uri=uri))
+        experiment_id = TrackingStore(engine).create_experiment(f"cpu-{time.time_ns()}").id
+        factory = TraceFactory(experiment_id, seed=7, start_ms=time.time_ns() // 1_000_000)
+        warmup = 20
+        bodies = [factory.request(batch)[0] for _ in range(warmup + requests)]
+        for body in bodies[:warmup]:
+            stores.traces.spans_ingest(_by_experiment(body))
+        started = time.process_time()
+        decoded = [_by_experiment(body) for body in bodies[warmup:]]
+        decode_s = time.process_time() - started
+        database = _session_cpu(engine) if kind == "postgresql" else None
+        started, wall = time.process_time(), time.perf_counter()
+        for request in decoded:
+            stores.traces.spans_ingest(request)
+        store_s, wall_s = time.process_time() - started, time.perf_counter() - wall
+        if database is not None:
+            after = _session_cpu(engine)
+            database = None if after is None else after - database
+    finally:
+        engine.dispose()
+    spans = requests * batch * SPANS_PER_TRACE
+    return {
+        "requests": requests,
+        "spans": spans,
+        "decode_us": decode_s * 1e6 / spans,
+        "store_us": store_s * 1e6 / spans,
+        "database_us": None if database is None else database * 1e6 / spans,
+        "wall_us": wall_s * 1e6 / spans,
+    }
+
+
+def _by_experiment(body: bytes) -> dict[str, list[Any]]:
+    """One protobuf request decoded as the server does, its spans by experiment."""
+    decoded = decode_request(
+        body,
+        content_type=PROTOBUF,
+        content_encoding=None,
+        default_experiment_id=None,
+        max_bytes=2**31,
+    )
+    out: dict[str, list[Any]] = {}
+    for incoming in decoded.spans:
+        out.setdefault(str(incoming.experiment_id), []).append(incoming.span)
+    return out
+
+
+def _database_us(cpu: dict[str, Any]) -> str:
+    return "" if cpu["database_us"] is None else f", database {cpu['database_us']:.0f} µs"
+
+
+def _session_cpu(engine: sa.Engine) -> float | None:
+    """Seconds of CPU the PostgreSQL sessions of ``engine``'s database have used, from
+    ``/proc`` (None when the server is not on this machine)."""
+    with engine.connect() as conn:
+        pids = conn.execute(
+            sa.text(
+                "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
+                " AND backend_type = 'client backend'"
+            )
+        ).scalars()
+        ticks = 0
+        try:
+            for pid in pids:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                ticks += int(fields[11]) + int(fields[12])  # utime, stime
+        except OSError:
+            return None
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 # -- seeding and search ------------------------------------------------------------------------
 
 
@@ -473,17 +561,7 @@ def seed(
     started = time.perf_counter()
     for done in range(0, count, batch):
         body, made = factory.request(min(batch, count - done))
-        decoded = decode_request(
-            body,
-            content_type=PROTOBUF,
-            content_encoding=None,
-            default_experiment_id=None,
-            max_bytes=2**31,
-        )
-        by_experiment: dict[str, list[Any]] = {}
-        for incoming in decoded.spans:
-            by_experiment.setdefault(str(incoming.experiment_id), []).append(incoming.span)
-        trace_store.spans_ingest(by_experiment)
+        trace_store.spans_ingest(_by_experiment(body))
         ids += made
     return ids, time.perf_counter() - started
 
@@ -547,6 +625,11 @@ def measure_search(
 
 def bench_store(store: Store, sizes: Sizes, log: Callable[[str], None]) -> dict[str, Any]:
     result: dict[str, Any] = {"version": store.version, "ingest": [], "search": []}
+    cpu = result["cpu"] = measure_cpu(fresh(store), store.kind, sizes.cpu_requests, sizes.batch)
+    log(
+        f"{store.kind}: in-process CPU per span: decode {cpu['decode_us']:.0f} µs, store"
+        f" {cpu['store_us']:.0f} µs" + _database_us(cpu)
+    )
     for exporters in sizes.exporters:
         uri = fresh(store)
         with server(uri, store.tmp) as url:
@@ -628,6 +711,15 @@ def print_table(results: dict[str, Any]) -> None:
                 f"{lat['p50']:.0f} / {lat['p95']:.0f} ms",
                 "",
             )
+        cpu = store["cpu"]
+        table.add_row(
+            kind,
+            f"in-process CPU per span: decode {cpu['decode_us']:.0f} µs, store"
+            f" {cpu['store_us']:.0f} µs{_database_us(cpu)} [dim](wall {cpu['wall_us']:.0f} µs)[/]",
+            "",
+            "",
+            "",
+        )
         run = store["ingest_large"]
         lat = run["request_ms"]
         table.add_row(
@@ -670,6 +762,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--small-traces", type=int, help="the small store (default 1000)")
     parser.add_argument("--samples", type=int, help="timed requests per query (default 100)")
     parser.add_argument("--seed-batch", type=int, default=1000, help="traces per seed transaction")
+    parser.add_argument(
+        "--cpu-requests",
+        type=int,
+        help="requests of the in-process CPU run (default 300; 50 --quick)",
+    )
     add_run_options(parser, "ingest", quick_help="small sizes: a ~60 s smoke test")
     return parser.parse_args(argv)
 
@@ -684,6 +781,7 @@ def sizes_from(args: argparse.Namespace) -> Sizes:
         traces=args.traces or (2000 if quick else 100_000),
         samples=args.samples or (20 if quick else 100),
         seed_batch=args.seed_batch,
+        cpu_requests=args.cpu_requests or (50 if quick else 300),
     )
 
 

@@ -414,7 +414,9 @@ def test_one_request_inserts_new_traces_and_replaces_resent_spans(store_uri, eng
     old, new = new_trace_id(), new_trace_id()
     stores.traces.spans_ingest({exp: trace_spans(old, output="first answer")})
     resent = trace_spans(old, output="second answer", child=False)
-    stores.traces.spans_ingest({exp: [*resent, *trace_spans(new, metadata={"user": "u7"})]})
+    # COPY's text format escapes these; they must come back as they were sent.
+    awkward = "tab\there \\N \\. line\nend"
+    stores.traces.spans_ingest({exp: [*resent, *trace_spans(new, metadata={"user": awkward})]})
     for trace_id, output in ((old, "second answer"), (new, "a fine answer")):
         trace = stores.traces.trace_get(trace_id)
         assert trace is not None
@@ -426,7 +428,9 @@ def test_one_request_inserts_new_traces_and_replaces_resent_spans(store_uri, eng
         query = sa.select(trace_metadata.c.value).where(
             trace_metadata.c.trace_id == new, trace_metadata.c.key == "user"
         )
-        assert conn.execute(query).scalar_one() == "u7"
+        assert conn.execute(query).scalar_one() == awkward
+    new_root = next(s for s in stores.traces.spans_list(new) if s.parent_span_id is None)
+    assert json.loads(new_root.attributes["metadata"])["user"] == awkward
 
 
 def test_a_failed_bulk_insert_is_a_store_error(store_uri, engine):
