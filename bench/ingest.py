@@ -694,6 +694,15 @@ def print_table(results: dict[str, Any]) -> None:
         if "skipped" in store:
             add_skipped(table, kind, reason=store["skipped"], reason_column=2)
             continue
+        cpu = store["cpu"]
+        table.add_row(
+            kind,
+            f"in-process CPU per span: decode {cpu['decode_us']:.0f} µs, store"
+            f" {cpu['store_us']:.0f} µs{_database_us(cpu)} [dim](wall {cpu['wall_us']:.0f} µs)[/]",
+            "",
+            "",
+            "",
+        )
         target = TARGET_SPANS_PER_S.get(kind)
         best = max((run["spans_per_s"] for run in store["ingest"]), default=0.0)
         for run in store["ingest"]:
@@ -711,15 +720,6 @@ def print_table(results: dict[str, Any]) -> None:
                 f"{lat['p50']:.0f} / {lat['p95']:.0f} ms",
                 "",
             )
-        cpu = store["cpu"]
-        table.add_row(
-            kind,
-            f"in-process CPU per span: decode {cpu['decode_us']:.0f} µs, store"
-            f" {cpu['store_us']:.0f} µs{_database_us(cpu)} [dim](wall {cpu['wall_us']:.0f} µs)[/]",
-            "",
-            "",
-            "",
-        )
         run = store["ingest_large"]
         lat = run["request_ms"]
         table.add_row(
