@@ -12,6 +12,7 @@ __all__ = [
     "JOB_STATUSES",
     "RUN_STATUSES",
     "SCORER_STATUSES",
+    "SCORING_DECIDED",
     "SCORING_STATES",
     "TRACE_STATUSES",
     "api_tokens",
@@ -431,6 +432,9 @@ scorers = sa.Table(
 # Claimed rows are updated by ``id``: an equality on a unique integer is the plan every database
 # picks, even on a table whose statistics are stale (a composite key lost to the claim index on
 # PostgreSQL right after a burst, scanning the experiment's rows once per row).
+SCORING_DECIDED = "state IN ('FAILED', 'FILTERED')"
+"""The ledger rows that wait only for the prune (the predicate of ix_scoring_tasks_decided)."""
+
 scoring_tasks = sa.Table(
     "scoring_tasks",
     metadata,
@@ -452,7 +456,19 @@ scoring_tasks = sa.Table(
     sa.UniqueConstraint(
         "experiment_id", "level", "target_id", "scorer_name", name="uq_scoring_tasks_target"
     ),
-    sa.Index("ix_scoring_tasks_claim", "experiment_id", "level", "state", "due_at_ms"),
-    sa.Index("ix_scoring_tasks_due", "state", "due_at_ms"),
+    # A claim reads one scorer's due rows, oldest first (ScoringStore.tasks_claim): with the
+    # scorer in the key, a paused scorer's backlog is never read by the others' claims.
+    sa.Index(
+        "ix_scoring_tasks_claim", "experiment_id", "level", "scorer_name", "state", "due_at_ms"
+    ),
+    # The prune's: decided rows only (a partial index on PostgreSQL and SQLite; MariaDB has
+    # none), so that no claim is planned on it when the statistics say nothing is PENDING.
+    sa.Index(
+        "ix_scoring_tasks_decided",
+        "state",
+        "due_at_ms",
+        postgresql_where=sa.text(SCORING_DECIDED),
+        sqlite_where=sa.text(SCORING_DECIDED),
+    ),
     **UTF8,
 )

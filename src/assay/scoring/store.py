@@ -29,7 +29,14 @@ import sqlalchemy as sa
 from assay import jsonvalue
 from assay.db.base import SqlStore
 from assay.db.dialects import MYSQL
-from assay.db.tables import assessments, experiments, scorers, scoring_tasks, traces
+from assay.db.tables import (
+    SCORING_DECIDED,
+    assessments,
+    experiments,
+    scorers,
+    scoring_tasks,
+    traces,
+)
 from assay.errors import NotFoundError
 from assay.scoring.model import Level
 from assay.scoring.sampler import sampled
@@ -447,7 +454,12 @@ class ScoringStore(SqlStore):
         MariaDB/MySQL) gives concurrent claimers disjoint rows; SQLite serialises claims in its
         write transaction. Rows leased by someone else are taken only once the lease expired
         (its holder died or stalled): then both may score it, and the idempotency key makes
-        the second write a replacement."""
+        the second write a replacement.
+
+        Each scorer's oldest rows are read from its own range of ``ix_scoring_tasks_claim``
+        (at most ``limit`` each), and the oldest ``limit`` of them are leased: the cost follows
+        the number of scorers, never the backlog of a paused one (the rows read and not leased
+        are let go at commit)."""
         t = scoring_tasks
 
         def body(conn: sa.Connection) -> list[Task]:
@@ -474,20 +486,22 @@ class ScoringStore(SqlStore):
                     t.c.generation,
                     t.c.attempts,
                     t.c.created_at_ms,
+                    t.c.due_at_ms,
                 )
                 .where(
                     t.c.experiment_id == experiment_id,
                     t.c.level == level.value,
                     t.c.state == PENDING,
                     t.c.due_at_ms <= now,
-                    t.c.scorer_name.in_(list(names)),
+                    t.c.scorer_name == sa.bindparam("name"),
                     sa.or_(t.c.lease_until_ms.is_(None), t.c.lease_until_ms < now),
                 )
                 .order_by(t.c.due_at_ms)
                 .limit(limit)
                 .with_for_update(skip_locked=True)
             )
-            rows = conn.execute(query).all()
+            found = [row for name in sorted(names) for row in conn.execute(query, {"name": name})]
+            rows = sorted(found, key=lambda r: (r.due_at_ms, r.id))[:limit]
             if not rows:
                 return []
             for chunk in chunks([r.id for r in rows], _CHUNK):
@@ -634,10 +648,11 @@ class ScoringStore(SqlStore):
         """Delete the rows of pairs decided (FILTERED or FAILED) more than ``older_than_s``
         ago, ``batch`` rows per transaction; returns how many. Scored pairs have no row left
         (it goes with its assessment's write), and pending ones are never touched. A decided
-        row's ``due_at_ms`` is its decision time, so ``ix_scoring_tasks_due`` finds them."""
+        row's ``due_at_ms`` is its decision time, so ``ix_scoring_tasks_decided`` finds them
+        (its predicate, written as the index has it, so every database matches the two)."""
         t = scoring_tasks
         cutoff = self._now - int(older_than_s * 1000)
-        decided = (t.c.state.in_([FILTERED, FAILED]), t.c.due_at_ms < cutoff)
+        decided = (sa.text(SCORING_DECIDED), t.c.due_at_ms < cutoff)
 
         def body(conn: sa.Connection) -> int:
             ids = conn.execute(sa.select(t.c.id).where(*decided).limit(batch)).scalars().all()
