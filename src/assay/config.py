@@ -159,6 +159,10 @@ class Settings(BaseSettings):
     """Ledger rows of (trace, scorer) pairs decided without an assessment (filtered out or
     failed) are deleted this long after the decision by the leader's pruner, every
     ``prune_interval_s``; the decision log then reports them as ``pruned``."""
+    trace_retention_s: float | None = Field(None, gt=0)
+    """Traces that started longer ago than this are deleted, with their spans, assessments and
+    ledger rows, by the leader's pruner every ``prune_interval_s``; unset (the default):
+    traces are kept."""
     backfill_max_traces: int = Field(100_000, ge=1)
     """The most traces one backfill request may queue."""
     judge_base_url: str = "https://api.openai.com/v1"

@@ -1,4 +1,5 @@
-"""``assay tokens …`` and ``assay db …``: API tokens and the store's schema."""
+"""``assay tokens …``, ``assay db …`` and ``assay traces prune``: API tokens, the store's
+schema and trace retention."""
 
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ from assay.errors import (
 from assay.jobs.model import ms_to_datetime
 
 if TYPE_CHECKING:
-    from assay.server.tokens import TokenRole, TokenStore
+    from assay.server.tokens import TokenRole
+    from assay.stores import Stores
 from assay.cli.base import _Group, cli, parse_duration, store_option
 
 # -- tokens ------------------------------------------------------------------------------------
@@ -29,7 +31,7 @@ def tokens() -> None:
 
 
 @contextlib.contextmanager
-def _token_store(store_uri: str | None) -> Iterator[TokenStore]:
+def _stores(store_uri: str | None) -> Iterator[Stores]:
     from assay.config import load_settings
     from assay.db.engine import create_engine
     from assay.db.migrate import is_current, upgrade
@@ -42,7 +44,7 @@ def _token_store(store_uri: str | None) -> Iterator[TokenStore]:
             upgrade(engine)
         elif not is_current(engine):
             raise MigrationError("the store schema is not current: run `assay db upgrade`")
-        yield Stores.open(engine, settings).tokens
+        yield Stores.open(engine, settings)
     finally:
         engine.dispose()
 
@@ -61,7 +63,8 @@ def tokens_create(role: str, subject: str, expires: str | None, store_uri: str |
     """Create a token and print it once (only its hash is stored)."""
     expires_in_s = parse_duration(expires) if expires else None
     role_name: TokenRole = "admin" if role == "admin" else "user"
-    with _token_store(store_uri) as store:
+    with _stores(store_uri) as stores:
+        store = stores.tokens
         row, plaintext = store.create(subject, role_name, expires_in_s=expires_in_s)
     until = f", expires {_when(row.expires_at_ms)}" if row.expires_at_ms else ""
     click.echo(
@@ -77,7 +80,8 @@ def tokens_create(role: str, subject: str, expires: str | None, store_uri: str |
 @store_option
 def tokens_list(as_json: bool, store_uri: str | None) -> None:
     """List tokens (never the tokens themselves)."""
-    with _token_store(store_uri) as store:
+    with _stores(store_uri) as stores:
+        store = stores.tokens
         rows = store.list_tokens()
     if as_json:
         click.echo(json.dumps([dataclasses.asdict(r) for r in rows], indent=2))
@@ -96,7 +100,8 @@ def tokens_list(as_json: bool, store_uri: str | None) -> None:
 @store_option
 def tokens_revoke(token_id: str, store_uri: str | None) -> None:
     """Revoke a token; every server refuses it from its next request."""
-    with _token_store(store_uri) as store:
+    with _stores(store_uri) as stores:
+        store = stores.tokens
         row = store.revoke(token_id)
     click.echo(f"revoked {row.id} ({row.subject})")
 
@@ -124,3 +129,26 @@ def db_upgrade(store_uri: str | None) -> None:
         click.echo(f"store at revision {current_revision(engine)}")
     finally:
         engine.dispose()
+
+
+# -- traces ------------------------------------------------------------------------------------
+
+
+@cli.group(cls=_Group)
+def traces() -> None:
+    """Trace retention (the server prunes on its own with ASSAY_TRACE_RETENTION_S)."""
+
+
+@traces.command("prune")
+@click.option(
+    "--older-than",
+    required=True,
+    help="Delete traces that started longer ago than this (e.g. 30d).",
+)
+@store_option
+def traces_prune(older_than: str, store_uri: str | None) -> None:
+    """Delete old traces with their spans, assessments and scoring-ledger rows."""
+    seconds = parse_duration(older_than)
+    with _stores(store_uri) as stores:
+        deleted = stores.traces.traces_prune(seconds)
+    click.echo(f"deleted {deleted} traces")

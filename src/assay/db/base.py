@@ -22,7 +22,7 @@ from assay.db.engine import BEGIN_MODE
 from assay.errors import NotFoundError, StoreError
 from assay.util import chunks
 
-__all__ = ["IN_CHUNK", "NOW_SQL", "SqlStore", "is_transient", "require_rows"]
+__all__ = ["IN_CHUNK", "NOW_SQL", "Pace", "SqlStore", "is_transient", "require_rows"]
 
 T = TypeVar("T")
 
@@ -80,6 +80,26 @@ def is_transient(exc: sa.exc.DBAPIError) -> bool:
     return "database is locked" in str(orig)
 
 
+class Pace:
+    """The rhythm of a long deletion that must not stall anyone: transactions of ``size``
+    rows, sized from the one before so that each holds its locks about ``tx_ms``, and after
+    each a rest, so that the work holds the database at most ``duty`` of the time. Claims and
+    writes waiting for a lock wait for one short transaction at most; on SQLite, whose single
+    writer the workers keep busy, the deletion takes at most that share of it from them."""
+
+    def __init__(self, batch: int, tx_ms: float, duty: float) -> None:
+        self.batch = batch
+        self.tx_s = tx_ms / 1000
+        self.duty = duty
+        self.size = min(100, batch)
+
+    def rest(self, held_s: float) -> None:
+        """After a transaction that held its locks ``held_s``: size the next one, then rest."""
+        grow = min(2.0, self.tx_s / max(held_s, 1e-4))
+        self.size = max(10, min(self.batch, int(self.size * grow)))
+        time.sleep(held_s * (1 - self.duty) / self.duty)
+
+
 class SqlStore:
     """Base of the stores: ``dialect`` ("sqlite", "postgresql" or "mysql"), ``_now`` (the DB
     clock as a SQL expression) and :meth:`_tx`.
@@ -132,6 +152,18 @@ class SqlStore:
             if deleted < batch:
                 break
         return total
+
+    def _sqlite_checkpoint(self) -> None:
+        """After a batch of a long deletion on SQLite: copy the pages it wrote to the WAL into
+        the database now, on the deleter's time. Left to SQLite's automatic checkpoint, that
+        copying (old rows' pages, scattered over every index) would run inside the commit of
+        whichever writer next passes the WAL's size threshold. PASSIVE: it never waits for,
+        or blocks, anyone."""
+        raw = self.engine.raw_connection()
+        try:  # outside any transaction (the connection is in autocommit mode)
+            raw.cursor().execute("PRAGMA wal_checkpoint(PASSIVE)")
+        finally:
+            raw.close()
 
     def _insert(self, table: sa.Table) -> Any:
         """The dialect's INSERT, for ON CONFLICT / ON DUPLICATE KEY clauses."""

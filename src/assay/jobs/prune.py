@@ -10,7 +10,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from assay.db.base import SqlStore
+from assay.db.base import Pace, SqlStore
 from assay.db.dialects import SQLITE
 from assay.db.tables import job_attempts, jobs
 from assay.jobs.model import TERMINAL_STATUSES
@@ -32,22 +32,19 @@ class Pruning(SqlStore):
         """Delete finished jobs (and their attempt records) that finished more than
         ``older_than_s`` ago; returns how many.
 
-        A backlog of months must not stall the queue while it goes: each transaction deletes
-        at most ``batch`` jobs, sized from the one before so that it takes about ``tx_ms``,
-        and after each the pruner rests so that it holds the database at most ``duty`` of
-        the time. Claims and finishes waiting for a lock wait for one short transaction at
-        most, and on SQLite, whose single writer the workers keep busy, the prune takes at
-        most that share of it from them (a faster prune would cost them as much). Each
-        status is walked oldest first in ix_jobs_status_created, every batch starting where
-        the last one stopped, so no batch reads the entries of rows already deleted (dead
-        index entries on PostgreSQL until vacuum) or scans for rows that are not old enough.
+        A backlog of months must not stall the queue while it goes: it is deleted at the
+        :class:`~assay.db.base.Pace` of ``batch``, ``tx_ms`` and ``duty``. Each status is
+        walked oldest first in ix_jobs_status_created, every batch starting where the last
+        one stopped, so no batch reads the entries of rows already deleted (dead index
+        entries on PostgreSQL until vacuum) or scans for rows that are not old enough.
         """
         cutoff = self.now_ms() - int(older_than_s * 1000)
-        size = min(100, batch)
+        pace = Pace(batch, tx_ms, duty)
         total = 0
         for status in sorted(s.value for s in TERMINAL_STATUSES):
             after = 0  # created_at_ms of the newest job deleted so far
             while True:
+                size = pace.size
                 query = (
                     sa.select(jobs.c.id, jobs.c.created_at_ms)
                     .where(
@@ -66,21 +63,8 @@ class Pruning(SqlStore):
                 if len(rows) < size:
                     break
                 after = max(row.created_at_ms for row in rows)
-                grow = min(2.0, tx_ms / 1000 / max(held_s, 1e-4))
-                size = max(10, min(batch, int(size * grow)))
-                time.sleep(held_s * (1 - duty) / duty)
+                pace.rest(held_s)
         return total
-
-    def _sqlite_checkpoint(self) -> None:
-        """Copy the pages a prune wrote to the WAL into the database now, on the pruner's
-        time. Left to SQLite's automatic checkpoint, that copying (old rows' pages, scattered
-        over every index) would run inside the commit of whichever worker next passes the
-        WAL's size threshold. PASSIVE: it never waits for, or blocks, anyone."""
-        raw = self.engine.raw_connection()
-        try:  # outside any transaction (the connection is in autocommit mode)
-            raw.cursor().execute("PRAGMA wal_checkpoint(PASSIVE)")
-        finally:
-            raw.close()
 
     def _prune_batch(self, query: sa.Select[Any]) -> tuple[list[Any], float]:
         """One transaction: delete the jobs ``query`` selects (their attempt records first).

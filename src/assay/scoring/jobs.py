@@ -10,7 +10,8 @@
   is stored (no CANCELED rows per tick).
 - ``assay.scoring.backfill`` queues past traces for one scorer and follows them to the end.
 - :class:`LedgerPruner` (leader) deletes the ledger rows of pairs decided without an
-  assessment once they are older than ``scoring_retention_s``.
+  assessment once they are older than ``scoring_retention_s``; the traces' pruner
+  (:class:`TracePruner`), those older than ``trace_retention_s``.
 
 :func:`install` adds all of this to a job registry; ``assay server`` and ``assay worker`` do.
 """
@@ -32,7 +33,14 @@ from assay.scoring.model import Level
 from assay.scoring.service import BACKFILL_JOB, ScoringService
 from assay.stores import Stores
 
-__all__ = ["BACKFILL_JOB", "JOB_NAMES", "LedgerPruner", "ScoringScheduler", "install"]
+__all__ = [
+    "BACKFILL_JOB",
+    "JOB_NAMES",
+    "LedgerPruner",
+    "ScoringScheduler",
+    "TracePruner",
+    "install",
+]
 
 log = logging.getLogger("assay.scoring")
 
@@ -154,8 +162,29 @@ class LedgerPruner(Service):
             log.info("scoring.pruned count=%s", deleted)
 
 
+class TracePruner(Service):
+    """Deletes traces that started longer than ``trace_retention_s`` ago, with their ledger
+    rows (leader only; off while that setting is unset)."""
+
+    name = "trace-pruner"
+
+    def __init__(self, store: JobStore, settings: Settings) -> None:
+        super().__init__(settings.prune_interval_s)
+        self.traces = Stores.on(store, settings).traces
+        self.retention_s = settings.trace_retention_s
+
+    def tick(self) -> None:
+        if self.retention_s is None:
+            return
+        deleted = self.traces.traces_prune(self.retention_s)
+        if deleted:
+            log.info("traces.pruned count=%s", deleted)
+
+
 def install(registry: Registry) -> None:
-    """Register the scoring jobs and the scheduler service in ``registry``."""
+    """Register the scoring jobs and the leader's services in ``registry``: the scoring
+    scheduler, the ledger's pruner and the traces' (what scoring reads, pruned on the same
+    leader)."""
     for name, fn, exclusive in (
         (JOB_NAMES[Level.TRACE], score_traces, ["experiment_id"]),
         (JOB_NAMES[Level.SESSION], score_sessions, ["experiment_id"]),
@@ -165,3 +194,4 @@ def install(registry: Registry) -> None:
             job(name=name, executor="inline", exclusive=exclusive, registry=registry)(fn)
     registry.register_service("scoring", ScoringScheduler)
     registry.register_service("scoring-pruner", LedgerPruner)
+    registry.register_service("trace-pruner", TracePruner)

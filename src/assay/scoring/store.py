@@ -380,6 +380,19 @@ class ScoringStore(SqlStore):
         if session_rows:
             conn.execute(self._touch_session_task, [session_rows[k] for k in sorted(session_rows)])
 
+    def on_prune(self, conn: sa.Connection, experiment_id: str, trace_ids: Sequence[str]) -> None:
+        """The ledger rows of traces being pruned go with them (a session's row stays: its
+        other traces may still be there)."""
+        t = scoring_tasks
+        for chunk in chunks(trace_ids, _CHUNK):
+            conn.execute(
+                t.delete().where(
+                    t.c.experiment_id == experiment_id,
+                    t.c.level == Level.TRACE.value,
+                    t.c.target_id.in_(chunk),
+                )
+            )
+
     def tasks_enqueue(self, experiment_id: str, scorer_name: str, trace_ids: Sequence[str]) -> int:
         """Backfill: ledger rows for ``trace_ids``, due now. A row that ended FAILED or
         FILTERED is made PENDING again; one that is pending already stays as it is."""

@@ -30,8 +30,11 @@ class Completed:
 
 class IngestListener(Protocol):
     """Called once per ingest transaction, on its connection, before it commits: what it
-    writes commits (or rolls back) with the spans."""
+    writes commits (or rolls back) with the spans; and likewise when traces are pruned."""
 
     def on_ingest(
         self, conn: sa.Connection, now: int, items: Sequence[Completed], idle_ms: int
     ) -> None: ...
+
+    def on_prune(self, conn: sa.Connection, experiment_id: str, trace_ids: Sequence[str]) -> None:
+        """The traces (of one experiment) are being deleted, in this transaction."""

@@ -26,7 +26,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from assay.db.base import SqlStore, require_rows
+from assay.db.base import require_rows
 from assay.db.dialects import SQLITE
 from assay.db.tables import (
     assessments,
@@ -64,6 +64,7 @@ from assay.tracing.model import (
     assessment_row,
     clean_text,
 )
+from assay.tracing.retention import TracePruning
 from assay.util import chunks
 
 __all__ = ["INGEST_TX_SPANS", "TraceStore"]
@@ -89,7 +90,7 @@ _SPAN_UPDATES = (
 )
 
 
-class TraceStore(SqlStore):
+class TraceStore(TracePruning):
     """Typed access to the trace tables of one database.
 
     ``listener`` is told, in each ingest transaction, which traces it completed and which

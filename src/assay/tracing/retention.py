@@ -1,0 +1,125 @@
+"""Trace retention: deleting old traces, and everything that hangs off them, without stalling
+ingest.
+
+Part of the trace store (:class:`assay.tracing.store.TraceStore` inherits
+:class:`TracePruning`); the leader's :class:`assay.scoring.jobs.TracePruner` runs it every
+``prune_interval_s`` when ``trace_retention_s`` is set.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import sqlalchemy as sa
+
+from assay.db.base import Pace, SqlStore
+from assay.db.dialects import SQLITE
+from assay.db.tables import (
+    assessments,
+    experiments,
+    span_log_events,
+    spans,
+    trace_metadata,
+    trace_tags,
+    traces,
+)
+from assay.tracing.listener import IngestListener
+
+__all__ = ["TracePruning"]
+
+_CHILDREN = (assessments, spans, span_log_events, trace_metadata, trace_tags)
+"""The rows that go with their trace (the FTS index of SQLite follows by trigger)."""
+
+
+class TracePruning(SqlStore):
+    """The trace store's deletion of old traces."""
+
+    listener: IngestListener | None
+
+    def traces_prune(
+        self,
+        older_than_s: float,
+        *,
+        batch: int = 500,
+        tx_ms: float = 20.0,
+        duty: float = 0.1,
+    ) -> int:
+        """Delete the traces that started more than ``older_than_s`` ago (by their
+        ``start_time_ms``, the time the UI orders them by), with their spans, GenAI log
+        events, metadata and tag rows, assessments and, through the listener, their
+        scoring-ledger rows; returns how many traces.
+
+        Each experiment is walked oldest first in ix_traces_experiment_start, every batch
+        starting where the last one stopped, at the :class:`~assay.db.base.Pace` of
+        ``batch``, ``tx_ms`` and ``duty``, so a first prune of months of traces never holds
+        up ingest for more than one short transaction. A batch locks its traces first, in
+        trace id order as an ingest does: a span that arrives for one of them meanwhile
+        waits, and then starts a new trace of that id."""
+        cutoff = self.now_ms() - int(older_than_s * 1000)
+        experiment_ids = self._tx(
+            lambda conn: (
+                conn.execute(sa.select(experiments.c.id).order_by(experiments.c.id)).scalars().all()
+            ),
+            write=False,
+        )
+        pace = Pace(batch, tx_ms, duty)
+        total = 0
+        for experiment_id in experiment_ids:
+            after: int | None = None  # start_time_ms of the newest trace deleted so far
+            while True:
+                size = pace.size
+                query = (
+                    sa.select(traces.c.trace_id, traces.c.start_time_ms)
+                    .where(
+                        traces.c.experiment_id == experiment_id,
+                        traces.c.start_time_ms < cutoff,
+                    )
+                    .order_by(traces.c.start_time_ms)
+                    .limit(size)
+                )
+                if after is not None:
+                    query = query.where(traces.c.start_time_ms >= after)
+                rows, deleted, held_s = self._tx(
+                    functools.partial(
+                        self._prune_traces, query=query, experiment_id=experiment_id, cutoff=cutoff
+                    )
+                )
+                total += deleted
+                if self.dialect == SQLITE:
+                    self._sqlite_checkpoint()
+                if len(rows) < size:
+                    break
+                after = max(row.start_time_ms for row in rows)
+                pace.rest(held_s)
+        return total
+
+    def _prune_traces(
+        self, conn: sa.Connection, query: sa.Select[Any], experiment_id: str, cutoff: int
+    ) -> tuple[Sequence[Any], int, float]:
+        """One transaction: delete the traces ``query`` selects that are still older than
+        ``cutoff`` once locked. Returns the rows selected, how many traces went, and the
+        seconds the transaction held its locks."""
+        began = time.monotonic()
+        rows = conn.execute(query).all()
+        if not rows:
+            return rows, 0, time.monotonic() - began
+        lock = (
+            sa.select(traces.c.trace_id)
+            .where(
+                traces.c.trace_id.in_(sorted(row.trace_id for row in rows)),
+                traces.c.start_time_ms < cutoff,
+            )
+            .order_by(traces.c.trace_id)
+            .with_for_update()
+        )
+        ids = list(conn.execute(lock).scalars())
+        if ids:
+            for table in _CHILDREN:
+                conn.execute(table.delete().where(table.c.trace_id.in_(ids)))
+            if self.listener is not None:
+                self.listener.on_prune(conn, experiment_id, ids)
+            conn.execute(traces.delete().where(traces.c.trace_id.in_(ids)))
+        return rows, len(ids), time.monotonic() - began
