@@ -30,6 +30,7 @@ from assay.scoring.service import ScoringService
 from assay.stores import Stores
 from assay.tracing.log_events import LogEvent
 from assay.tracing.model import AssessmentSource, NewAssessment
+from assay.tracing.store import _span_row
 from support.scoring import experiment, new_trace_id, register, settings_for, trace_spans
 from support.timing import wait_until
 
@@ -126,29 +127,12 @@ def test_prune_waits_for_an_ingest_of_the_same_trace(store_uri, engine) -> None:
                 return bool(conn.exec_driver_sql(query).scalar_one())
 
         wait_until(prune_waits)
-        ingest.execute(spans.insert(), [_span_row(s) for s in late])
+        ingest.execute(spans.insert(), [_span_row(s, {}) for s in late])
         ingest.commit()
     pruner.join(timeout=60)
     assert result == {"n": 1}
     assert _rows(engine, spans, [trace_id]) == 0
     assert _rows(engine, traces, [trace_id]) == 0
-
-
-def _span_row(span: Any) -> dict[str, Any]:
-    return {
-        "trace_id": span.trace_id,
-        "span_id": span.span_id,
-        "parent_span_id": span.parent_span_id,
-        "name": span.name,
-        "kind": span.kind,
-        "status_code": span.status_code,
-        "start_time_ns": span.start_time_ns,
-        "end_time_ns": span.end_time_ns,
-        "attributes": "{}",
-        "events": "[]",
-        "links": "[]",
-        "resource": "{}",
-    }
 
 
 @pytest.mark.parametrize("store_uri", ["sqlite"], indirect=True)
