@@ -107,6 +107,10 @@ class Settings(BaseSettings):
     """Worker loops the server runs in its own process (0: an API-only replica)."""
     max_request_bytes: int = Field(16 * 2**20, gt=0)
     """Requests with a larger body are refused with 413 before they are read."""
+    max_request_items: int = Field(20_000, gt=0)
+    """An OTLP export (traces or logs) with more spans or log records is refused with 413
+    before any is decoded: tiny spans cost ~40x the CPU per byte of real ones, so this, not
+    the byte limit, is what bounds the work one request makes."""
     artifact_root: str | None = None
     """Where the MLflow-compatible API keeps artifacts and logged models (a directory all
     replicas share). None: ``<database file>.artifacts`` beside a SQLite store, else

@@ -36,6 +36,7 @@ import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.routing import APIRoute
 from google.rpc import status_pb2
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 import assay
@@ -53,6 +54,7 @@ from assay.stores import Stores
 from assay.tracing.derive import summarize
 from assay.tracing.model import Span
 from assay.tracing.otlp import EXPERIMENT_ATTRIBUTE, MAX_GZIP_MEMBERS, decode_request
+from assay.tracing.otlp_logs import decode_logs_request
 from assay.tracking.store import TrackingStore
 from support.scoring import experiment, new_trace_id, register, settings_for, trace_spans
 from support.servers import ServerProcess, Servers, free_port
@@ -147,6 +149,41 @@ def test_gzip_members_are_capped_and_decompressed_in_linear_time() -> None:
         decode_request(members + gzip.compress(b""), **decode)
     with pytest.raises(RequestTooLargeError, match="max_request_bytes"):
         decode_request(gzip.compress(b"\0" * 2**20) * 20, **decode)
+
+
+@pytest.mark.parametrize("store_uri", ["sqlite"], indirect=True)
+def test_an_export_of_more_spans_than_the_limit_is_refused_before_decoding(
+    server: ServerProcess, store_uri: str
+) -> None:
+    """A 16 MB body holds ~430,000 one-span traces of 39 bytes: ~60 s of the server's CPU
+    (spans that small cost ~40x the CPU per byte of real ones). The byte limit does not
+    bound that; the span count does (max_request_items, 20,000 by default)."""
+    engine = create_engine(store_uri)
+    try:
+        exp = TrackingStore(engine).create_experiment(f"many-{uuid.uuid4().hex[:8]}").id
+        body = tiny_traces(exp, 20_001)
+        headers = {"content-type": PROTOBUF}
+        answer = httpx.post(f"{server.url}/v1/traces", content=body, headers=headers, timeout=60)
+        assert answer.status_code == 413, answer.text
+        message = otlp_status(answer).message
+        assert "20001 spans" in message
+        assert "ASSAY_MAX_REQUEST_ITEMS" in message
+        with engine.connect() as conn:
+            assert conn.execute(sa.select(sa.func.count()).select_from(traces)).scalar_one() == 0
+    finally:
+        engine.dispose()
+
+
+def test_log_exports_are_bounded_by_record_count() -> None:
+    message = ExportLogsServiceRequest()
+    scope = message.resource_logs.add().scope_logs.add()
+    for i in range(3):
+        scope.log_records.add(time_unix_nano=BASE_NS + i).body.string_value = "hi"
+    body = message.SerializeToString()
+    decode = {"content_type": PROTOBUF, "content_encoding": None, "default_experiment_id": "e"}
+    with pytest.raises(RequestTooLargeError, match="3 log records"):
+        decode_logs_request(body, max_bytes=2**20, max_items=2, **decode)
+    assert decode_logs_request(body, max_bytes=2**20, max_items=3, **decode).ignored == 3
 
 
 @pytest.mark.parametrize("store_uri", ["sqlite"], indirect=True)
@@ -379,7 +416,7 @@ def test_a_submit_waits_for_one_transaction_of_a_large_ingest(
 ) -> None:
     engine = create_engine(store_uri)
     experiment_id = TrackingStore(engine).create_experiment(f"e-{uuid.uuid4().hex[:6]}").id
-    count = 30_000
+    count = Settings().max_request_items  # the largest request a server takes
     body = tiny_traces(experiment_id, count)
     waits: list[float] = []
     ingesting = threading.Event()

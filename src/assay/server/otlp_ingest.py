@@ -61,10 +61,13 @@ def log_rejected(signal: str, transport: str, status: int, reason: str) -> None:
 class OtlpIngest:
     """Decode-and-store for OTLP requests on one database (one per app: :meth:`of`)."""
 
-    def __init__(self, traces: TraceStore, tracking: TrackingStore, max_bytes: int) -> None:
+    def __init__(
+        self, traces: TraceStore, tracking: TrackingStore, max_bytes: int, max_items: int
+    ) -> None:
         self.traces = traces
         self.tracking = tracking
         self.max_bytes = max_bytes
+        self.max_items = max_items
 
     @classmethod
     def of(cls, state: Any) -> OtlpIngest:
@@ -73,7 +76,13 @@ class OtlpIngest:
             ingest: OtlpIngest | None = getattr(state, "otlp_ingest", None)
             if ingest is None:
                 stores = state.runtime.stores
-                ingest = cls(stores.traces, stores.tracking, state.settings.max_request_bytes)
+                settings = state.settings
+                ingest = cls(
+                    stores.traces,
+                    stores.tracking,
+                    settings.max_request_bytes,
+                    settings.max_request_items,
+                )
                 state.otlp_ingest = ingest
         return ingest
 
@@ -95,6 +104,7 @@ class OtlpIngest:
             "content_encoding": encoding,
             "default_experiment_id": experiment,
             "max_bytes": self.max_bytes,
+            "max_items": self.max_items,
         }
         if signal == "traces":
             spans = decode_request(body, **options)

@@ -39,6 +39,7 @@ __all__ = [
     "RESOURCE_COPIES_FACTOR",
     "Decoded",
     "IncomingSpan",
+    "check_items",
     "decode_request",
     "encode_response",
     "encode_status",
@@ -101,8 +102,10 @@ def decode_request(
     content_encoding: str | None,
     default_experiment_id: str | None,
     max_bytes: int,
+    max_items: int | None = None,
 ) -> Decoded:
-    """Decode one OTLP/HTTP trace export body into spans (InvalidRequestError if malformed)."""
+    """Decode one OTLP/HTTP trace export body into spans (InvalidRequestError if malformed;
+    RequestTooLargeError if it holds more than ``max_items`` spans)."""
     message = ExportTraceServiceRequest()
     parse_export(
         message,
@@ -112,8 +115,21 @@ def decode_request(
         max_bytes=max_bytes,
         hex_ids_to_base64=_hex_ids_to_base64,
     )
+    if max_items is not None:
+        count = sum(len(s.spans) for r in message.resource_spans for s in r.scope_spans)
+        check_items(count, max_items, "spans")
     _check_copies(message, max_bytes)
     return _spans_of(message, default_experiment_id)
+
+
+def check_items(count: int, max_items: int, what: str) -> None:
+    """RequestTooLargeError (413) for an export of more than ``max_items`` spans or log
+    records, before any is decoded."""
+    if count > max_items:
+        raise RequestTooLargeError(
+            f"this request holds {count} {what}, over the limit of {max_items} per request "
+            "(max_request_items, ASSAY_MAX_REQUEST_ITEMS): send them in several requests"
+        )
 
 
 def parse_export(

@@ -33,6 +33,7 @@ from assay.tracing.otlp import (
     _convert_ids,
     _dicts,
     _value,
+    check_items,
     parse_export,
 )
 
@@ -76,8 +77,10 @@ def decode_logs_request(
     content_encoding: str | None,
     default_experiment_id: str | None,
     max_bytes: int,
+    max_items: int | None = None,
 ) -> DecodedLogs:
-    """Decode one OTLP logs export body (InvalidRequestError if malformed)."""
+    """Decode one OTLP logs export body (InvalidRequestError if malformed;
+    RequestTooLargeError if it holds more than ``max_items`` log records)."""
     message = ExportLogsServiceRequest()
     parse_export(
         message,
@@ -87,6 +90,9 @@ def decode_logs_request(
         max_bytes=max_bytes,
         hex_ids_to_base64=_hex_ids_to_base64,
     )
+    if max_items is not None:
+        count = sum(len(s.log_records) for r in message.resource_logs for s in r.scope_logs)
+        check_items(count, max_items, "log records")
     return _events_of(message, default_experiment_id)
 
 
