@@ -10,6 +10,7 @@ a user's script would.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import subprocess
@@ -337,6 +338,73 @@ def test_a_token_of_another_experiment_reads_nothing(assay: Assay) -> None:
     allowed = assay.get(f"{TRACES}/get?trace_id={assay.ok_id}", insider)
     assert allowed.status_code == 200, allowed.text
     assert allowed.json()["trace"]["trace_info"]["trace_id"] == assay.ok_id
+
+
+DELETE = """
+import time
+import mlflow
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+
+@mlflow.trace
+def step(n):
+    return n
+
+experiment = mlflow.set_experiment(CONFIG["experiment"])
+ids, times = [], []
+for n in range(3):
+    step(n)
+    ids.append(mlflow.get_last_active_trace_id())
+mlflow.flush_trace_async_logging(terminate=True)
+client = MlflowClient()
+e = experiment.experiment_id
+times = [client.get_trace(t).info.request_time for t in ids]
+refused = None
+if CONFIG["user_token"]:
+    import os
+    os.environ["MLFLOW_TRACKING_TOKEN"] = CONFIG["user_token"]
+    try:
+        client.delete_traces(e, trace_ids=ids)
+    except MlflowException as exc:
+        refused = exc.error_code
+    os.environ["MLFLOW_TRACKING_TOKEN"] = CONFIG["admin_token"]
+by_time = client.delete_traces(e, max_timestamp_millis=times[1], max_traces=1)
+by_id = client.delete_traces(e, trace_ids=[ids[2], "tr-" + "0" * 32])
+left = [t.info.trace_id for t in client.search_traces(locations=[e])]
+print(json.dumps({"ids": ids, "refused": refused, "by_time": by_time, "by_id": by_id,
+                  "left": left}))
+"""
+
+
+def test_mlflow_client_deletes_traces_as_an_admin(assay: Assay, tmp_path: Path) -> None:
+    """``MlflowClient.delete_traces`` by time (oldest first, at most ``max_traces``) and by
+    ids; a user token is refused (a bulk deletion is an admin's)."""
+    engine = create_engine(assay.store_uri)
+    try:
+        _, admin = TokenStore(engine).create("root", "admin")
+    finally:
+        engine.dispose()
+    out = dataclasses.replace(assay, token=admin).run(
+        DELETE,
+        tmp_path,
+        experiment=f"delete-{uuid.uuid4().hex[:8]}",
+        user_token=assay.token,
+        admin_token=admin,
+    )
+    first, second, third = out["ids"]
+    assert out["refused"] == "PERMISSION_DENIED"
+    assert (out["by_time"], out["by_id"]) == (1, 1)
+    assert out["left"] == [second]
+    for gone in (first, third):
+        assert assay.get(f"/api/v1/traces/{gone}", admin).status_code == 404
+    bad = httpx.post(
+        f"{assay.server.url}/api/2.0/mlflow/traces/delete-traces",
+        json={"experiment_id": "0", "max_timestamp_millis": 1, "request_ids": [first]},
+        headers={"Authorization": f"Bearer {admin}"},
+        timeout=30,
+    )
+    assert (bad.status_code, bad.json()["error_code"]) == (400, "INVALID_PARAMETER_VALUE")
+    assert "either max_timestamp_millis or request_ids" in bad.json()["message"]
 
 
 def test_unknown_traces_and_routes_answer_in_mlflows_shape(assay: Assay) -> None:

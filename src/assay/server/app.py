@@ -104,6 +104,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(mlflow_artifacts.artifacts_router)
     app.include_router(mlflow_jobs.router)
     app.include_router(mlflow_traces.router)
+    app.include_router(mlflow_traces.v2_router)
     app.include_router(otlp_logs.router)
     ui.install(app)
     app.add_exception_handler(LoginRequired, _to_login)

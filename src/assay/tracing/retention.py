@@ -15,7 +15,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from assay.db.base import Pace, SqlStore
+from assay.db.base import IN_CHUNK, Pace, SqlStore
 from assay.db.dialects import SQLITE
 from assay.db.tables import (
     assessments,
@@ -26,7 +26,9 @@ from assay.db.tables import (
     trace_tags,
     traces,
 )
+from assay.errors import InvalidRequestError
 from assay.tracing.listener import IngestListener
+from assay.util import chunks
 
 __all__ = ["TracePruning"]
 
@@ -66,55 +68,87 @@ class TracePruning(SqlStore):
             write=False,
         )
         pace = Pace(batch, tx_ms, duty)
-        total = 0
-        for experiment_id in experiment_ids:
-            after: int | None = None  # start_time_ms of the newest trace deleted so far
-            while True:
-                size = pace.size
-                query = (
-                    sa.select(traces.c.trace_id, traces.c.start_time_ms)
-                    .where(
-                        traces.c.experiment_id == experiment_id,
-                        traces.c.start_time_ms < cutoff,
-                    )
-                    .order_by(traces.c.start_time_ms)
-                    .limit(size)
+        return sum(self._prune_experiment(e, cutoff, pace) for e in experiment_ids)
+
+    def traces_delete(
+        self,
+        experiment_id: str,
+        *,
+        trace_ids: Sequence[str] | None = None,
+        started_before_ms: int | None = None,
+        max_traces: int | None = None,
+    ) -> int:
+        """Delete traces of one experiment, as :meth:`traces_prune` does: those of
+        ``trace_ids`` (ids of other experiments are left alone), or those that started before
+        ``started_before_ms``, oldest first, at most ``max_traces`` (MLflow's DeleteTraces).
+        Returns how many. The caller is waiting, so it rests between transactions only as
+        long as each took."""
+        if trace_ids is not None:
+            total = 0
+            for chunk in chunks(sorted(set(trace_ids)), IN_CHUNK):
+                query = sa.select(traces.c.trace_id, traces.c.start_time_ms).where(
+                    traces.c.experiment_id == experiment_id, traces.c.trace_id.in_(chunk)
                 )
-                if after is not None:
-                    query = query.where(traces.c.start_time_ms >= after)
-                rows, deleted, held_s = self._tx(
+                total += self._tx(
                     functools.partial(
-                        self._prune_traces, query=query, experiment_id=experiment_id, cutoff=cutoff
+                        self._prune_traces, query=query, experiment_id=experiment_id, cutoff=None
                     )
+                )[1]
+            return total
+        if started_before_ms is None:
+            raise InvalidRequestError("name the traces, or the time they started before")
+        pace = Pace(500, tx_ms=20.0, duty=0.5)
+        return self._prune_experiment(experiment_id, started_before_ms, pace, max_traces)
+
+    def _prune_experiment(
+        self, experiment_id: str, cutoff: int, pace: Pace, most: int | None = None
+    ) -> int:
+        """Delete the experiment's traces that started before ``cutoff`` (at most ``most``),
+        oldest first, at ``pace``; returns how many."""
+        total = 0
+        after: int | None = None  # start_time_ms of the newest trace deleted so far
+        while most is None or total < most:
+            size = pace.size if most is None else min(pace.size, most - total)
+            query = (
+                sa.select(traces.c.trace_id, traces.c.start_time_ms)
+                .where(traces.c.experiment_id == experiment_id, traces.c.start_time_ms < cutoff)
+                .order_by(traces.c.start_time_ms)
+                .limit(size)
+            )
+            if after is not None:
+                query = query.where(traces.c.start_time_ms >= after)
+            rows, deleted, held_s = self._tx(
+                functools.partial(
+                    self._prune_traces, query=query, experiment_id=experiment_id, cutoff=cutoff
                 )
-                total += deleted
-                if self.dialect == SQLITE:
-                    self._sqlite_checkpoint()
-                if len(rows) < size:
-                    break
-                after = max(row.start_time_ms for row in rows)
-                pace.rest(held_s)
+            )
+            total += deleted
+            if self.dialect == SQLITE:
+                self._sqlite_checkpoint()
+            if len(rows) < size:
+                break
+            after = max(row.start_time_ms for row in rows)
+            pace.rest(held_s)
         return total
 
     def _prune_traces(
-        self, conn: sa.Connection, query: sa.Select[Any], experiment_id: str, cutoff: int
+        self, conn: sa.Connection, query: sa.Select[Any], experiment_id: str, cutoff: int | None
     ) -> tuple[Sequence[Any], int, float]:
-        """One transaction: delete the traces ``query`` selects that are still older than
-        ``cutoff`` once locked. Returns the rows selected, how many traces went, and the
-        seconds the transaction held its locks."""
+        """One transaction: delete the traces ``query`` selects that, once locked, still
+        started before ``cutoff`` (None: whenever). Returns the rows selected, how many traces
+        went, and the seconds the transaction held its locks."""
         began = time.monotonic()
         rows = conn.execute(query).all()
         if not rows:
             return rows, 0, time.monotonic() - began
         lock = (
             sa.select(traces.c.trace_id)
-            .where(
-                traces.c.trace_id.in_(sorted(row.trace_id for row in rows)),
-                traces.c.start_time_ms < cutoff,
-            )
+            .where(traces.c.trace_id.in_(sorted(row.trace_id for row in rows)))
             .order_by(traces.c.trace_id)
             .with_for_update()
         )
+        if cutoff is not None:
+            lock = lock.where(traces.c.start_time_ms < cutoff)
         ids = list(conn.execute(lock).scalars())
         if ids:
             for table in _CHILDREN:

@@ -14,9 +14,11 @@ GetTraceInfoV3 ``GET /traces/{id}``, GetTrace ``GET /traces/get``, BatchGetTrace
 ``GET /traces/batchGet``, BatchGetTraceInfos ``POST /traces/batchGetInfos``, SearchTracesV3
 ``POST /traces/search``. Assessments (``mlflow.log_feedback``, ``log_expectation``,
 ``get_assessment``, ``delete_assessment``): ``POST /traces/{id}/assessments``,
-``GET``/``DELETE /traces/{id}/assessments/{assessment_id}``. Not served (MLflow's
-``ENDPOINT_NOT_FOUND``): trace tag writes, assessment updates, trace deletion. The wire
-format: :mod:`assay.server.mlflow_trace_wire`.
+``GET``/``DELETE /traces/{id}/assessments/{assessment_id}``. Deleting
+(``MlflowClient.delete_traces``, admin only): DeleteTraces ``POST
+/api/2.0/mlflow/traces/delete-traces`` (:data:`v2_router`). Not served (MLflow's
+``ENDPOINT_NOT_FOUND``): trace tag writes, assessment updates. The wire format:
+:mod:`assay.server.mlflow_trace_wire`.
 
 Auth is the same as on ``/api/v1/traces``: a job token reads and assesses only the traces of
 the experiments it is scoped to (403 PERMISSION_DENIED otherwise).
@@ -29,7 +31,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Depends, Query, Request
 
 from assay.errors import InvalidRequestError, NotFoundError
-from assay.server.auth import Caller, Principal, require_scope
+from assay.server.auth import Caller, Principal, require_admin, require_scope
 from assay.server.deps import trace_store, tracking_store
 from assay.server.errors import MlflowRoute
 from assay.server.mlflow_trace_wire import (
@@ -46,7 +48,7 @@ from assay.tracing.filters import DEFAULT_MAX_RESULTS, MAX_RESULTS
 from assay.tracing.model import Trace, TraceDetail, trace_id_of
 from assay.tracing.store import TraceStore
 
-__all__ = ["SPANS_LOCATION_TAG", "router"]
+__all__ = ["SPANS_LOCATION_TAG", "router", "v2_router"]
 
 router = APIRouter(
     prefix="/api/3.0/mlflow/traces",
@@ -54,6 +56,14 @@ router = APIRouter(
     include_in_schema=False,
     tags=["mlflow"],
 )
+
+v2_router = APIRouter(
+    prefix="/api/2.0/mlflow/traces",
+    route_class=MlflowRoute,
+    include_in_schema=False,
+    tags=["mlflow"],
+)
+"""The one trace route MLflow's client still calls on its 2.0 API: DeleteTraces."""
 
 Store = Annotated[TraceStore, Depends(trace_store)]
 JsonBody = Annotated[dict[str, Any], Body()]
@@ -241,3 +251,48 @@ def delete_assessment(
     if "\x00" in assessment_id or not store.assessment_delete(stored_id, assessment_id):
         raise NotFoundError(f"assessment {assessment_id[:64]!r} of trace {trace_id} not found")
     return {}
+
+
+@v2_router.post("/delete-traces")
+def delete_traces(request: Request, store: Store, caller: Caller, body: JsonBody) -> dict[str, Any]:
+    """DeleteTraces: the traces of ``request_ids``, or those of the experiment with a
+    timestamp at or before ``max_timestamp_millis`` (oldest first, at most ``max_traces``),
+    with everything of theirs. Admin only: it is the one bulk deletion of data a token can
+    ask for."""
+    require_admin(caller, "delete traces")
+    experiment_id = body.get("experiment_id")
+    if not isinstance(experiment_id, str) or not experiment_id:
+        raise InvalidRequestError("experiment_id is required")
+    experiment = tracking_store(request).get_experiment(experiment_id)
+    ids = body.get("request_ids") or None
+    before = body.get("max_timestamp_millis")
+    most = body.get("max_traces")
+    if ids is not None and not (
+        isinstance(ids, list) and all(isinstance(i, str) and i for i in ids)
+    ):
+        raise InvalidRequestError("request_ids must be a list of trace ids")
+    if (ids is None) == (before is None):
+        raise InvalidRequestError("give either max_timestamp_millis or request_ids, not both")
+    if ids is not None and most is not None:
+        raise InvalidRequestError("max_traces goes with max_timestamp_millis, not request_ids")
+    for name, value in (("max_timestamp_millis", before), ("max_traces", most)):
+        if value is not None and (not _is_int(value) or int(value) < 0):
+            raise InvalidRequestError(f"{name} must be a non-negative integer, not {value!r}")
+    if most is not None and int(most) == 0:
+        raise InvalidRequestError("max_traces must be positive")
+    deleted = store.traces_delete(
+        experiment.id,
+        trace_ids=None if ids is None else [trace_id_of(i) for i in ids],
+        started_before_ms=None if before is None else int(before) + 1,
+        max_traces=None if most is None else int(most),
+    )
+    return {"traces_deleted": deleted}
+
+
+def _is_int(value: Any) -> bool:
+    """An integer, or its decimal text (MLflow's JSON sends int64 fields as strings)."""
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int):
+        return True
+    return isinstance(value, str) and value.isdigit() and len(value) <= 19
