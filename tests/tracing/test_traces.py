@@ -36,6 +36,7 @@ from assay.stores import Stores
 from assay.tracing.derive import summarize
 from assay.tracing.model import Span, default_idempotency_key
 from assay.tracing.otlp import decode_request
+from assay.tracing.store import _span_row, _trace_row
 from assay.tracking.store import TrackingStore
 from support.scoring import experiment, new_trace_id, trace_spans
 from support.servers import ServerProcess
@@ -431,6 +432,57 @@ def test_one_request_inserts_new_traces_and_replaces_resent_spans(store_uri, eng
         assert conn.execute(query).scalar_one() == awkward
     new_root = next(s for s in stores.traces.spans_list(new) if s.parent_span_id is None)
     assert json.loads(new_root.attributes["metadata"])["user"] == awkward
+
+
+@pytest.mark.parametrize("store_uri", ["postgresql", "mysql"], indirect=True)
+def test_two_ingests_creating_one_trace_both_land(store_uri, engine):
+    """A new trace's row goes in whole, summarised from the request. When another ingest
+    creates the same trace meanwhile (its row was not there to lock), this one waits for it,
+    then writes its spans into that trace and summarises all of them: on PostgreSQL the insert
+    fails on the key and the transaction runs again; MariaDB's lock waits for the row."""
+    assay.db.upgrade(engine)
+    stores = Stores.open(engine, Settings(store_uri=store_uri))
+    exp = experiment(engine)
+    trace_id = new_trace_id()
+    child_only = trace_spans(trace_id, root=False)
+    with engine.connect() as other:  # an ingest in flight: the child's row, not committed
+        other.execute(traces.insert(), _trace_row(trace_id, exp, summarize(child_only), now=1))
+        other.execute(spans.insert(), [_span_row(s, {}) for s in child_only])
+        failures: list[BaseException] = []
+
+        def ingest_root() -> None:
+            try:
+                stores.traces.spans_ingest({exp: trace_spans(trace_id, child=False)})
+            except BaseException as exc:  # reported by the assertion below
+                failures.append(exc)
+
+        thread = threading.Thread(target=ingest_root)
+        thread.start()
+        # InnoDB refreshes innodb_trx only after 100 ms without a read of it: poll slower.
+        wait_until(lambda: _waiting_on_a_lock(engine), interval=0.15)
+        other.commit()
+    thread.join(timeout=60)
+    assert failures == []
+    trace = stores.traces.trace_get(trace_id)
+    assert trace is not None
+    assert (trace.span_count, trace.status.value, trace.response) == (2, "OK", "a fine answer")
+    assert trace.completed_at_ms is not None
+    assert len(stores.traces.spans_list(trace_id)) == 2
+
+
+def _waiting_on_a_lock(engine: sa.Engine) -> bool:
+    """Some session of the test's database waits for a lock (PostgreSQL or MariaDB)."""
+    with engine.connect() as conn:
+        if engine.dialect.name == "postgresql":
+            query = (
+                "SELECT count(*) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+            )
+        else:
+            query = (
+                "SELECT count(*) FROM information_schema.innodb_trx WHERE trx_state = 'LOCK WAIT'"
+            )
+        return bool(conn.exec_driver_sql(query).scalar_one())
 
 
 def test_a_failed_bulk_insert_is_a_store_error(store_uri, engine):

@@ -11,7 +11,9 @@ Rules this module keeps:
   a trace of another experiment) is checked before anything is written.
 - Spans of one trace may arrive in any order, in several requests, concurrently. Every ingest
   locks the rows of the traces it touches (in trace id order) before it writes their spans and
-  recomputes their summaries from *all* their stored spans, so no summary misses a span.
+  recomputes their summaries from *all* their stored spans, so no summary misses a span. A
+  trace with no row yet is inserted whole, summarised from the request; if another ingest
+  creates it first, the insert fails on the key and the transaction runs again, now locking it.
 - A trace becomes complete when its root span (no parent) arrives; ``completed_at_ms`` is the
   database time of that ingest and never changes afterwards.
 - Assessments with an idempotency key are upserts on the unique (trace_id, idempotency_key):
@@ -37,7 +39,7 @@ from assay.db.tables import (
     traces,
     traces_fts,
 )
-from assay.errors import InvalidRequestError
+from assay.errors import InvalidRequestError, StoreError
 from assay.jsonvalue import loads
 from assay.tracing import log_events
 from assay.tracing.derive import MAX_VALUE_CHARS, Summary, summarize
@@ -109,37 +111,8 @@ class TraceStore(TracePruning):
         self.listener = listener
         self.session_idle_ms = round(session_idle_s * 1000)
         self._text_index: bool | None = None if self.dialect == SQLITE else False
-        self._update_trace = (
-            traces.update()
-            .where(traces.c.trace_id == sa.bindparam("b_trace_id"))
-            .values(
-                {
-                    column: sa.bindparam(f"b_{column}")
-                    for column in (
-                        "status",
-                        "request",
-                        "response",
-                        "request_preview",
-                        "response_preview",
-                        "start_time_ms",
-                        "duration_ms",
-                        "completed_at_ms",
-                        "session_id",
-                        "input_tokens",
-                        "output_tokens",
-                        "total_tokens",
-                        "cost",
-                        "metadata_json",
-                        "tags_json",
-                        "root_span_id",
-                        "span_count",
-                        "updated_at_ms",
-                        "model",
-                    )
-                }
-            )
-        )
-        self._insert_placeholder = self._upsert_statement(traces, ["trace_id"], [])
+        # SET is the summary's columns (_summary_values); the row is named by ``b_trace_id``.
+        self._update_trace = traces.update().where(traces.c.trace_id == sa.bindparam("b_trace_id"))
         self._upsert_span = self._upsert_statement(spans, ["trace_id", "span_id"], _SPAN_UPDATES)
         self._upsert_assessment = self._upsert_statement(
             assessments, ["trace_id", "idempotency_key"], ASSESSMENT_UPDATES
@@ -203,28 +176,34 @@ class TraceStore(TracePruning):
         # is its summary unless the trace had spans stored already.
         encoded: dict[int, str] = {}
         span_rows = [_span_row(s, encoded) for t in trace_ids for s in incoming[t]]
-        first_start = {t: min(s.start_time_ns for s in incoming[t]) for t in trace_ids}
         summaries_of_request = {t: summarize(incoming[t]) for t in trace_ids}
         experiment_ids = sorted({experiment_of[t] for t in trace_ids})
 
         def body(conn: sa.Connection) -> None:
             self._check_experiments(conn, experiment_ids)
             now = int(conn.execute(sa.select(self._now)).scalar_one())
-            conn.execute(
-                self._insert_placeholder,
-                [_placeholder(t, experiment_of[t], first_start[t], now) for t in trace_ids],
-            )
             locked = self._lock_traces(conn, trace_ids)
-            for trace_id in trace_ids:
-                if locked[trace_id].experiment_id != experiment_of[trace_id]:
-                    raise _other_experiment(
-                        trace_id, locked[trace_id].experiment_id, experiment_of[trace_id]
-                    )
-            # A trace with no stored span before this transaction (span_count still 0 under the
-            # lock) now has exactly the spans of this request: they are plain inserts. Only the
-            # spans of traces that had some already can replace stored ones (an exporter's
-            # retry), and only those traces are read back and summarised again.
-            had_spans = {t for t in trace_ids if locked[t].span_count > 0}
+            for trace_id, row in locked.items():
+                if row.experiment_id != experiment_of[trace_id]:
+                    raise _other_experiment(trace_id, row.experiment_id, experiment_of[trace_id])
+            # A trace with no row yet goes in whole, summarised from this request's spans: one
+            # write of its row and indexes, not a placeholder and then an update. Another
+            # ingest may create the same row meanwhile (it was not there to lock): the insert
+            # then fails on the key and the transaction runs again (_TraceRace).
+            new = [t for t in trace_ids if t not in locked]
+            try:
+                self._insert_rows(
+                    conn,
+                    traces,
+                    [_trace_row(t, experiment_of[t], summaries_of_request[t], now) for t in new],
+                )
+            except sa.exc.IntegrityError as exc:
+                raise _TraceRace from exc
+            # A trace with no stored span before this transaction now has exactly the spans
+            # of this request: they are plain inserts. Only the spans of traces that had some
+            # already can replace stored ones (an exporter's retry), and only those traces are
+            # read back and summarised again.
+            had_spans = {t for t, row in locked.items() if row.span_count > 0}
             new_rows = [r for r in span_rows if r["trace_id"] not in had_spans]
             self._insert_rows(conn, spans, new_rows)
             if len(new_rows) < len(span_rows):
@@ -238,13 +217,19 @@ class TraceStore(TracePruning):
             if earlier:
                 stored = self._read_spans(conn, earlier)
                 summaries.update({t: summarize(stored[t]) for t in earlier})
-            conn.execute(
-                self._update_trace,
-                [
-                    _summary_params(t, summaries[t], locked[t].completed_at_ms, now)
-                    for t in trace_ids
-                ],
-            )
+            completed_before = {t: row.completed_at_ms for t, row in locked.items()}
+            stale = [t for t in trace_ids if t in locked or t in with_logs]
+            if stale:
+                conn.execute(
+                    self._update_trace,
+                    [
+                        {
+                            "b_trace_id": t,
+                            **_summary_values(summaries[t], completed_before.get(t), now),
+                        }
+                        for t in stale
+                    ],
+                )
             metadata = {t: summaries[t].metadata for t in trace_ids}
             tags = {t: summaries[t].tags for t in trace_ids}
             self._replace_pairs(conn, trace_metadata, metadata, earlier)
@@ -257,14 +242,20 @@ class TraceStore(TracePruning):
                     experiment_id=experiment_of[t],
                     metadata=summaries[t].metadata,
                     session_id=summaries[t].session_id,
-                    complete=locked[t].completed_at_ms is None and summaries[t].complete,
+                    complete=completed_before.get(t) is None and summaries[t].complete,
                 )
                 for t in trace_ids
             ]
             if self.listener is not None:
                 self.listener.on_ingest(conn, now, touched, self.session_idle_ms)
 
-        self._tx(body)
+        for attempt in range(3):
+            try:
+                self._tx(body)
+                return
+            except _TraceRace as race:
+                if attempt == 2:
+                    raise StoreError(f"store error: {race.__cause__}") from race
 
     def _check_experiments(self, conn: sa.Connection, experiment_ids: Sequence[str]) -> None:
         """Check that the experiments exist and take a shared lock on their rows (PostgreSQL:
@@ -609,6 +600,10 @@ def _batches(
     return batches
 
 
+class _TraceRace(Exception):
+    """An ingest's new trace row was created by another ingest after this one looked."""
+
+
 def _other_experiment(trace_id: str, stored: str, wanted: str) -> InvalidRequestError:
     return InvalidRequestError(f"trace {trace_id} belongs to experiment {stored!r}, not {wanted!r}")
 
@@ -638,18 +633,13 @@ def _dumps_shared(value: Any, encoded: dict[int, str]) -> str:
     return text
 
 
-def _placeholder(trace_id: str, experiment_id: str, start_ns: int, now: int) -> dict[str, Any]:
-    """A new trace's row before its summary is computed (in the same transaction)."""
+def _trace_row(trace_id: str, experiment_id: str, summary: Summary, now: int) -> dict[str, Any]:
+    """A new trace's row, with its summary."""
     return {
         "trace_id": trace_id,
         "experiment_id": experiment_id,
-        "status": TraceStatus.IN_PROGRESS.value,
-        "start_time_ms": start_ns // 1_000_000,
-        "metadata_json": "{}",
-        "tags_json": "{}",
-        "span_count": 0,
         "created_at_ms": now,
-        "updated_at_ms": now,
+        **_summary_values(summary, None, now),
     }
 
 
@@ -689,32 +679,30 @@ def _to_span(row: Any) -> Span:
     )
 
 
-def _summary_params(
-    trace_id: str, summary: Summary, completed_at_ms: int | None, now: int
-) -> dict[str, Any]:
+def _summary_values(summary: Summary, completed_at_ms: int | None, now: int) -> dict[str, Any]:
+    """A trace row's summary columns; ``completed_at_ms``: the stored one (None: not yet)."""
     if completed_at_ms is None and summary.complete:
         completed_at_ms = now
     return {
-        "b_trace_id": trace_id,
-        "b_status": summary.status.value,
-        "b_request": _dumps(summary.request) if summary.has_request else None,
-        "b_response": _dumps(summary.response) if summary.has_response else None,
-        "b_request_preview": _clean(summary.request_preview),
-        "b_response_preview": _clean(summary.response_preview),
-        "b_start_time_ms": summary.start_time_ms,
-        "b_duration_ms": summary.duration_ms,
-        "b_completed_at_ms": completed_at_ms,
-        "b_session_id": _clean(summary.session_id),
-        "b_input_tokens": summary.input_tokens,
-        "b_output_tokens": summary.output_tokens,
-        "b_total_tokens": summary.total_tokens,
-        "b_cost": summary.cost,
-        "b_metadata_json": _dumps(summary.metadata),
-        "b_tags_json": _dumps(summary.tags),
-        "b_root_span_id": summary.root_span_id,
-        "b_span_count": summary.span_count,
-        "b_updated_at_ms": now,
-        "b_model": _clean(summary.model),
+        "status": summary.status.value,
+        "request": _dumps(summary.request) if summary.has_request else None,
+        "response": _dumps(summary.response) if summary.has_response else None,
+        "request_preview": _clean(summary.request_preview),
+        "response_preview": _clean(summary.response_preview),
+        "start_time_ms": summary.start_time_ms,
+        "duration_ms": summary.duration_ms,
+        "completed_at_ms": completed_at_ms,
+        "session_id": _clean(summary.session_id),
+        "input_tokens": summary.input_tokens,
+        "output_tokens": summary.output_tokens,
+        "total_tokens": summary.total_tokens,
+        "cost": summary.cost,
+        "metadata_json": _dumps(summary.metadata),
+        "tags_json": _dumps(summary.tags),
+        "root_span_id": summary.root_span_id,
+        "span_count": summary.span_count,
+        "updated_at_ms": now,
+        "model": _clean(summary.model),
     }
 
 

@@ -43,7 +43,7 @@ CREATE VIRTUAL TABLE traces_fts USING fts5(
 # The external-content triggers of the FTS5 documentation: 'delete' removes the entries of the
 # values that were indexed (old.*), so every change of the two columns goes through them. An
 # UPDATE that leaves both columns as they were skips them, and a row with neither text (an
-# ingest's placeholder, before its summary update) is never in the index.
+# trace whose spans carry neither) is never in the index.
 _TRIGGERS = (
     """
 CREATE TRIGGER traces_fts_ai AFTER INSERT ON traces
