@@ -21,6 +21,7 @@ See bench/README.md.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -96,6 +97,7 @@ class Sizes:
     ingest_traces: int
     batch: int
     exporters: tuple[int, ...]
+    replicas: tuple[int, ...]
     small_traces: int
     traces: int
     samples: int
@@ -415,9 +417,12 @@ def analyze(engine: sa.Engine) -> None:
 # -- ingest ------------------------------------------------------------------------------------
 
 
-def measure_ingest(url: str, sizes: Sizes, exporters: int, experiment_id: str) -> dict[str, Any]:
+def measure_ingest(
+    urls: Sequence[str], sizes: Sizes, exporters: int, experiment_id: str
+) -> dict[str, Any]:
     """``sizes.ingest_traces`` traces in requests of ``sizes.batch`` traces, split over
-    ``exporters`` threads started together; spans/s over the wall clock."""
+    ``exporters`` threads started together, exporter i sending to ``urls[i % len(urls)]`` (the
+    replicas, as a load balancer would spread them); spans/s over the wall clock."""
     factory = TraceFactory(experiment_id, seed=exporters, start_ms=time.time_ns() // 1_000_000)
     requests = -(-sizes.ingest_traces // sizes.batch)
     per_exporter: list[list[bytes]] = [[] for _ in range(exporters)]
@@ -441,6 +446,7 @@ def measure_ingest(url: str, sizes: Sizes, exporters: int, experiment_id: str) -
             errors.append(f"rejected: {parsed.partial_success.error_message}")
 
     def run(index: int, ready: threading.Barrier) -> None:
+        url = urls[index % len(urls)]
         with httpx.Client(base_url=url, timeout=120, headers=headers) as client:
             for body in warmups[index]:
                 check(client.post(OTLP, content=body))
@@ -458,6 +464,7 @@ def measure_ingest(url: str, sizes: Sizes, exporters: int, experiment_id: str) -
     spans = sizes.ingest_traces * SPANS_PER_TRACE
     return {
         "exporters": exporters,
+        "replicas": len(urls),
         "batch_traces": sizes.batch,
         "requests": requests,
         "traces": sizes.ingest_traces,
@@ -630,22 +637,25 @@ def bench_store(store: Store, sizes: Sizes, log: Callable[[str], None]) -> dict[
         f"{store.kind}: in-process CPU per span: decode {cpu['decode_us']:.0f} µs, store"
         f" {cpu['store_us']:.0f} µs" + _database_us(cpu)
     )
-    for exporters in sizes.exporters:
-        uri = fresh(store)
-        with server(uri, store.tmp) as url:
-            experiment_id = create_experiment(url)
-            run = measure_ingest(url, sizes, exporters, experiment_id)
-        stored = count_rows(uri, spans_table)
-        expected = (sizes.ingest_traces + exporters * sizes.batch) * SPANS_PER_TRACE
-        if stored != expected:
-            raise RuntimeError(f"{stored} spans stored, {expected} sent")
-        result["ingest"].append(run)
-        lat = run["request_ms"]
-        log(
-            f"{store.kind}: ingest, {exporters} exporter(s), {sizes.batch} traces/request:"
-            f" {run['spans_per_s']:,.0f} spans/s, {run['traces_per_s']:,.0f} traces/s"
-            f" (request p50 {lat['p50']:.0f} ms, p95 {lat['p95']:.0f} ms)"
-        )
+    for replicas in sizes.replicas:
+        for exporters in sizes.exporters:
+            uri = fresh(store)
+            with contextlib.ExitStack() as servers:
+                urls = [servers.enter_context(server(uri, store.tmp)) for _ in range(replicas)]
+                experiment_id = create_experiment(urls[0])
+                run = measure_ingest(urls, sizes, exporters, experiment_id)
+            stored = count_rows(uri, spans_table)
+            expected = (sizes.ingest_traces + exporters * sizes.batch) * SPANS_PER_TRACE
+            if stored != expected:
+                raise RuntimeError(f"{stored} spans stored, {expected} sent")
+            result["ingest"].append(run)
+            lat = run["request_ms"]
+            log(
+                f"{store.kind}: ingest, {_servers(replicas)}, {exporters} exporter(s),"
+                f" {sizes.batch} traces/request: {run['spans_per_s']:,.0f} spans/s,"
+                f" {run['traces_per_s']:,.0f} traces/s"
+                f" (request p50 {lat['p50']:.0f} ms, p95 {lat['p95']:.0f} ms)"
+            )
 
     uri = fresh(store)
     with server(uri, store.tmp) as url:
@@ -673,7 +683,7 @@ def bench_store(store: Store, sizes: Sizes, log: Callable[[str], None]) -> dict[
                         f" p50 {p['p50']:.1f} ms, p95 {p['p95']:.1f} ms"
                     )
             # The same ingest once more, into the large store: does the rate hold up?
-            run = measure_ingest(url, sizes, sizes.exporters[0], experiment_id)
+            run = measure_ingest([url], sizes, sizes.exporters[0], experiment_id)
             run["stored_spans"] = sizes.traces * SPANS_PER_TRACE
             result["ingest_large"] = run
             log(
@@ -713,7 +723,8 @@ def print_table(results: dict[str, Any]) -> None:
                 mark += f" (target ≥ {target:,.0f})"
             table.add_row(
                 kind,
-                f"ingest, {run['exporters']} exporter(s), {run['batch_traces']} traces/request:"
+                f"ingest, {_servers(run['replicas'])}, {run['exporters']} exporter(s),"
+                f" {run['batch_traces']} traces/request:"
                 f" [bold]{run['spans_per_s']:,.0f} spans/s[/], {run['traces_per_s']:,.0f}"
                 f" traces/s{mark}",
                 "",
@@ -751,9 +762,18 @@ def print_table(results: dict[str, Any]) -> None:
 # -- main --------------------------------------------------------------------------------------
 
 
+def _servers(replicas: int) -> str:
+    return "1 server" if replicas == 1 else f"{replicas} server replicas"
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = new_parser(__doc__)
     parser.add_argument("--exporters", default="1,4", help="concurrent exporters to try")
+    parser.add_argument(
+        "--replicas",
+        default="1",
+        help="server processes on the one store to try, exporters spread over them (e.g. 1,2)",
+    )
     parser.add_argument("--batch", type=int, default=10, help="traces per export request")
     parser.add_argument(
         "--ingest-traces", type=int, help="traces per ingest run (default 5000; 500 --quick)"
@@ -777,6 +797,7 @@ def sizes_from(args: argparse.Namespace) -> Sizes:
         ingest_traces=args.ingest_traces or (500 if quick else 5000),
         batch=args.batch,
         exporters=ints(args.exporters),
+        replicas=ints(args.replicas),
         small_traces=args.small_traces or (200 if quick else 1000),
         traces=args.traces or (2000 if quick else 100_000),
         samples=args.samples or (20 if quick else 100),

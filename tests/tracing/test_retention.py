@@ -97,6 +97,39 @@ def test_prune_deletes_old_traces_with_all_their_rows(store_uri, engine) -> None
     assert back.span_count == 1
 
 
+def test_prune_deletes_old_log_events_whose_trace_never_came(store_uri, engine) -> None:
+    """GenAI log events wait for their trace's spans; when those never come, the events go
+    once they are older than the retention. Events of a stored trace stay with it."""
+    stores = Stores.open(engine, settings_for(store_uri))
+    e = experiment(engine)
+    now_ns = time.time_ns()
+    orphans = sorted(new_trace_id() for _ in range(7))
+    young, kept = new_trace_id(), new_trace_id()
+    stores.traces.spans_ingest({e: trace_spans(kept, start_ns=now_ns)})
+
+    def event(trace_id: str) -> LogEvent:
+        return LogEvent(trace_id, trace_id[:16], "gen_ai.user.message", now_ns, {"content": "hi"})
+
+    stores.traces.log_events_ingest({e: [event(t) for t in [*orphans, kept]]})
+    month = 30 * 86_400_000
+    with engine.begin() as conn:  # they arrived a month ago
+        conn.execute(
+            span_log_events.update().values(created_at_ms=span_log_events.c.created_at_ms - month)
+        )
+    stores.traces.log_events_ingest({e: [event(young)]})
+    assert _rows(engine, span_log_events, orphans) == len(orphans)
+    commits: list[int] = []
+    sa.event.listen(engine, "commit", lambda conn: commits.append(1))
+
+    assert stores.traces.traces_prune(WEEK_S, batch=3, duty=1.0) == 0
+    assert _rows(engine, span_log_events, orphans) == 0
+    assert len(commits) >= 3  # 8 old events read in transactions of at most 3
+    assert _rows(engine, span_log_events, [young, kept]) == 2
+    detail = stores.traces.trace_detail(kept)
+    assert detail is not None
+    assert "gen_ai.user.message" in [ev["name"] for s in detail.spans for ev in s.events]
+
+
 @pytest.mark.parametrize("store_uri", ["postgresql"], indirect=True)
 def test_prune_waits_for_an_ingest_of_the_same_trace(store_uri, engine) -> None:
     """A batch locks its traces first, as an ingest does: a span written meanwhile is either

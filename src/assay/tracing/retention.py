@@ -52,7 +52,8 @@ class TracePruning(SqlStore):
         """Delete the traces that started more than ``older_than_s`` ago (by their
         ``start_time_ms``, the time the UI orders them by), with their spans, GenAI log
         events, metadata and tag rows, assessments and, through the listener, their
-        scoring-ledger rows; returns how many traces.
+        scoring-ledger rows; returns how many traces. Then the GenAI log events that arrived
+        as long ago for traces that never did (:meth:`_prune_orphan_events`).
 
         Each experiment is walked oldest first in ix_traces_experiment_start, every batch
         starting where the last one stopped, at the :class:`~assay.db.base.Pace` of
@@ -68,7 +69,9 @@ class TracePruning(SqlStore):
             write=False,
         )
         pace = Pace(batch, tx_ms, duty)
-        return sum(self._prune_experiment(e, cutoff, pace) for e in experiment_ids)
+        total = sum(self._prune_experiment(e, cutoff, pace) for e in experiment_ids)
+        self._prune_orphan_events(cutoff, pace)
+        return total
 
     def traces_delete(
         self,
@@ -130,6 +133,52 @@ class TracePruning(SqlStore):
             after = max(row.start_time_ms for row in rows)
             pace.rest(held_s)
         return total
+
+    def _prune_orphan_events(self, cutoff: int, pace: Pace) -> int:
+        """Delete the GenAI log events that arrived before ``cutoff`` (database time) for a
+        trace that has no row: its spans never came, so no trace prune would ever take them.
+        Walks span_log_events in id order, which is arrival order, and stops at the first
+        event that arrived after the cutoff: it reads the old events only. An old event whose
+        trace is stored is left to go with its trace. Returns how many went."""
+        total, after = 0, 0
+        while True:
+            size = pace.size
+            rows, deleted, held_s = self._tx(
+                functools.partial(self._prune_orphans, after=after, cutoff=cutoff, size=size)
+            )
+            total += deleted
+            if self.dialect == SQLITE and deleted:
+                self._sqlite_checkpoint()
+            if len(rows) < size or rows[-1].created_at_ms >= cutoff:
+                return total
+            after = rows[-1].id
+            pace.rest(held_s)
+
+    def _prune_orphans(
+        self, conn: sa.Connection, after: int, cutoff: int, size: int
+    ) -> tuple[Sequence[Any], int, float]:
+        """One transaction of :meth:`_prune_orphan_events`: the ``size`` events after id
+        ``after``; those that arrived before ``cutoff`` for a trace with no row go. Returns the
+        rows read, how many went, and the seconds the transaction took."""
+        began = time.monotonic()
+        query = (
+            sa.select(
+                span_log_events.c.id, span_log_events.c.trace_id, span_log_events.c.created_at_ms
+            )
+            .where(span_log_events.c.id > after)
+            .order_by(span_log_events.c.id)
+            .limit(size)
+        )
+        rows = conn.execute(query).all()
+        old = [row for row in rows if row.created_at_ms < cutoff]
+        stored: set[str] = set()
+        for chunk in chunks(sorted({row.trace_id for row in old}), IN_CHUNK):
+            found = sa.select(traces.c.trace_id).where(traces.c.trace_id.in_(chunk))
+            stored.update(conn.execute(found).scalars())
+        ids = [row.id for row in old if row.trace_id not in stored]
+        for chunk in chunks(ids, IN_CHUNK):
+            conn.execute(span_log_events.delete().where(span_log_events.c.id.in_(chunk)))
+        return rows, len(ids), time.monotonic() - began
 
     def _prune_traces(
         self, conn: sa.Connection, query: sa.Select[Any], experiment_id: str, cutoff: int | None
