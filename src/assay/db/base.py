@@ -8,6 +8,7 @@ plumbing, so they agree on time, on retries and on how driver errors become
 from __future__ import annotations
 
 import contextlib
+import functools
 import threading
 import time
 import weakref
@@ -19,6 +20,7 @@ from sqlalchemy.dialects import mysql, postgresql, sqlite
 
 from assay.db.dialects import MYSQL, POSTGRESQL, SQLITE, Dialect, dialect_of
 from assay.db.engine import BEGIN_MODE
+from assay.db.tables import metadata
 from assay.errors import NotFoundError, StoreError
 from assay.util import chunks
 
@@ -50,16 +52,28 @@ def require_rows(
     ``share`` as a foreign key check would (PostgreSQL FOR KEY SHARE), ``update``
     exclusively."""
     found: set[str] = set()
+    query = _rows_query(column.table.name, column.name, lock)
     for chunk in chunks(ids, IN_CHUNK):
-        query = sa.select(column).where(column.in_(chunk))
-        if lock is not None:
-            query = query.order_by(column).with_for_update(
-                read=lock == "share", key_share=lock == "share"
-            )
-        found.update(conn.execute(query).scalars().all())
+        found.update(conn.execute(query, {"ids": list(chunk)}).scalars().all())
     missing = [i for i in ids if i not in found]
     if missing:
         raise NotFoundError(f"{what} {missing[0]!r} not found")
+
+
+@functools.cache
+def _rows_query(table: str, name: str, lock: Literal["share", "update"] | None) -> Any:
+    """:func:`require_rows`' statement, built once (``ids``: an expanding parameter)."""
+    column = metadata.tables[table].c[name]
+    query = sa.select(column).where(column.in_(sa.bindparam("ids", expanding=True)))
+    if lock is not None:
+        query = query.order_by(column).with_for_update(
+            read=lock == "share", key_share=lock == "share"
+        )
+    return query
+
+
+_COPY_SQL: dict[tuple[str, tuple[str, ...]], str] = {}
+"""PostgreSQL's ``COPY`` statements of :meth:`SqlStore._insert_rows`, by table and columns."""
 
 
 # SQLite has one writer at a time and its busy handler retries on a sleep schedule, so a thread
@@ -200,8 +214,11 @@ class SqlStore:
             conn.execute(table.insert(), rows)
             return
         columns = list(rows[0])
-        quote = self.engine.dialect.identifier_preparer.quote
-        statement = f"COPY {quote(table.name)} ({', '.join(map(quote, columns))}) FROM STDIN"
+        statement = _COPY_SQL.get((table.name, tuple(columns)), "")
+        if not statement:
+            quote = self.engine.dialect.identifier_preparer.quote
+            statement = f"COPY {quote(table.name)} ({', '.join(map(quote, columns))}) FROM STDIN"
+            _COPY_SQL[(table.name, tuple(columns))] = statement
         driver = conn.connection.driver_connection
         assert driver is not None
         try:

@@ -109,13 +109,15 @@ def traces_with_events(conn: sa.Connection, trace_ids: Sequence[str]) -> set[str
     """Of ``trace_ids``, those with stored log events."""
     found: set[str] = set()
     for chunk in chunks(sorted(trace_ids), _CHUNK):
-        query = (
-            sa.select(span_log_events.c.trace_id)
-            .where(span_log_events.c.trace_id.in_(chunk))
-            .distinct()
-        )
-        found.update(conn.execute(query).scalars().all())
+        found.update(conn.execute(_WITH_EVENTS, {"ids": list(chunk)}).scalars().all())
     return found
+
+
+_WITH_EVENTS = (
+    sa.select(span_log_events.c.trace_id)
+    .where(span_log_events.c.trace_id.in_(sa.bindparam("ids", expanding=True)))
+    .distinct()
+)
 
 
 def attach(conn: sa.Connection, spans_by_trace: dict[str, list[Span]]) -> None:

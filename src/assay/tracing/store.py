@@ -77,6 +77,15 @@ INGEST_TX_SPANS = 1000
 _DRIVE_MAX = 2000
 """SQLite: a metadata or tag value of fewer traces than this drives a search (traces_run)."""
 
+_LOCK_TRACES = (
+    sa.select(
+        traces.c.trace_id, traces.c.experiment_id, traces.c.completed_at_ms, traces.c.span_count
+    )
+    .where(traces.c.trace_id.in_(sa.bindparam("ids", expanding=True)))
+    .order_by(traces.c.trace_id)
+    .with_for_update()
+)
+
 _SPAN_UPDATES = (
     "parent_span_id",
     "name",
@@ -271,18 +280,7 @@ class TraceStore(TracePruning):
         write transaction already holds the database."""
         out: dict[str, Any] = {}
         for chunk in chunks(trace_ids, _CHUNK):
-            query = (
-                sa.select(
-                    traces.c.trace_id,
-                    traces.c.experiment_id,
-                    traces.c.completed_at_ms,
-                    traces.c.span_count,
-                )
-                .where(traces.c.trace_id.in_(chunk))
-                .order_by(traces.c.trace_id)
-                .with_for_update()
-            )
-            for row in conn.execute(query):
+            for row in conn.execute(_LOCK_TRACES, {"ids": list(chunk)}):
                 out[row.trace_id] = row
         return out
 
