@@ -72,8 +72,8 @@ def _rows_query(table: str, name: str, lock: Literal["share", "update"] | None) 
     return query
 
 
-_COPY_SQL: dict[tuple[str, tuple[str, ...]], str] = {}
-"""PostgreSQL's ``COPY`` statements of :meth:`SqlStore._insert_rows`, by table and columns."""
+_INSERT_SQL: dict[tuple[str, str, tuple[str, ...]], str] = {}
+"""The statements of :meth:`SqlStore._insert_rows`, by dialect, table and columns."""
 
 
 # SQLite has one writer at a time and its busy handler retries on a sleep schedule, so a thread
@@ -204,21 +204,21 @@ class SqlStore:
     def _insert_rows(
         self, conn: sa.Connection, table: sa.Table, rows: Sequence[Mapping[str, Any]]
     ) -> None:
-        """INSERT rows (dicts with the same keys) that no stored row conflicts with. On
-        PostgreSQL one ``COPY``: a third of the client's CPU of an executemany of the same
-        rows, and one statement for the server instead of one per row; elsewhere one
-        executemany. Driver errors surface as SQLAlchemy's, as from ``conn.execute``."""
+        """INSERT rows (dicts with the same keys, plain values) that no stored row conflicts
+        with. On PostgreSQL one ``COPY``: a third of the client's CPU of an executemany of the
+        same rows, and one statement for the server instead of one per row; elsewhere the
+        driver's executemany of tuples (SQLAlchemy's own would process every row's parameters
+        again). Driver errors surface as SQLAlchemy's, as from ``conn.execute``."""
         if not rows:
             return
+        columns = tuple(rows[0])
+        key = (self.dialect, table.name, columns)
+        statement = _INSERT_SQL.get(key) or _INSERT_SQL.setdefault(
+            key, self._insert_sql(table, columns)
+        )
         if self.dialect != POSTGRESQL:
-            conn.execute(table.insert(), rows)
+            conn.exec_driver_sql(statement, [tuple(row[c] for c in columns) for row in rows])
             return
-        columns = list(rows[0])
-        statement = _COPY_SQL.get((table.name, tuple(columns)), "")
-        if not statement:
-            quote = self.engine.dialect.identifier_preparer.quote
-            statement = f"COPY {quote(table.name)} ({', '.join(map(quote, columns))}) FROM STDIN"
-            _COPY_SQL[(table.name, tuple(columns))] = statement
         driver = conn.connection.driver_connection
         assert driver is not None
         try:
@@ -227,6 +227,16 @@ class SqlStore:
                     copy.write_row([row[c] for c in columns])
         except driver.Error as exc:
             raise sa.exc.DBAPIError.instance(statement, None, exc, driver.Error) from exc
+
+    def _insert_sql(self, table: sa.Table, columns: Sequence[str]) -> str:
+        """The statement of :meth:`_insert_rows`: PostgreSQL's ``COPY``, else an INSERT of
+        ``columns`` with positional parameters in that order."""
+        quote = self.engine.dialect.identifier_preparer.quote
+        names = ", ".join(map(quote, columns))
+        if self.dialect == POSTGRESQL:
+            return f"COPY {quote(table.name)} ({names}) FROM STDIN"
+        markers = ", ".join(["?" if self.dialect == SQLITE else "%s"] * len(columns))
+        return f"INSERT INTO {quote(table.name)} ({names}) VALUES ({markers})"
 
     def _insert_if_absent(self, conn: sa.Connection, table: sa.Table, **values: Any) -> bool:
         """INSERT one row unless its primary key exists; True if it was inserted.
