@@ -42,7 +42,7 @@ CREATE VIRTUAL TABLE traces_fts USING fts5(
 
 # The external-content triggers of the FTS5 documentation: 'delete' removes the entries of the
 # values that were indexed (old.*), so every change of the two columns goes through them. An
-# UPDATE that leaves both columns as they were skips them, and a row with neither text (an
+# UPDATE that leaves both columns as they were skips them, and a row with neither text (a
 # trace whose spans carry neither) is never in the index.
 _TRIGGERS = (
     """
