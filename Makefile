@@ -54,6 +54,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/jobs.py
 	$(BIN)/python bench/executors.py
 	$(BIN)/python bench/api.py
+	$(BIN)/python bench/mlflow_runs.py
 	$(BIN)/python bench/ingest.py
 	$(BIN)/python bench/scoring.py
 	$(BIN)/python bench/scale.py --quick  # the 1M-row run: bench/README.md, scale.py

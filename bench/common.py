@@ -303,6 +303,23 @@ def add_run_options(parser: argparse.ArgumentParser, name: str, quick_help: str)
     parser.add_argument("--mysql-uri", default=os.environ.get(ENV_URIS["mysql"]))
 
 
+def analyze(engine: sa.Engine, tables: Sequence[str]) -> None:
+    """Fresh planner statistics, as a real deployment has them: autovacuum's auto-analyze on
+    PostgreSQL (off on some machines: then nothing else would), InnoDB's own on MySQL. SQLite
+    keeps none unless someone runs ANALYZE, and assay never does, so it is left alone (the
+    server's open connections would also keep statistics of a small store while it grows: see
+    bench/README.md)."""
+    kind = engine.dialect.name
+    if kind == "sqlite":
+        return
+    with engine.begin() as conn:
+        if kind == "postgresql":
+            conn.execute(sa.text("ANALYZE"))
+        else:
+            for name in tables:
+                conn.execute(sa.text(f"ANALYZE TABLE {name}"))
+
+
 # -- report ------------------------------------------------------------------------------------
 
 

@@ -57,6 +57,7 @@ from common import (
     Store,
     add_run_options,
     add_skipped,
+    analyze,
     console,
     ints,
     load_average,
@@ -398,22 +399,6 @@ def count_rows(uri: str, table: sa.Table) -> int:
         engine.dispose()
 
 
-def analyze(engine: sa.Engine) -> None:
-    """Fresh planner statistics, as a real deployment has them: autovacuum's auto-analyze on
-    PostgreSQL, InnoDB's own on MySQL. SQLite keeps none unless someone runs ANALYZE, and
-    assay never does, so it is left alone (the server's open connections would also keep
-    statistics of the small store while it grows: see bench/README.md)."""
-    kind = engine.dialect.name
-    if kind == "sqlite":
-        return
-    with engine.begin() as conn:
-        if kind == "postgresql":
-            conn.execute(sa.text("ANALYZE"))
-        else:
-            for name in TRACE_TABLES:
-                conn.execute(sa.text(f"ANALYZE TABLE {name}"))
-
-
 # -- ingest ------------------------------------------------------------------------------------
 
 
@@ -669,7 +654,7 @@ def bench_store(store: Store, sizes: Sizes, log: Callable[[str], None]) -> dict[
             for traces in (sizes.small_traces, sizes.traces):
                 made, seconds = seed(trace_store, factory, traces - len(ids), sizes.seed_batch)
                 ids += made
-                analyze(engine)
+                analyze(engine, TRACE_TABLES)
                 log(
                     f"{store.kind}: seeded {len(made) * SPANS_PER_TRACE:,} spans in {seconds:.0f} s"
                     f" ({len(made) * SPANS_PER_TRACE / seconds:,.0f} spans/s in-process)"

@@ -31,6 +31,7 @@ from mlflow.exceptions import MlflowException  # noqa: E402
 from assay.db.engine import create_engine  # noqa: E402
 from assay.db.migrate import upgrade  # noqa: E402
 from assay.errors import ConflictError  # noqa: E402
+from assay.pagetoken import decode_token  # noqa: E402
 from assay.server.schemas.mlflow import MLFLOW_VERSION  # noqa: E402
 from assay.server.tokens import TokenStore  # noqa: E402
 from assay.tracking import RunStatus, TrackingStore  # noqa: E402
@@ -552,6 +553,46 @@ def test_search_runs_filter_and_order(server: ServerProcess):
 
     named = client.search_experiments(filter_string="name LIKE 'search%'", order_by=["name"])
     assert [e.name for e in named] == ["search", "search-other"]
+
+
+def test_search_runs_default_order_pages_from_the_index(server: ServerProcess):
+    """A search with no filter and no order_by (the default of MLflow's UI and client) reads
+    one page by the index with a keyset token; it pages exactly as the same order evaluated
+    over every run does, ties on the start time included, across experiments."""
+    client = MlflowClient(tracking_uri=server.url)
+    first, second = client.create_experiment("newest-a"), client.create_experiment("newest-b")
+    start = 1_700_000_000_000
+    for i in range(7):  # start times 0, 0, 1, 1, 2, 2, 3: ties broken by run id
+        client.create_run(first if i % 2 else second, start_time=start + i // 2)
+    client.create_run(client.create_experiment("newest-c"), start_time=start + 10)  # elsewhere
+
+    def pages(order_by: list[str] | None) -> tuple[list[list[str]], list[Any]]:
+        out, tokens, token = [], [], None
+        while True:
+            page = client.search_runs(
+                [first, second], order_by=order_by, max_results=2, page_token=token
+            )
+            out.append([r.info.run_id for r in page])
+            token = page.token
+            if token is None:
+                return out, tokens
+            tokens.append(decode_token(token, 1))
+
+    by_index, keysets = pages(None)
+    evaluated, offsets = pages(["attributes.start_time DESC"])  # over every run
+    assert by_index == evaluated
+    assert all(isinstance(k, list) for k in keysets)  # (start time, run id) of the last run
+    assert offsets == [{"offset": 2}, {"offset": 4}, {"offset": 6}]
+    assert [len(p) for p in by_index] == [2, 2, 2, 1]
+    everything = client.search_runs([first, second])
+    assert [r.info.run_id for r in everything] == [i for p in by_index for i in p]
+    starts = [r.info.start_time for r in everything]
+    assert starts == sorted(starts, reverse=True)
+    assert client.search_runs([first], run_view_type=2) == []  # DELETED_ONLY: none
+    url = f"{server.url}{API}/runs/search"
+    unknown = httpx.post(url, json={"experiment_ids": [first, "nope"]})
+    assert unknown.status_code == 404, unknown.text
+    assert unknown.json()["error_code"] == "RESOURCE_DOES_NOT_EXIST"
 
 
 @pytest.mark.parametrize("store_uri", ["sqlite"], indirect=True)

@@ -315,6 +315,43 @@ class TrackingStore(SqlStore):
             token = encode_parts(found[-1].start_time_ms, found[-1].id)
         return RunPage(runs=found, next_page_token=token)
 
+    def runs_newest(
+        self,
+        experiment_ids: Sequence[str],
+        *,
+        limit: int,
+        after: tuple[int, str] | None = None,
+    ) -> list[Run]:
+        """Up to ``limit`` runs of the experiments in MLflow's default order (latest start
+        first, then run id), those after the run at ``after`` (its start time and id): a page
+        of a search without a filter, read from ``ix_runs_experiment_start``, not every run.
+        NotFoundError for an unknown experiment."""
+        for experiment_id in experiment_ids:
+            _require_storable("experiment", experiment_id)
+        ids = sorted({self._experiment_id(e) for e in experiment_ids})
+        where: list[sa.ColumnElement[bool]] = [runs.c.experiment_id.in_(ids)]
+        if after is not None:
+            started, last_id = after
+            where += [  # the first bound alone makes it a range of the index
+                runs.c.start_time_ms <= started,
+                sa.or_(
+                    runs.c.start_time_ms < started,
+                    sa.and_(runs.c.start_time_ms == started, runs.c.id > last_id),
+                ),
+            ]
+
+        def body(conn: sa.Connection) -> list[Run]:
+            found = set(
+                conn.execute(sa.select(experiments.c.id).where(experiments.c.id.in_(ids))).scalars()
+            )
+            missing = [e for e in ids if e not in found]
+            if missing:
+                raise NotFoundError(f"experiment {missing[0]!r} not found")
+            order = (runs.c.start_time_ms.desc(), runs.c.id.asc())
+            return self._runs(conn, *where, limit=limit, order=order)
+
+        return self._tx(body, write=False)
+
     def update_run(
         self,
         run_id: str,
@@ -508,15 +545,14 @@ class TrackingStore(SqlStore):
             raise NotFoundError(f"run {run_id!r} not found")
 
     def _runs(
-        self, conn: sa.Connection, *where: sa.ColumnElement[bool], limit: int | None = None
+        self,
+        conn: sa.Connection,
+        *where: sa.ColumnElement[bool],
+        limit: int | None = None,
+        order: Sequence[sa.ColumnElement[Any]] = (runs.c.start_time_ms.desc(), runs.c.id.desc()),
     ) -> list[Run]:
         """Runs with their params, tags, inputs and latest metrics: five queries for a page."""
-        query = (
-            sa.select(runs)
-            .where(*where)
-            .order_by(runs.c.start_time_ms.desc(), runs.c.id.desc())
-            .limit(limit)
-        )
+        query = sa.select(runs).where(*where).order_by(*order).limit(limit)
         rows = conn.execute(query).all()
         ids = [row.id for row in rows]
         params: dict[str, dict[str, str]] = {i: {} for i in ids}

@@ -39,7 +39,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import PlainTextResponse
 
 from assay.errors import ConflictError, InvalidRequestError
-from assay.pagetoken import decode_token, encode_token
+from assay.pagetoken import decode_parts, decode_token, encode_parts, encode_token
 from assay.server.auth import Caller, Principal, require_api_token, require_scope
 from assay.server.deps import tracking_store
 from assay.server.errors import MlflowRoute, mlflow_error
@@ -460,7 +460,9 @@ def _runs_of(store: TrackingStore, caller: Principal, experiment_ids: list[str])
 @router.post("/runs/search")
 def search_runs(body: SearchRunsBody, request: Request, caller: Caller) -> dict[str, Any]:
     """Runs of the experiments matching MLflow's filter, ordered by ``order_by`` then the
-    latest start first; evaluated on every run of those experiments."""
+    latest start first. With no filter and no ``order_by`` (MLflow's UI and ``search_runs()``
+    by default) one page is read by the index, with a keyset page token; otherwise the filter
+    and order are evaluated on every run of those experiments."""
     clauses = mlflow_search.parse_filter(body.filter, RUN_FIELDS)
     order = [
         *mlflow_search.parse_order_by(body.order_by, RUN_FIELDS),
@@ -469,8 +471,35 @@ def search_runs(body: SearchRunsBody, request: Request, caller: Caller) -> dict[
     ]
     store = tracking_store(request)
     active = _active_only(body.run_view_type, "run_view_type")
+    if active and not clauses and not body.order_by and not _is_offset_token(body.page_token):
+        return _newest_runs(store, caller, body)
     candidates = _runs_of(store, caller, body.experiment_ids) if active else iter(())
     return search_page("runs", candidates, _run_lookup, clauses, order, body, run_json)
+
+
+def _newest_runs(store: TrackingStore, caller: Principal, body: SearchRunsBody) -> dict[str, Any]:
+    """One page of the runs in the default order, from the store's index."""
+    if len(body.page_token) > MAX_TOKEN_CHARS:
+        raise InvalidRequestError("invalid page_token (too long)")
+    after = decode_parts(body.page_token, int, str) if body.page_token else None
+    for experiment_id in body.experiment_ids:
+        require_scope(caller, "experiment_id", experiment_id)
+    if not body.experiment_ids:
+        return _paged("runs", [], None)
+    found = store.runs_newest(body.experiment_ids, limit=body.max_results + 1, after=after)
+    page = found[: body.max_results]
+    token = encode_parts(page[-1].start_time_ms, page[-1].id) if len(found) > len(page) else None
+    return _paged("runs", [run_json(r) for r in page], token)
+
+
+def _is_offset_token(token: str) -> bool:
+    """A page token of a search evaluated in full (``{"offset": n}``), not a keyset one."""
+    if not token or len(token) > MAX_TOKEN_CHARS:
+        return False
+    try:
+        return isinstance(decode_token(token, 1), dict)
+    except ValueError:
+        return False
 
 
 @router.get("/metrics/get-history")
