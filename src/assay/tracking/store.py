@@ -20,7 +20,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from assay.db.base import SqlStore
+from assay.db.base import SqlStore, require_rows
 from assay.db.dialects import MYSQL
 from assay.db.tables import (
     experiment_tags,
@@ -341,12 +341,7 @@ class TrackingStore(SqlStore):
             ]
 
         def body(conn: sa.Connection) -> list[Run]:
-            found = set(
-                conn.execute(sa.select(experiments.c.id).where(experiments.c.id.in_(ids))).scalars()
-            )
-            missing = [e for e in ids if e not in found]
-            if missing:
-                raise NotFoundError(f"experiment {missing[0]!r} not found")
+            require_rows(conn, experiments.c.id, ids, "experiment")
             order = (runs.c.start_time_ms.desc(), runs.c.id.asc())
             return self._runs(conn, *where, limit=limit, order=order)
 
