@@ -34,7 +34,7 @@ server: $(RUN_STAMP)
 	$(BIN)/assay server --jobs-module assay.examples
 
 # `make test` runs every test, the `slow` ones too (as CI does); `make test-fast` (and a plain
-# `pytest`) leaves out the slow ones: kill -9, multi-replica and 20k-trace tests.
+# `pytest`) leaves out the slow ones: kill -9, multi-replica and 10k-trace tests.
 test: $(STAMP)
 	$(BIN)/pytest -q -n $(TEST_PROCS) --dist loadgroup -m "" $(PYTEST_ARGS)
 

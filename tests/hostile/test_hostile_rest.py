@@ -29,8 +29,7 @@ import pytest
 
 from assay.db.engine import create_engine
 from assay.server.tokens import TokenStore
-from support.databases import empty_store
-from support.servers import ServerProcess, Servers
+from support.servers import ServerProcess, Servers, kinds_grouped, module_server
 
 EVIL = "http://evil.example"
 REFUSED = "cross-site request refused"
@@ -41,25 +40,23 @@ DEEP = 3000
 """Levels of nesting past what ``json.loads`` recurses through (a RecursionError: a 500)."""
 
 
-@pytest.fixture(scope="module", params=["sqlite", "postgresql", "mysql"])
+@pytest.fixture(scope="module", params=kinds_grouped("rest"))
 def open_server(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ServerProcess]:
     """A server without auth on loopback and without worker loops (jobs stay PENDING), that
     also answers to the name ``assay.internal`` (``allowed_hosts``)."""
-    tmp = tmp_path_factory.mktemp("rest")
-    servers = Servers(tmp)
-    try:
-        uri = empty_store(request, str(request.param), tmp)
-        yield servers.start(
-            uri,
-            "--workers",
-            "0",
-            allowed_hosts=[ALLOWED],
-            artifact_root=str(tmp / "artifacts"),
-        )
-    finally:
-        servers.close()
+    artifacts = tmp_path_factory.mktemp("rest-artifacts")
+    with module_server(
+        request.param,
+        tmp_path_factory,
+        "rest",
+        "--workers",
+        "0",
+        allowed_hosts=[ALLOWED],
+        artifact_root=str(artifacts),
+    ) as server:
+        yield server
 
 
 def _submit(server: ServerProcess) -> str:

@@ -31,6 +31,10 @@ from support.scoring import (
 from support.servers import Servers
 from support.timing import wait_until
 
+# What is under test is the scoring engine's time limits, not a store: SQLite only (the
+# ledger's states on each database are tested in tests/scoring).
+pytestmark = pytest.mark.parametrize("store_uri", ["sqlite"], indirect=True)
+
 ISSUE_PATTERN = r"^(\w+\s?)*$"
 """The issue's pattern: with ``re``, a 29-character output that does not match froze the
 server for 40 s. ``regex`` matches it at once."""

@@ -30,8 +30,8 @@ from assay.scoring.service import BACKFILL_JOB
 from assay.server.tokens import TokenStore
 from assay.server.ui import experiments, jobs, pages
 from assay.server.ui.csrf import SAFE_METHODS
-from support.databases import empty_store
-from support.servers import ServerProcess, Servers
+from support.browser import ARGS, CHROMIUM, require_browser
+from support.servers import ServerProcess, Servers, kinds_grouped, module_server
 
 EXAMPLES = {"job_modules": ["assay.examples"]}
 EVIL = "http://evil.example"
@@ -66,29 +66,29 @@ class Site:
         return response.json() if response.content else None
 
 
-def _start(servers: Servers, uri: str, **settings: Any) -> tuple[ServerProcess, str]:
-    server = servers.start(uri, "--auth", "--workers", "0", **EXAMPLES, **settings)
+def _admin_token(uri: str) -> str:
     engine = create_engine(uri)
     try:
-        _, token = TokenStore(engine).create("root", "admin")
+        return TokenStore(engine).create("root", "admin")[1]
     finally:
         engine.dispose()
-    return server, token
 
 
-@pytest.fixture(scope="module", params=["sqlite", "postgresql", "mysql"])
+def _start(servers: Servers, uri: str, **settings: Any) -> tuple[ServerProcess, str]:
+    server = servers.start(uri, "--auth", "--workers", "0", **EXAMPLES, **settings)
+    return server, _admin_token(uri)
+
+
+@pytest.fixture(scope="module", params=kinds_grouped("hostile_ui"))
 def site(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Site]:
-    tmp = tmp_path_factory.mktemp("hostile")
-    servers = Servers(tmp)
-    try:
-        server, token = _start(servers, empty_store(request, request.param, tmp))
-        site = Site(server, token, "")
+    with module_server(
+        request.param, tmp_path_factory, "hostile_ui", "--auth", "--workers", "0", **EXAMPLES
+    ) as server:
+        site = Site(server, _admin_token(server.store_uri), "")
         site.experiment = site.api("POST", "/experiments", json={"name": "hostile"})["id"]
         yield site
-    finally:
-        servers.close()
 
 
 # -- every state-changing route --------------------------------------------------------------
@@ -373,13 +373,7 @@ class _Attacker(http.server.BaseHTTPRequestHandler):
 def test_a_page_on_another_origin_cannot_submit_a_job(servers: Servers, tmp_path: Path) -> None:
     """The default local set-up (auth off on loopback, every caller admin) is the one a
     cross-site form could use with no cookie at all: real Chromium, a real attacker page."""
-    from test_ui_browser import ARGS, CHROMIUM, REQUIRE, _missing
-
-    reason = _missing()
-    if reason:
-        if REQUIRE:
-            pytest.fail(reason)
-        pytest.skip(reason)
+    require_browser()
     from playwright.sync_api import sync_playwright
 
     server = servers.start(f"sqlite:///{tmp_path / 'b.db'}", "--workers", "0", **EXAMPLES)

@@ -9,7 +9,6 @@ a user's script would.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import os
@@ -33,8 +32,7 @@ from assay.jobs.tokens import JobTokens
 from assay.server.mlflow_trace_wire import mlflow_filter, mlflow_order_by
 from assay.server.tokens import TokenStore
 from assay.tracking.store import TrackingStore
-from support.databases import server_database
-from support.servers import ServerProcess, Servers
+from support.servers import ServerProcess, kinds_grouped, module_server
 
 TRACES = "/api/3.0/mlflow/traces"
 
@@ -114,22 +112,15 @@ print(json.dumps({"experiment_id": experiment.experiment_id, "ok": ok_id, "error
 """
 
 
-@pytest.fixture(scope="module", params=["sqlite", "postgresql", "mysql"])
+@pytest.fixture(scope="module", params=kinds_grouped("mltr"))
 def assay(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Assay]:
     """One server per database for the module, with two traces written by MLflow: one OK
     (tagged team=search, two spans), one ERROR."""
-    kind = str(request.param)
-    tmp = tmp_path_factory.mktemp(f"mlflow-traces-{kind}")
-    with contextlib.ExitStack() as stack:
-        if kind == "sqlite":
-            store_uri = f"sqlite:///{tmp / 'assay.db'}"
-        else:
-            store_uri = stack.enter_context(server_database(kind, prefix="assay_mltr"))
-        servers = Servers(tmp)
-        stack.callback(servers.close)
-        server = servers.start(store_uri, "--auth")
+    tmp = tmp_path_factory.mktemp("mlflow-traces")
+    with module_server(request.param, tmp_path_factory, "mltr", "--auth") as server:
+        store_uri = server.store_uri
         engine = create_engine(store_uri)
         try:
             _, token = TokenStore(engine).create("ana", "user")

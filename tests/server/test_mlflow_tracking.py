@@ -38,9 +38,6 @@ from assay.tracking import RunStatus, TrackingStore  # noqa: E402
 from support.servers import ServerProcess, Servers  # noqa: E402
 
 API = "/api/2.0/mlflow"
-SQLITE_AND_POSTGRESQL = pytest.mark.parametrize(
-    "store_uri", ["sqlite", "postgresql"], indirect=True
-)
 
 
 @pytest.fixture(autouse=True)
@@ -412,7 +409,7 @@ print(json.dumps({
 """
 
 
-@SQLITE_AND_POSTGRESQL
+@pytest.mark.parametrize("store_uri", ["sqlite"], indirect=True)  # the client, not the store
 def test_sklearn_autolog(servers: Servers, store_uri: str, tracking: TrackingStore, tmp_path: Path):
     """The default ``mlflow.sklearn.autolog()`` (with model logging) runs without a client
     warning: params, training metrics, tags, the dataset and the model land in assay, and

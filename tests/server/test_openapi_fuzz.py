@@ -38,7 +38,7 @@ from support.timing import wait_until
 # One xdist worker runs this whole module (its fixture is expensive and shared).
 pytestmark = pytest.mark.xdist_group("fuzz")
 
-FUZZ_EXAMPLES = int(os.environ.get("ASSAY_TEST_FUZZ_EXAMPLES", "15"))
+FUZZ_EXAMPLES = int(os.environ.get("ASSAY_TEST_FUZZ_EXAMPLES", "10"))
 CHECKS = [
     not_a_server_error,
     response_schema_conformance,

@@ -8,11 +8,14 @@ import signal
 import socket
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
+from support.databases import server_database
 from support.jobs import FAST, fast_env
 from support.timing import scaled, wait_until
 
@@ -27,10 +30,13 @@ def free_port() -> int:
 class ServerProcess:
     """One real `assay server` (uvicorn) on a free port, as a subprocess."""
 
-    def __init__(self, proc: subprocess.Popen[bytes], url: str, log_path: Path) -> None:
+    def __init__(
+        self, proc: subprocess.Popen[bytes], url: str, log_path: Path, store_uri: str
+    ) -> None:
         self.proc = proc
         self.url = url
         self.log_path = log_path
+        self.store_uri = store_uri
 
     @property
     def pid(self) -> int:
@@ -97,7 +103,7 @@ class Servers:
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
-        server = ServerProcess(proc, f"http://127.0.0.1:{port}", log_path)
+        server = ServerProcess(proc, f"http://127.0.0.1:{port}", log_path, store_uri)
         self.started.append(server)
         if wait:
             server.wait_healthy()
@@ -108,6 +114,34 @@ class Servers:
             if server.proc.poll() is None:
                 server.proc.kill()
             server.proc.wait(timeout=10)
+
+
+def kinds_grouped(module: str) -> list[Any]:
+    """The three store kinds as the params of a module-scoped server fixture (see
+    :func:`module_server`), each kind in an xdist group of its own: one test process runs all of
+    a kind's tests, so its server starts once, not once in each process that got one of them;
+    the three kinds still run in parallel."""
+    return [
+        pytest.param(kind, marks=pytest.mark.xdist_group(f"{module}-{kind}"))
+        for kind in ("sqlite", "postgresql", "mysql")
+    ]
+
+
+@contextlib.contextmanager
+def module_server(
+    kind: str, tmp_path_factory: pytest.TempPathFactory, module: str, *args: str, **settings: Any
+) -> Iterator[ServerProcess]:
+    """One real server on a new store of ``kind`` (a database of its own), shared by a
+    module's tests: each of them makes its own experiment, so they cannot see each other."""
+    tmp = tmp_path_factory.mktemp(f"{module}-{kind}")
+    with contextlib.ExitStack() as stack:
+        if kind == "sqlite":
+            store_uri = f"sqlite:///{tmp / 'assay.db'}"
+        else:
+            store_uri = stack.enter_context(server_database(kind, prefix=f"assay_{module}"))
+        servers = Servers(tmp)
+        stack.callback(servers.close)
+        yield servers.start(store_uri, *args, **settings)
 
 
 class InProcessServers:

@@ -43,8 +43,7 @@ from assay.tracing.log_events import LogEvent
 from assay.tracing.model import Span
 from assay.tracing.store import TraceStore
 from assay.tracking.store import TrackingStore
-from support.databases import server_database
-from support.servers import ServerProcess, Servers, free_port
+from support.servers import ServerProcess, free_port, kinds_grouped, module_server
 from support.timing import wait_until
 
 QUESTION = "What is the capital of France?"
@@ -102,27 +101,22 @@ class Assay:
         return self.trace(ids[0], spans)
 
 
-@pytest.fixture(scope="module", params=["sqlite", "postgresql", "mysql"])
+@pytest.fixture(scope="module", params=kinds_grouped("otlp"))
 def assay_server(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Assay]:
     """One server per database, on a database of its own, for the whole module (each test
     makes its own experiment)."""
-    kind = str(request.param)
-    tmp = tmp_path_factory.mktemp(f"otlp-{kind}")
-    with contextlib.ExitStack() as stack:
-        if kind == "sqlite":
-            store_uri = f"sqlite:///{tmp / 'assay.db'}"
-        else:
-            store_uri = stack.enter_context(server_database(kind, prefix="assay_otlp"))
-        servers = Servers(tmp)
-        stack.callback(servers.close)
-        grpc_port = free_port()
-        server = servers.start(store_uri, "--otlp-grpc-port", str(grpc_port))
+    grpc_port = free_port()
+    with module_server(
+        request.param, tmp_path_factory, "otlp", "--otlp-grpc-port", str(grpc_port)
+    ) as server:
         wait_until(lambda: "otlp.grpc listening" in server.logs(), timeout=30)
-        assay = Assay(server, grpc_port, store_uri)
-        stack.callback(assay.engine.dispose)
-        yield assay
+        assay = Assay(server, grpc_port, server.store_uri)
+        try:
+            yield assay
+        finally:
+            assay.engine.dispose()
 
 
 @pytest.fixture(scope="module")

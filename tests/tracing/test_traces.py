@@ -39,7 +39,7 @@ from assay.tracing.otlp import decode_request
 from assay.tracing.store import _span_row, _trace_row
 from assay.tracking.store import TrackingStore
 from support.scoring import experiment, new_trace_id, trace_spans
-from support.servers import ServerProcess
+from support.servers import ServerProcess, kinds_grouped, module_server
 from support.timing import wait_until
 from support.traces import build_agent, export, hex_trace_id, record
 
@@ -49,16 +49,39 @@ PROTOBUF = "application/x-protobuf"
 # -- helpers ---------------------------------------------------------------------------------------
 
 
+@pytest.fixture(scope="module", params=kinds_grouped("traces"))
+def server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServerProcess]:
+    """One server per database for the module: each test makes its own experiment and counts
+    only its own traces' rows."""
+    with module_server(request.param, tmp_path_factory, "traces") as server:
+        yield server
+
+
+SQLITE_SERVER = pytest.mark.parametrize("server", kinds_grouped("traces")[:1], indirect=True)
+"""For tests of the HTTP answers rather than of a store."""
+
+
 @pytest.fixture
-def engine(store_uri: str) -> Iterator[sa.Engine]:
+def engine(server: ServerProcess) -> Iterator[sa.Engine]:
+    """The server's store."""
+    eng = create_engine(server.store_uri)
+    yield eng
+    eng.dispose()
+
+
+@pytest.fixture
+def store_engine(store_uri: str) -> Iterator[sa.Engine]:
+    """An empty store of each kind, with no server."""
     eng = create_engine(store_uri)
     yield eng
     eng.dispose()
 
 
 @pytest.fixture
-def experiment_id(server: ServerProcess, engine: sa.Engine) -> str:
-    """A new experiment in the server's store (made after the server migrated it)."""
+def experiment_id(engine: sa.Engine) -> str:
+    """A new experiment in the server's store."""
     return TrackingStore(engine).create_experiment(f"exp-{uuid.uuid4().hex[:8]}").id
 
 
@@ -86,9 +109,17 @@ def get_trace(server: ServerProcess, trace_id: str) -> dict[str, Any]:
     return body
 
 
-def count(engine: sa.Engine, table: sa.Table) -> int:
+def count(engine: sa.Engine, table: sa.Table, trace_ids: Sequence[str]) -> int:
+    """Rows of ``table`` for these traces (the module's tests share a store)."""
+    query = sa.select(sa.func.count()).select_from(table).where(table.c.trace_id.in_(trace_ids))
     with engine.connect() as conn:
-        return int(conn.execute(sa.select(sa.func.count()).select_from(table)).scalar_one())
+        return int(conn.execute(query).scalar_one())
+
+
+def experiment_traces(engine: sa.Engine, experiment_id: str) -> list[str]:
+    query = sa.select(traces.c.trace_id).where(traces.c.experiment_id == experiment_id)
+    with engine.connect() as conn:
+        return list(conn.execute(query).scalars())
 
 
 def by_name(detail: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -156,11 +187,11 @@ def test_spans_split_across_requests_out_of_order_make_one_trace(server, experim
     again = get_trace(server, trace_id)["trace"]
     assert again["span_count"] == 3
     assert again["completed_at_ms"] == done["completed_at_ms"]
-    assert count(engine, spans) == 3
-    assert count(engine, traces) == 1
+    assert count(engine, spans, [trace_id]) == 3
+    assert count(engine, traces, [trace_id]) == 1
 
 
-@pytest.mark.parametrize("store_uri", ["sqlite"], indirect=True)
+@SQLITE_SERVER
 def test_json_body_and_response(server, experiment_id):
     finished = record(experiment_id, build_agent)
     trace_id = hex_trace_id(finished[0])
@@ -183,7 +214,7 @@ def test_json_body_and_response(server, experiment_id):
     )
 
 
-@pytest.mark.parametrize("store_uri", ["sqlite"], indirect=True)
+@SQLITE_SERVER
 def test_protobuf_response_is_export_trace_service_response(server, experiment_id):
     finished = record(experiment_id, build_agent)
     response = httpx.post(
@@ -199,7 +230,7 @@ def test_protobuf_response_is_export_trace_service_response(server, experiment_i
     assert not parsed.HasField("partial_success")
 
 
-@pytest.mark.parametrize("store_uri", ["sqlite"], indirect=True)
+@SQLITE_SERVER
 def test_gzip_bodies(server, experiment_id):
     first = record(experiment_id, build_agent)
     assert export(server, first, compression=Compression.Gzip) is SpanExportResult.SUCCESS
@@ -216,7 +247,7 @@ def test_gzip_bodies(server, experiment_id):
     assert get_trace(server, hex_trace_id(second[0]))["trace"]["status"] == "OK"
 
 
-@pytest.mark.parametrize("store_uri", ["sqlite"], indirect=True)
+@SQLITE_SERVER
 def test_experiment_from_header(server, experiment_id):
     finished = record(None, build_agent)
     assert (
@@ -266,7 +297,7 @@ def test_concurrent_requests_for_one_trace_lose_no_span(server, experiment_id):
 # -- derived fields --------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("store_uri", ["sqlite"], indirect=True)
+@SQLITE_SERVER
 def test_derived_fields_per_attribute_convention(server, experiment_id):
     def openinference(tracer: Any) -> None:
         with tracer.start_as_current_span("chain") as root:
@@ -406,12 +437,12 @@ def test_metadata_and_tags_rows_follow_the_summary(server, experiment_id, engine
     assert full["only_child"] == "x" * 600
 
 
-def test_one_request_inserts_new_traces_and_replaces_resent_spans(store_uri, engine):
+def test_one_request_inserts_new_traces_and_replaces_resent_spans(store_uri, store_engine):
     """Spans of a trace with none stored are inserted (PostgreSQL: one COPY); a re-sent span
     of a trace with stored spans replaces the stored one. One request holding both kinds."""
-    assay.db.upgrade(engine)
-    stores = Stores.open(engine, Settings(store_uri=store_uri))
-    exp = experiment(engine)
+    assay.db.upgrade(store_engine)
+    stores = Stores.open(store_engine, Settings(store_uri=store_uri))
+    exp = experiment(store_engine)
     old, new = new_trace_id(), new_trace_id()
     stores.traces.spans_ingest({exp: trace_spans(old, output="first answer")})
     resent = trace_spans(old, output="second answer", child=False)
@@ -425,7 +456,7 @@ def test_one_request_inserts_new_traces_and_replaces_resent_spans(store_uri, eng
         assert trace.response == output
     root = next(s for s in stores.traces.spans_list(old) if s.parent_span_id is None)
     assert root.attributes["output.value"] == "second answer"
-    with engine.connect() as conn:
+    with store_engine.connect() as conn:
         query = sa.select(trace_metadata.c.value).where(
             trace_metadata.c.trace_id == new, trace_metadata.c.key == "user"
         )
@@ -435,17 +466,17 @@ def test_one_request_inserts_new_traces_and_replaces_resent_spans(store_uri, eng
 
 
 @pytest.mark.parametrize("store_uri", ["postgresql", "mysql"], indirect=True)
-def test_two_ingests_creating_one_trace_both_land(store_uri, engine):
+def test_two_ingests_creating_one_trace_both_land(store_uri, store_engine):
     """A new trace's row goes in whole, summarised from the request. When another ingest
     creates the same trace meanwhile (its row was not there to lock), this one waits for it,
     then writes its spans into that trace and summarises all of them: on PostgreSQL the insert
     fails on the key and the transaction runs again; MariaDB's lock waits for the row."""
-    assay.db.upgrade(engine)
-    stores = Stores.open(engine, Settings(store_uri=store_uri))
-    exp = experiment(engine)
+    assay.db.upgrade(store_engine)
+    stores = Stores.open(store_engine, Settings(store_uri=store_uri))
+    exp = experiment(store_engine)
     trace_id = new_trace_id()
     child_only = trace_spans(trace_id, root=False)
-    with engine.connect() as other:  # an ingest in flight: the child's row, not committed
+    with store_engine.connect() as other:  # an ingest in flight: the child's row, not committed
         other.execute(traces.insert(), _trace_row(trace_id, exp, summarize(child_only), now=1))
         other.execute(spans.insert(), [_span_row(s, {}) for s in child_only])
         failures: list[BaseException] = []
@@ -459,7 +490,7 @@ def test_two_ingests_creating_one_trace_both_land(store_uri, engine):
         thread = threading.Thread(target=ingest_root)
         thread.start()
         # InnoDB refreshes innodb_trx only after 100 ms without a read of it: poll slower.
-        wait_until(lambda: _waiting_on_a_lock(engine), interval=0.15)
+        wait_until(lambda: _waiting_on_a_lock(store_engine), interval=0.15)
         other.commit()
     thread.join(timeout=60)
     assert failures == []
@@ -485,11 +516,11 @@ def _waiting_on_a_lock(engine: sa.Engine) -> bool:
         return bool(conn.exec_driver_sql(query).scalar_one())
 
 
-def test_a_failed_bulk_insert_is_a_store_error(store_uri, engine):
+def test_a_failed_bulk_insert_is_a_store_error(store_uri, store_engine):
     """A driver error inside a bulk insert (PostgreSQL's COPY) surfaces as StoreError, as any
     other statement's, and rolls its transaction back."""
-    assay.db.upgrade(engine)
-    store = TrackingStore(engine)
+    assay.db.upgrade(store_engine)
+    store = TrackingStore(store_engine)
     exp = store.create_experiment(f"exp-{uuid.uuid4().hex[:8]}").id
     row = {"id": exp, "name": "again", "created_at_ms": 0}
     with pytest.raises(StoreError, match="store error"):
@@ -530,14 +561,15 @@ def test_unknown_experiment_is_404_and_writes_nothing(server, experiment_id, eng
     assert response.status_code == 404
     assert _status(response).code == 5
 
+    sent = [hex_trace_id(span) for span in known + unknown]
     for table in (traces, spans, trace_metadata, trace_tags):
-        assert count(engine, table) == 0
+        assert count(engine, table, sent) == 0
     missing = httpx.get(f"{server.url}/api/v1/traces/{hex_trace_id(known[0])}", timeout=10)
     assert missing.status_code == 404
     assert missing.json()["error"]["code"] == "not_found"
 
 
-@pytest.mark.parametrize("store_uri", ["sqlite"], indirect=True)
+@SQLITE_SERVER
 @pytest.mark.parametrize(
     ("content_type", "body", "status", "encoding"),
     [
@@ -565,11 +597,10 @@ def test_malformed_bodies_are_refused(
     response = httpx.post(f"{server.url}/v1/traces", content=body, headers=headers, timeout=10)
     assert response.status_code == status, response.text
     assert _status(response).message
-    assert count(engine, traces) == 0
-    assert count(engine, spans) == 0
+    assert experiment_traces(engine, experiment_id) == []
 
 
-@pytest.mark.parametrize("store_uri", ["sqlite"], indirect=True)
+@SQLITE_SERVER
 def test_spans_without_experiment_land_in_the_default_experiment(server, experiment_id, engine):
     finished = record(None, build_agent)
     response = httpx.post(
@@ -583,7 +614,7 @@ def test_spans_without_experiment_land_in_the_default_experiment(server, experim
     assert trace["experiment_id"] == TrackingStore(engine).default_experiment().id == "0"
 
 
-@pytest.mark.parametrize("store_uri", ["sqlite"], indirect=True)
+@SQLITE_SERVER
 def test_invalid_spans_are_rejected_with_partial_success(server, experiment_id):
     finished = record(experiment_id, build_agent)
     document = otlp_json(finished)
@@ -647,14 +678,14 @@ def test_assessments_create_list_delete_and_idempotency(server, experiment_id, e
 
     listed = httpx.get(f"{server.url}/api/v1/traces/{trace_id}/assessments", timeout=10).json()
     assert [x["name"] for x in listed["assessments"]] == ["relevance", "relevance", "correct"]
-    assert count(engine, assessments) == 3
+    assert count(engine, assessments, [trace_id]) == 3
     detail = get_trace(server, trace_id.upper())  # ids are hex in any case
     assert len(detail["assessments"]) == 3
 
     url = f"{server.url}/api/v1/traces/{trace_id}/assessments/{plain['id']}"
     assert httpx.delete(url, timeout=10).status_code == 204
     assert httpx.delete(url, timeout=10).status_code == 404
-    assert count(engine, assessments) == 2
+    assert count(engine, assessments, [trace_id]) == 2
 
     # Refused: unknown trace, bad source type, NaN value, unknown field.
     other = uuid.uuid4().hex
@@ -669,7 +700,7 @@ def test_assessments_create_list_delete_and_idempotency(server, experiment_id, e
     )
     assert nan.status_code in (400, 422), nan.text
     assert post_assessment(server, trace_id, bogus=1).status_code == 422
-    assert count(engine, assessments) == 2
+    assert count(engine, assessments, [trace_id]) == 2
     listing = httpx.get(f"{server.url}/api/v1/traces/{other}/assessments", timeout=10)
     assert listing.status_code == 404
 
@@ -701,7 +732,9 @@ def test_concurrent_writers_of_one_key_leave_one_assessment(server, experiment_i
     assert [a.status_code for a in answers] == [201] * writers, [a.text for a in answers]
     assert len({a.json()["id"] for a in answers}) == 1
     with engine.connect() as conn:
-        rows = conn.execute(sa.select(assessments.c.value)).all()
+        rows = conn.execute(
+            sa.select(assessments.c.value).where(assessments.c.trace_id == trace_id)
+        ).all()
     assert len(rows) == 1
     assert int(rows[0].value) in range(writers)
 
@@ -709,7 +742,7 @@ def test_concurrent_writers_of_one_key_leave_one_assessment(server, experiment_i
 # -- the SDK ---------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("store_uri", ["sqlite"], indirect=True)
+@SQLITE_SERVER
 def test_sdk_nested_spans_are_one_trace(server, experiment_id):
     assay.tracing.configure(server.url, experiment_id, service_name="sdk-app")
     try:
@@ -766,7 +799,7 @@ def test_sdk_nested_spans_are_one_trace(server, experiment_id):
     assert trace["tags"] == {"env": "test"}
 
 
-@pytest.mark.parametrize("store_uri", ["sqlite"], indirect=True)
+@SQLITE_SERVER
 def test_sdk_decorated_root_carries_request_and_response(server, experiment_id):
     seen: list[str] = []
     assay.tracing.configure(server.url, experiment_id, batch=False)
@@ -799,7 +832,7 @@ def _complete(server: ServerProcess, trace_id: str, spans_expected: int) -> dict
     return detail
 
 
-@pytest.mark.parametrize("store_uri", ["sqlite"], indirect=True)
+@SQLITE_SERVER
 def test_trace_ids_in_any_case_and_unknown_ids(server, experiment_id):
     trace_id = ingest_one(server, experiment_id)
     assert get_trace(server, trace_id.upper())["trace"]["trace_id"] == trace_id

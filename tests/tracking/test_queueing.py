@@ -10,6 +10,7 @@ import logging
 import math
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,7 +40,7 @@ from assay.tracking import (
 )
 from assay.tracking.queueing import MAX_FLUSH_THREADS, PENDING_PREFIX
 from support.databases import empty_store
-from support.servers import Servers
+from support.servers import ServerProcess, Servers, module_server
 from support.timing import wait_until
 
 MISSING_EXPERIMENT = "00000000-0000-0000-0000-000000000000"
@@ -191,7 +192,6 @@ class Target:
     uri: str
     store: TrackingStore
     experiment_id: str
-    servers: Servers
     clients: list[QueueingClient] = field(default_factory=list)
 
     def client(self, recorder: Recorder | None = None, **kwargs: Any) -> QueueingClient:
@@ -220,19 +220,28 @@ class Target:
                 return found
 
 
+@pytest.fixture(scope="module")
+def rest_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """One server for the module's REST cases (each makes its own experiment)."""
+    with module_server("sqlite", tmp_path_factory, "queueing") as server:
+        yield server
+
+
 @pytest.fixture(params=["rest-sqlite", "direct-sqlite", "direct-postgresql", "direct-mysql"])
-def target(request: pytest.FixtureRequest, tmp_path: Path, servers: Servers) -> Iterator[Target]:
+def target(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Target]:
     """The REST transport on one store (HTTP is the same whatever the database), the direct
     one on every store."""
     kind, db = str(request.param).split("-")
-    store_uri = uri = empty_store(request, db, tmp_path)
     if kind == "rest":
-        uri = servers.start(store_uri).url
+        server: ServerProcess = request.getfixturevalue("rest_server")
+        store_uri, uri = server.store_uri, server.url
+    else:
+        store_uri = uri = empty_store(request, db, tmp_path)
     engine = create_engine(store_uri)
     upgrade(engine)
     store = TrackingStore(engine)
-    experiment = store.create_experiment("queueing")
-    made = Target(kind, uri, store, experiment.id, servers)
+    experiment = store.create_experiment(f"queueing-{uuid.uuid4().hex[:8]}")
+    made = Target(kind, uri, store, experiment.id)
     try:
         yield made
     finally:

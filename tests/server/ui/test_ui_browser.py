@@ -21,41 +21,16 @@ from typing import Any
 import httpx
 import pytest
 
+from support.browser import ARGS, CHROMIUM, require_browser
 from support.servers import ServerProcess, Servers
 from support.traces import build_agent, export, hex_trace_id, record
-
-CHROMIUM = Path(os.environ.get("ASSAY_TEST_CHROMIUM", "/usr/bin/chromium"))
-REQUIRE = os.environ.get("ASSAY_TEST_REQUIRE_BROWSER") == "1"
-ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 
 pytestmark = pytest.mark.xdist_group("browser")
 
 
-def _missing() -> str | None:
-    try:
-        import playwright.sync_api  # noqa: F401
-    except ImportError:
-        return "the playwright package is not installed (pip install -e '.[dev]')"
-    if not CHROMIUM.exists():
-        return f"no Chromium at {CHROMIUM} (apt-get install chromium)"
-    return None
-
-
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    reason = _missing()
-    if reason:
-        if REQUIRE:
-            pytest.fail(reason)
-        pytest.skip(reason)
+    require_browser()
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:

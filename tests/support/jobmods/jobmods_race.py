@@ -1,8 +1,8 @@
 """Jobs and process entry points for the race and crash tests.
 
 Workers import it as ``--jobs-module jobmods_race`` (tests/support/jobmods/ is on their
-PYTHONPATH). The functions below are also the targets of ``multiprocessing`` "spawn" children,
-which must be able to import them by module name.
+PYTHONPATH). The functions below are also the targets of ``multiprocessing`` children (of a
+fork server), which must be able to import them by module name.
 """
 
 from __future__ import annotations
