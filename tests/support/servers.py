@@ -132,7 +132,7 @@ def module_server(
     kind: str, tmp_path_factory: pytest.TempPathFactory, module: str, *args: str, **settings: Any
 ) -> Iterator[ServerProcess]:
     """One real server on a new store of ``kind`` (a database of its own), shared by a
-    module's tests: each of them makes its own experiment, so they cannot see each other."""
+    module's tests, which therefore each make their own experiment and check only its rows."""
     tmp = tmp_path_factory.mktemp(f"{module}-{kind}")
     with contextlib.ExitStack() as stack:
         if kind == "sqlite":
