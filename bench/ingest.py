@@ -4,7 +4,8 @@ store grows to 1M spans.
 Run it from the repository root::
 
     .venv/bin/python bench/ingest.py [--stores sqlite,postgresql] [--exporters 1,4]
-                                     [--batch 10] [--traces 100000] [--quick]
+                                     [--replicas 1] [--processes 1] [--batch 10]
+                                     [--traces 100000] [--quick]
                                      [--out bench/results/ingest.json]
 
 The first phase times the ingest path in-process (CPU per span: decoding, storing, and the
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import json
 import os
 import random
@@ -99,6 +101,7 @@ class Sizes:
     batch: int
     exporters: tuple[int, ...]
     replicas: tuple[int, ...]
+    processes: tuple[int, ...]
     small_traces: int
     traces: int
     samples: int
@@ -622,25 +625,33 @@ def bench_store(store: Store, sizes: Sizes, log: Callable[[str], None]) -> dict[
         f"{store.kind}: in-process CPU per span: decode {cpu['decode_us']:.0f} µs, store"
         f" {cpu['store_us']:.0f} µs" + _database_us(cpu)
     )
-    for replicas in sizes.replicas:
-        for exporters in sizes.exporters:
-            uri = fresh(store)
-            with contextlib.ExitStack() as servers:
-                urls = [servers.enter_context(server(uri, store.tmp)) for _ in range(replicas)]
-                experiment_id = create_experiment(urls[0])
-                run = measure_ingest(urls, sizes, exporters, experiment_id)
-            stored = count_rows(uri, spans_table)
-            expected = (sizes.ingest_traces + exporters * sizes.batch) * SPANS_PER_TRACE
-            if stored != expected:
-                raise RuntimeError(f"{stored} spans stored, {expected} sent")
-            result["ingest"].append(run)
-            lat = run["request_ms"]
-            log(
-                f"{store.kind}: ingest, {_servers(replicas)}, {exporters} exporter(s),"
-                f" {sizes.batch} traces/request: {run['spans_per_s']:,.0f} spans/s,"
-                f" {run['traces_per_s']:,.0f} traces/s"
-                f" (request p50 {lat['p50']:.0f} ms, p95 {lat['p95']:.0f} ms)"
-            )
+    for replicas, processes, exporters in itertools.product(
+        sizes.replicas, sizes.processes, sizes.exporters
+    ):
+        uri = fresh(store)
+        with contextlib.ExitStack() as servers:
+            options = ["--workers", "0", "--jobs-module", "assay.examples"]
+            options += ["--processes", str(processes)]
+            env = {"ASSAY_MAINTENANCE": "false"}
+            urls = [
+                servers.enter_context(server(uri, store.tmp, *options, env=env))
+                for _ in range(replicas)
+            ]
+            experiment_id = create_experiment(urls[0])
+            run = measure_ingest(urls, sizes, exporters, experiment_id)
+            run["processes"] = processes
+        stored = count_rows(uri, spans_table)
+        expected = (sizes.ingest_traces + exporters * sizes.batch) * SPANS_PER_TRACE
+        if stored != expected:
+            raise RuntimeError(f"{stored} spans stored, {expected} sent")
+        result["ingest"].append(run)
+        lat = run["request_ms"]
+        log(
+            f"{store.kind}: ingest, {_servers(replicas, processes)}, {exporters} exporter(s),"
+            f" {sizes.batch} traces/request: {run['spans_per_s']:,.0f} spans/s,"
+            f" {run['traces_per_s']:,.0f} traces/s"
+            f" (request p50 {lat['p50']:.0f} ms, p95 {lat['p95']:.0f} ms)"
+        )
 
     uri = fresh(store)
     with server(uri, store.tmp) as url:
@@ -708,7 +719,8 @@ def print_table(results: dict[str, Any]) -> None:
                 mark += f" (target ≥ {target:,.0f})"
             table.add_row(
                 kind,
-                f"ingest, {_servers(run['replicas'])}, {run['exporters']} exporter(s),"
+                f"ingest, {_servers(run['replicas'], run.get('processes', 1))},"
+                f" {run['exporters']} exporter(s),"
                 f" {run['batch_traces']} traces/request:"
                 f" [bold]{run['spans_per_s']:,.0f} spans/s[/], {run['traces_per_s']:,.0f}"
                 f" traces/s{mark}",
@@ -747,8 +759,9 @@ def print_table(results: dict[str, Any]) -> None:
 # -- main --------------------------------------------------------------------------------------
 
 
-def _servers(replicas: int) -> str:
-    return "1 server" if replicas == 1 else f"{replicas} server replicas"
+def _servers(replicas: int, processes: int) -> str:
+    servers = "1 server" if replicas == 1 else f"{replicas} server replicas"
+    return servers if processes == 1 else f"{servers} of {processes} processes"
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -757,7 +770,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--replicas",
         default="1",
-        help="server processes on the one store to try, exporters spread over them (e.g. 1,2)",
+        help="servers on the one store to try, exporters spread over them (e.g. 1,2)",
+    )
+    parser.add_argument(
+        "--processes",
+        default="1",
+        help="processes of each server to try (assay server --processes; e.g. 1,2)",
     )
     parser.add_argument("--batch", type=int, default=10, help="traces per export request")
     parser.add_argument(
@@ -783,6 +801,7 @@ def sizes_from(args: argparse.Namespace) -> Sizes:
         batch=args.batch,
         exporters=ints(args.exporters),
         replicas=ints(args.replicas),
+        processes=ints(args.processes),
         small_traces=args.small_traces or (200 if quick else 1000),
         traces=args.traces or (2000 if quick else 100_000),
         samples=args.samples or (20 if quick else 100),

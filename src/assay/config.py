@@ -105,6 +105,10 @@ class Settings(BaseSettings):
     installed, skipped with a warning when that port is taken; 0: off."""
     server_workers: int = Field(1, ge=0)
     """Worker loops the server runs in its own process (0: an API-only replica)."""
+    server_processes: int = Field(1, ge=1, le=64)
+    """Processes ``assay server`` serves with on its one address (each with its own
+    ``server_workers`` loops, as replicas): Python runs one core's worth of work per process,
+    so N processes use N cores for the API and OTLP ingest."""
     max_request_bytes: int = Field(16 * 2**20, gt=0)
     """Requests with a larger body are refused with 413 before they are read."""
     max_request_items: int = Field(20_000, gt=0)

@@ -340,7 +340,7 @@ def tick_jobs(db: sa.Engine) -> dict[str, int]:
         rows = conn.execute(
             sa.select(jobs.c.id, jobs.c.created_at_ms).where(jobs.c.name == "rep_tick")
         )
-        return dict(rows.tuples().all())
+        return dict(rows.all())
 
 
 def test_periodic_job_keeps_firing_after_its_leader_is_killed(

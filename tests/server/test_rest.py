@@ -4,12 +4,14 @@ matters."""
 
 from __future__ import annotations
 
+import gc
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+from assay.server.app import GC_YOUNG_THRESHOLD
 from support.jobs import JOB_KEYS
 from support.servers import InProcessServers, Servers
 from support.timing import wait_until
@@ -174,6 +176,22 @@ def test_request_and_result_size_limits(servers: Servers, store_uri: str, tmp_pa
         failed = _wait_status(server, job["id"], "FAILED")
         assert "max_result_bytes" in failed["error"]
         assert failed["result"] is None
+
+
+@pytest.mark.parametrize("store_uri", ["sqlite"], indirect=True)  # the process, not the store
+def test_serving_tunes_the_garbage_collector_and_stopping_restores_it(
+    apps: InProcessServers, store_uri: str
+) -> None:
+    """While an app serves, what start-up made is frozen out of the collector's sight and the
+    youngest generation is collected less often (the ingest's CPU, bench/README.md); once it
+    stops, the process's collector is as it was."""
+    before = gc.get_threshold()
+    apps.start(store_uri, workers=0)
+    assert gc.get_threshold() == (GC_YOUNG_THRESHOLD, *before[1:])
+    assert gc.get_freeze_count() > 10_000
+    apps.close()
+    assert gc.get_threshold() == before
+    assert gc.get_freeze_count() == 0
 
 
 @pytest.mark.parametrize("store_uri", ["sqlite"], indirect=True)

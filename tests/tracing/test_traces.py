@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import gzip
 import json
+import math
 import threading
 import uuid
 from collections.abc import Iterator, Sequence
@@ -459,6 +461,31 @@ def test_one_request_inserts_new_traces_and_replaces_resent_spans(store_uri, sto
         assert conn.execute(query).scalar_one() == awkward
     new_root = next(s for s in stores.traces.spans_list(new) if s.parent_span_id is None)
     assert json.loads(new_root.attributes["metadata"])["user"] == awkward
+
+
+def test_span_values_orjson_refuses_and_rows_json_wrote_read_back(store_uri, store_engine):
+    """Span values go to the store as orjson writes them; what orjson refuses (an integer over
+    64 bits, a lone surrogate) is written by ``json`` instead and reads back the same. A row
+    ``json.dumps`` wrote before (``NaN``, which orjson does not read) reads back too."""
+    assay.db.upgrade(store_engine)
+    stores = Stores.open(store_engine, Settings(store_uri=store_uri))
+    exp = experiment(store_engine)
+    trace_id = new_trace_id()
+    root, child = trace_spans(trace_id)
+    odd = {"big": 2**70, "text": "naïve 東京", "nested": {"k": [1, 2.5, None, True]}}
+    child = dataclasses.replace(child, attributes={**child.attributes, **odd})
+    lone = dataclasses.replace(root, attributes={**root.attributes, "lone": "a\ud800b"})
+    stores.traces.spans_ingest({exp: [lone, child]})
+    stored = {s.span_id: s for s in stores.traces.spans_list(trace_id)}
+    assert stored[child.span_id].attributes == child.attributes
+    assert stored[root.span_id].attributes["lone"] == "a\ud800b"
+    with store_engine.begin() as conn:
+        where = (spans.c.trace_id == trace_id) & (spans.c.span_id == child.span_id)
+        conn.execute(spans.update().where(where).values(attributes='{"x":NaN}'))
+    (written_before,) = [
+        s for s in stores.traces.spans_list(trace_id) if s.span_id == child.span_id
+    ]
+    assert math.isnan(written_before.attributes["x"])
 
 
 @pytest.mark.parametrize("store_uri", ["postgresql", "mysql"], indirect=True)

@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import faulthandler
+import json
 import logging
+import multiprocessing
+import os
 import signal
+import threading
 from types import FrameType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
 if TYPE_CHECKING:
+    from starlette.types import ASGIApp
+
     from assay.config import Settings
 from assay.cli.base import _settings, cli, modules_option, store_option
 
@@ -104,6 +110,11 @@ def worker(
 )
 @click.option("--concurrency", type=click.IntRange(min=1), help="Jobs each worker loop runs.")
 @click.option(
+    "--processes",
+    type=click.IntRange(1, 64),
+    help="Processes serving the one address, each with its own worker loops (default 1).",
+)
+@click.option(
     "--auth/--no-auth",
     default=None,
     help="Require API tokens (default: required unless listening on loopback only).",
@@ -128,6 +139,7 @@ def server(
     otlp_grpc_port: int | None,
     workers: int | None,
     concurrency: int | None,
+    processes: int | None,
     auth: bool | None,
     allow_custom_scorers: bool | None,
     log_level: str,
@@ -146,18 +158,76 @@ def server(
         otlp_grpc_port=otlp_grpc_port,
         server_workers=workers,
         worker_concurrency=concurrency,
+        server_processes=processes,
         auth=auth,
         allow_custom_scorers=allow_custom_scorers,
     )
     _preflight(settings)
-    app = create_app(settings)
+    serve: dict[str, Any] = {
+        "host": settings.host,
+        "port": settings.port,
+        "log_level": log_level.lower(),
+        "timeout_graceful_shutdown": int(settings.shutdown_grace_s) + 5,
+    }
+    if settings.server_processes == 1:
+        uvicorn.run(create_app(settings), **serve)
+        return
+    # uvicorn binds the address here and starts each process afresh, importing the app by
+    # name: the settings go to them through the environment. A process that dies (kill -9)
+    # is replaced; SIGTERM here stops them all, each as gracefully as a single server.
+    handed = {"settings": _revealed(settings), "log_level": log_level}
+    os.environ[_PROCESS_ENV] = json.dumps(handed)
     uvicorn.run(
-        app,
-        host=settings.host,
-        port=settings.port,
-        log_level=log_level.lower(),
-        timeout_graceful_shutdown=int(settings.shutdown_grace_s) + 5,
+        f"{__name__}:{process_app.__name__}",
+        factory=True,
+        workers=settings.server_processes,
+        **serve,
     )
+
+
+_PROCESS_ENV = "_ASSAY_SERVER_PROCESS"
+"""How ``assay server --processes N`` hands its settings and log level to its processes."""
+
+
+def process_app() -> ASGIApp:
+    """The app of one of the processes of ``assay server --processes N`` (uvicorn's factory):
+    the parent's settings, read once and taken out of the environment, so that no job's
+    process started from here inherits them."""
+    from assay.config import Settings
+    from assay.server.app import create_app
+
+    handed = json.loads(os.environ.pop(_PROCESS_ENV))
+    _log_to_stderr(handed["log_level"])
+    _stop_with_parent()
+    return create_app(Settings(**handed["settings"]))
+
+
+def _stop_with_parent() -> None:
+    """Stop this process (SIGTERM: gracefully, as the parent's SIGTERM would) once its parent
+    is gone. A parent killed with SIGKILL cannot stop its processes, and uvicorn's would go on
+    serving the address, orphaned. The parent is the one multiprocessing started this process
+    from, so a parent that died while this one was still starting counts too."""
+    parent = multiprocessing.parent_process()
+    if parent is None:
+        return
+
+    def watch() -> None:
+        parent.join()
+        logging.getLogger("assay.server").warning("server.orphaned parent=%s: stopping", parent.pid)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="assay-parent-watch", daemon=True).start()
+
+
+def _revealed(settings: Settings) -> dict[str, Any]:
+    """``settings`` as JSON values that make the same settings again, secrets included."""
+    from pydantic import SecretStr
+
+    values: dict[str, Any] = settings.model_dump(mode="json")
+    for name, value in settings:
+        if isinstance(value, SecretStr):
+            values[name] = value.get_secret_value()
+    return values
 
 
 def _preflight(settings: Settings) -> None:

@@ -83,6 +83,7 @@ class OtlpGrpcReceiver:
         self.state = state
         self.address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         self.max_bytes = settings.max_request_bytes
+        self.shared = settings.server_processes > 1
         self.port: int | None = None
         self._server: grpc.Server | None = None
 
@@ -94,8 +95,9 @@ class OtlpGrpcReceiver:
             ThreadPoolExecutor(max_workers=_WORKERS, thread_name_prefix="assay-otlp-grpc"),
             options=[
                 ("grpc.max_receive_message_length", self.max_bytes),
-                # Never share the port with another process (gRPC's default on Linux would).
-                ("grpc.so_reuseport", 0),
+                # Share the port only among this server's own processes (--processes);
+                # otherwise never (gRPC's default on Linux would share it with anyone's).
+                ("grpc.so_reuseport", int(self.shared)),
             ],
         )
         server.add_generic_rpc_handlers(
