@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
-from assay.server.app import GC_YOUNG_THRESHOLD
+from assay.util import GC_YOUNG_THRESHOLD
 from support.jobs import JOB_KEYS
 from support.servers import InProcessServers, Servers
 from support.timing import wait_until

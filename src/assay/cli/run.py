@@ -56,6 +56,7 @@ def worker(
 
     from assay.jobs.backend import Backend
     from assay.scoring import jobs as scoring_jobs
+    from assay.util import collector_for_serving
 
     _log_to_stderr(log_level)
     settings = _settings(
@@ -87,7 +88,8 @@ def worker(
             f"worker {w.id} on {settings.store_uri} running {', '.join(backend.registry.names)}",
             err=True,
         )
-        w.run()
+        with collector_for_serving():
+            w.run()
 
 
 # -- server ------------------------------------------------------------------------------------

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import gc
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Literal
 from urllib.parse import urlencode
 
@@ -55,12 +54,9 @@ from assay.server.routes import (
 from assay.server.runtime import Runtime
 from assay.server.ui.csrf import refuse_cross_site
 from assay.server.ui.pages import COOKIE, LoginRequired
+from assay.util import collector_for_serving
 
 __all__ = ["OPEN_BODY_BYTES", "Gate", "create_app"]
-
-GC_YOUNG_THRESHOLD = 10_000
-"""Allocations between two collections of the youngest generation while serving (Python's
-default is 700)."""
 
 OPEN_BODY_BYTES = 64 * 1024
 """The largest body a request may send where nobody is authenticated first (the login form)."""
@@ -78,7 +74,7 @@ def create_app(settings: Settings) -> FastAPI:
         receiver: OtlpGrpcReceiver | None = None
         try:
             receiver = start_receiver(app.state, settings)  # OTLP/gRPC, unless off
-            with _collector_for_serving():
+            with collector_for_serving():
                 yield
         finally:
             if receiver is not None:
@@ -119,28 +115,6 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_middleware(Gate, settings=settings)
     app.add_middleware(CatchUnexpected)
     return app
-
-
-@contextmanager
-def _collector_for_serving() -> Iterator[None]:
-    """Python's cyclic garbage collector, set for serving, and as it was again after.
-
-    What start-up made (modules, the app, the tables' metadata, the stores: a few hundred
-    thousand objects that live as long as the process) is moved where collections never
-    traverse it (``gc.freeze``), and the youngest generation is collected every
-    GC_YOUNG_THRESHOLD allocations. An OTLP request of 500 spans makes about ten thousand
-    containers; with the defaults the collector ran over ten times per request, and its full
-    collections walked the whole heap. This cut the server's CPU per ingested span by a fifth
-    (bench/README.md). Only cyclic garbage is freed later than before, and it still is."""
-    thresholds = gc.get_threshold()
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(GC_YOUNG_THRESHOLD, *thresholds[1:])
-    try:
-        yield
-    finally:
-        gc.set_threshold(*thresholds)
-        gc.unfreeze()
 
 
 async def _to_login(request: Request, exc: Exception) -> Response:
