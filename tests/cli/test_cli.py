@@ -342,3 +342,20 @@ def test_server_with_a_bad_jobs_module_is_one_line_and_exit_2(tmp_path):
     assert proc.returncode == 2, proc.stderr
     assert "nosuchmod" in _one_error_line(proc)
     assert proc.stdout == ""
+
+
+def test_server_processes_get_the_parents_settings_secrets_included() -> None:
+    """``assay server --processes N`` hands its settings to its processes as JSON: every
+    setting makes the same value again, the judge's API key included (``model_dump`` alone
+    would hand over ``**********``)."""
+    from assay.cli.run import _revealed
+    from assay.config import Settings
+
+    settings = Settings(
+        judge_api_key="sk-secret", server_processes=3, job_modules=["mod.a"], lease_ttl_s=7.5
+    )
+    handed = json.loads(json.dumps(_revealed(settings)))
+    assert Settings(**handed) == settings
+    key = Settings(**handed).judge_api_key
+    assert key is not None
+    assert key.get_secret_value() == "sk-secret"
