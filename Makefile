@@ -55,7 +55,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/executors.py
 	$(BIN)/python bench/api.py
 	$(BIN)/python bench/mlflow_runs.py
-	$(BIN)/python bench/ingest.py
+	$(BIN)/python bench/ingest.py --exporters 4,16 --processes 1,2 --batch 50  # SDK-sized exports
 	$(BIN)/python bench/scoring.py
 	$(BIN)/python bench/scale.py --quick  # the 1M-row run: bench/README.md, scale.py
 	$(BIN)/python bench/ray_cluster.py
