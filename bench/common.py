@@ -176,14 +176,17 @@ def server(
     log_dir: Path,
     *options: str,
     env: dict[str, str] | None = None,
+    processes: int = 1,
 ) -> Iterator[str]:
     """A real ``assay server`` on a free port, with extra command-line ``options`` and
-    environment; yields its base URL once /health answers. The default (no options) is an
-    API-only replica: ``--workers 0``, no leader services, the example jobs."""
+    environment, serving with ``processes`` processes; yields its base URL once /health
+    answers. The default (no options) is an API-only replica: ``--workers 0``, no leader
+    services, the example jobs."""
     port = free_port()
     if not options:
         options = ("--workers", "0", "--jobs-module", "assay.examples")
         env = {"ASSAY_MAINTENANCE": "false", **(env or {})}
+    options = (*options, "--processes", str(processes))
     environ = dict(os.environ, **(env or {}))
     environ.pop("ASSAY_STORE_URI", None)
     cmd = [sys.executable, "-m", "assay", "server", "--store", uri, "--port", str(port)]

@@ -630,11 +630,8 @@ def bench_store(store: Store, sizes: Sizes, log: Callable[[str], None]) -> dict[
     ):
         uri = fresh(store)
         with contextlib.ExitStack() as servers:
-            options = ["--workers", "0", "--jobs-module", "assay.examples"]
-            options += ["--processes", str(processes)]
-            env = {"ASSAY_MAINTENANCE": "false"}
             urls = [
-                servers.enter_context(server(uri, store.tmp, *options, env=env))
+                servers.enter_context(server(uri, store.tmp, processes=processes))
                 for _ in range(replicas)
             ]
             experiment_id = create_experiment(urls[0])
