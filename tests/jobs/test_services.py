@@ -264,3 +264,42 @@ def test_stalled_leader_is_replaced_and_steps_down(backend):
         a.stop()
         b.stop()
     assert _holder(store, LEADER_LEASE) is None
+
+
+class _Broken(Service):
+    """A service with a bug: every tick raises something that is not an AssayError."""
+
+    name = "broken"
+
+    def __init__(self) -> None:
+        super().__init__(interval_s=0.02)
+        self.ticks = 0
+
+    def tick(self) -> None:
+        self.ticks += 1
+        raise RuntimeError("a bug in a registered service")
+
+
+class _Counter(Service):
+    name = "counter"
+
+    def __init__(self) -> None:
+        super().__init__(interval_s=0.02)
+        self.ticks = 0
+
+    def tick(self) -> None:
+        self.ticks += 1
+
+
+def test_a_service_that_raises_neither_ends_the_leadership_nor_stops_the_others(backend):
+    broken, counter = _Broken(), _Counter()
+    leadership = Leadership(backend.store, "buggy", ttl_s=0.9, services=[broken, counter])
+    leadership.start()
+    try:
+        # Past several lease renewals: the thread is alive, renewing, and ticking both services.
+        wait_until(lambda: broken.ticks >= 5 and counter.ticks >= 5, timeout=20)
+        renewed = _holder(backend.store, LEADER_LEASE)
+        wait_until(lambda: _holder(backend.store, LEADER_LEASE) != renewed, timeout=20)
+        assert leadership.is_leader
+    finally:
+        leadership.stop()

@@ -25,6 +25,7 @@ import sqlalchemy as sa
 
 from assay.db.tables import jobs, leader_leases
 from assay.jobs.services import LEADER_LEASE
+from assay.jobs.store import JobStore
 from support.databases import empty_store
 from support.jobs import FAST
 from support.servers import ServerProcess, Servers
@@ -108,6 +109,20 @@ def leader_pid(db: sa.Engine) -> int | None:
     return current.pid if current else None
 
 
+def wait_for_leader(db: sa.Engine, server: ServerProcess, timeout: float, **kw: float) -> None:
+    """Until ``server`` holds the leader lease; a failure says what the lease row, the database
+    clock and the replica were (alive or not, the end of its log) at that moment."""
+    try:
+        wait_until(lambda: leader_pid(db) == server.pid, timeout=timeout, **kw)
+    except AssertionError as exc:
+        now = JobStore(db).now_ms()
+        state = "running" if server.proc.poll() is None else f"exited {server.proc.returncode}"
+        raise AssertionError(
+            f"replica {server.pid} never led: {exc}; lease {lease(db)}, database clock {now}; "
+            f"the replica is {state}, its log ends:\n{server.logs()[-6000:]}"
+        ) from None
+
+
 def submit(server: ServerProcess, name: str, **params: Any) -> str:
     answer = httpx.post(
         f"{server.url}/api/v1/jobs", json={"name": name, "params": params}, timeout=scaled(10)
@@ -150,7 +165,7 @@ def test_leader_killed_another_takes_over_and_rescues_its_job(
 ) -> None:
     runs = tmp_path / "runs.txt"
     a = servers.start(replica_uri, "--workers", "1", job_modules=MODULES, **leases.settings())
-    wait_until(lambda: leader_pid(db) == a.pid, timeout=leases.takeover_s)
+    wait_for_leader(db, a, timeout=leases.takeover_s)
     job_id = submit(a, "rep_run", path=str(runs), first_s=120.0, then_s=0.0)
     wait_until(lambda: running_on(a, job_id) and lines(runs, "start", job_id))
 
@@ -169,7 +184,7 @@ def test_leader_killed_another_takes_over_and_rescues_its_job(
     assert dead is not None
     assert dead.pid == a.pid
 
-    wait_until(lambda: leader_pid(db) == b.pid, timeout=leases.takeover_s + 5, interval=0.01)
+    wait_for_leader(db, b, timeout=leases.takeover_s + 5, interval=0.01)
     took = time.monotonic() - killed
     taken = lease(db)
     assert taken is not None
@@ -271,7 +286,7 @@ def test_sigterm_finishes_short_jobs_and_hands_long_ones_to_another_replica(
         shutdown_grace_s=grace_s,
         **leases.settings(),
     )
-    wait_until(lambda: leader_pid(db) == a.pid, timeout=leases.takeover_s)
+    wait_for_leader(db, a, timeout=leases.takeover_s)
     long_id = submit(a, "rep_run", path=str(runs), first_s=120.0, then_s=0.0)
     short_id = submit(a, "rep_gate", path=str(runs), gate=str(gate))
     for job_id in (long_id, short_id):
@@ -321,7 +336,7 @@ def test_sigterm_finishes_short_jobs_and_hands_long_ones_to_another_replica(
     # A released the leader lease on its way out (or its row would have outlived it, until it
     # expired), so B leads without waiting for it to expire.
     assert held_at_exit is None or held_at_exit.pid != a.pid, held_at_exit
-    wait_until(lambda: leader_pid(db) == b.pid, timeout=leases.takeover_s)
+    wait_for_leader(db, b, timeout=leases.takeover_s)
 
 
 # -- (d) scheduler failover --------------------------------------------------------------------
@@ -348,14 +363,14 @@ def test_periodic_job_keeps_firing_after_its_leader_is_killed(
 ) -> None:
     modules = [*MODULES, "jobmods_replicas_periodic"]
     a = servers.start(replica_uri, "--workers", "1", job_modules=modules, **leases.settings())
-    wait_until(lambda: leader_pid(db) == a.pid, timeout=leases.takeover_s)
+    wait_for_leader(db, a, timeout=leases.takeover_s)
     b = servers.start(replica_uri, "--workers", "1", job_modules=modules, **leases.settings())
     wait_until(lambda: len(fired(a)) >= 3, timeout=30)
 
     os.kill(a.pid, signal.SIGKILL)
     assert a.proc.wait(timeout=10) == -signal.SIGKILL
     by_a = fired(a)
-    wait_until(lambda: leader_pid(db) == b.pid, timeout=leases.takeover_s + 5)
+    wait_for_leader(db, b, timeout=leases.takeover_s + 5)
     wait_until(lambda: len(fired(b)) >= 3, timeout=30)
     by_b = fired(b)
 

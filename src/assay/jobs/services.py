@@ -218,7 +218,7 @@ class Leadership:
         renew_every = self.ttl_s / 3
         try:
             leader = self.store.leader_try_acquire(LEADER_LEASE, self.holder, self.ttl_s)
-        except AssayError:
+        except Exception:  # the store's, or one it did not translate: compete again next step
             log.warning("leader.acquire_failed holder=%s", self.holder, exc_info=True)
             leader = False
         if leader != self.is_leader:
@@ -232,7 +232,7 @@ class Leadership:
             if now >= self._next_run.get(service.name, now):
                 try:
                     service.tick()
-                except AssayError:
+                except Exception:  # a service (a registered one is user code) never ends this loop
                     log.warning("service.failed name=%s", service.name, exc_info=True)
                 self._next_run[service.name] = now + service.interval_s
         waits = [renew_every, *(t - self.clock() for t in self._next_run.values())]
