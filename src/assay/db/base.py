@@ -142,7 +142,8 @@ class SqlStore:
                 self._writer = _WRITERS.setdefault(engine, threading.Lock())
 
     def _tx(self, body: Callable[[sa.Connection], T], *, write: bool = True) -> T:
-        """Run ``body`` in one transaction, retrying deadlocks; translate driver errors.
+        """Run ``body`` in one transaction, retrying deadlocks; translate driver errors (and a
+        pool that has no connection to give) into :class:`StoreError`.
 
         A deadlock's victims wait a random part of a doubling pause before they try again, so
         that the same transactions do not meet again in the same order (five claimers racing
@@ -164,6 +165,10 @@ class SqlStore:
                 if exc.connection_invalidated or isinstance(exc, sa.exc.OperationalError):
                     raise StoreError(f"the store is unreachable or failing: {exc.orig}") from exc
                 raise StoreError(f"store error: {exc.orig}") from exc
+            except sa.exc.TimeoutError as exc:  # the pool waited pool_timeout for a connection
+                raise StoreError(
+                    f"the store is busy: no connection of the pool came free ({exc.args[0]})"
+                ) from exc
         raise AssertionError("unreachable")
 
     def _delete_in_batches(self, body: Callable[[sa.Connection], int], batch: int) -> int:
