@@ -17,9 +17,9 @@ def test_a_pool_with_no_free_connection_is_a_store_error(store_uri: str) -> None
     store = JobStore(engine)
     try:
         assert store.now_ms() > 0
-        with engine.connect():  # the pool's only connection
-            with pytest.raises(StoreError, match="the store is busy: no connection of the pool"):
-                store.now_ms()
+        busy = pytest.raises(StoreError, match="the store is busy: no connection of the pool")
+        with engine.connect(), busy:  # the test holds the pool's only connection
+            store.now_ms()
         assert store.now_ms() > 0  # and it is used again once it is back
     finally:
         engine.dispose()
