@@ -14,9 +14,11 @@ Rules this module keeps:
 
 from __future__ import annotations
 
+import math
+import operator
 import uuid
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import sqlalchemy as sa
 
@@ -34,6 +36,7 @@ from assay.db.tables import (
 from assay.errors import ConflictError, InvalidRequestError, NotFoundError
 from assay.pagetoken import decode_parts, encode_parts
 from assay.tracking import limits
+from assay.tracking.mlflow_search import Clause
 from assay.tracking.model import (
     Experiment,
     ExperimentPage,
@@ -288,13 +291,25 @@ class TrackingStore(SqlStore):
         return found[0]
 
     def list_runs(
-        self, experiment_id: str, *, limit: int = 100, page_token: str | None = None
+        self,
+        experiment_id: str,
+        *,
+        limit: int = 100,
+        page_token: str | None = None,
+        narrowed_by: Sequence[Clause] = (),
     ) -> RunPage:
-        """The runs of one experiment, latest start first, one page at a time."""
+        """The runs of one experiment, latest start first, one page at a time.
+
+        ``narrowed_by`` (an MLflow filter's clauses) leaves out, in the query, runs that cannot
+        match it: a run that lacks a param, tag or metric a clause needs, or whose value or
+        attribute rules it out. What SQL cannot decide the same way on every database (MySQL
+        compares text without case, LIKE differs) is left in: the caller still evaluates the
+        clauses on each run it gets (``mlflow_search.matches``)."""
         _require_storable("experiment", experiment_id)
         experiment_id = self._experiment_id(experiment_id)
         _check_limit(limit)
         where: list[sa.ColumnElement[bool]] = [runs.c.experiment_id == experiment_id]
+        where.extend(_narrowing(clause) for clause in narrowed_by)
         if page_token:
             started, last_id = decode_parts(page_token, int, str)
             where.append(
@@ -585,6 +600,53 @@ class TrackingStore(SqlStore):
             )
             for row in rows
         ]
+
+
+_KEYED = {"param": run_params, "tag": run_tags, "metric": run_metrics}
+_NUMBER_ATTRIBUTES = {"start_time": runs.c.start_time_ms, "end_time": runs.c.end_time_ms}
+_TEXT_ATTRIBUTES = {"run_id": runs.c.id, "status": runs.c.status}
+_COMPARE: dict[str, Any] = {
+    "=": operator.eq,
+    "!=": operator.ne,
+    "<": operator.lt,
+    "<=": operator.le,
+    ">": operator.gt,
+    ">=": operator.ge,
+}
+
+
+def _narrowing(clause: Clause) -> sa.ColumnElement[bool]:
+    """A condition every run that matches ``clause`` meets (``sa.true()`` when there is none
+    to state): a param, tag or metric clause other than ``IS NULL`` needs the key (a missing
+    key matches nothing else), a param's or tag's ``=`` its value too; an attribute stored as
+    a column is compared in SQL. A superset on every database: MySQL's ``=`` ignores case and
+    trailing spaces, so it only keeps more runs."""
+    value = clause.value
+    table = _KEYED.get(clause.entity)
+    if table is not None and clause.op != "IS NULL" and clause.key != "mlflow.runName":
+        found = [table.c.run_id == runs.c.id, table.c.key == clause.key]
+        if clause.entity != "metric" and clause.op == "=" and isinstance(value, str):
+            found.append(table.c.value == value)
+        return sa.exists().where(*found)
+    if clause.entity != "attribute":
+        return sa.true()
+    number = _NUMBER_ATTRIBUTES.get(clause.key)
+    if number is not None and clause.op in _COMPARE and _bindable_number(value):
+        return cast(sa.ColumnElement[bool], _COMPARE[clause.op](number, value))
+    text = _TEXT_ATTRIBUTES.get(clause.key)
+    if text is not None and clause.op == "=" and isinstance(value, str):
+        return text == value
+    if text is not None and clause.op == "IN" and isinstance(value, tuple):
+        return text.in_(value)
+    return sa.true()
+
+
+def _bindable_number(value: object) -> bool:
+    """A number every database compares with a BIGINT column (no infinity, nothing past 64
+    bits: SQLite cannot bind those and MySQL has no infinity)."""
+    if isinstance(value, float):
+        return math.isfinite(value) and abs(value) < 2**63
+    return isinstance(value, int) and -(2**63) <= value < 2**63
 
 
 def _latest_metrics(run_ids: Sequence[str]) -> sa.Select[Any]:

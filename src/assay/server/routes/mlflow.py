@@ -444,13 +444,18 @@ def _run_lookup(run: Run) -> mlflow_search.Lookup:
     return lookup
 
 
-def _runs_of(store: TrackingStore, caller: Principal, experiment_ids: list[str]) -> Iterator[Run]:
-    """The runs of the experiments, each experiment once the caller may read it."""
+def _runs_of(
+    store: TrackingStore, caller: Principal, experiment_ids: list[str], clauses: Sequence[Clause]
+) -> Iterator[Run]:
+    """The runs of the experiments that may match ``clauses`` (the store leaves out, in SQL,
+    those that cannot), each experiment once the caller may read it."""
     for experiment_id in dict.fromkeys(experiment_ids):
         require_scope(caller, "experiment_id", experiment_id)
         token = None
         while True:
-            page = store.list_runs(experiment_id, limit=MAX_PAGE, page_token=token)
+            page = store.list_runs(
+                experiment_id, limit=MAX_PAGE, page_token=token, narrowed_by=clauses
+            )
             yield from page.runs
             token = page.next_page_token
             if token is None:
@@ -462,7 +467,8 @@ def search_runs(body: SearchRunsBody, request: Request, caller: Caller) -> dict[
     """Runs of the experiments matching MLflow's filter, ordered by ``order_by`` then the
     latest start first. With no filter and no ``order_by`` (MLflow's UI and ``search_runs()``
     by default) one page is read by the index, with a keyset page token; otherwise the filter
-    and order are evaluated on every run of those experiments."""
+    and order are evaluated on every run of those experiments that the store could not rule
+    out in SQL (see ``TrackingStore.list_runs``)."""
     clauses = mlflow_search.parse_filter(body.filter, RUN_FIELDS)
     order = [
         *mlflow_search.parse_order_by(body.order_by, RUN_FIELDS),
@@ -473,7 +479,7 @@ def search_runs(body: SearchRunsBody, request: Request, caller: Caller) -> dict[
     active = _active_only(body.run_view_type, "run_view_type")
     if active and not clauses and not body.order_by and not _is_offset_token(body.page_token):
         return _newest_runs(store, caller, body)
-    candidates = _runs_of(store, caller, body.experiment_ids) if active else iter(())
+    candidates = _runs_of(store, caller, body.experiment_ids, clauses) if active else iter(())
     return search_page("runs", candidates, _run_lookup, clauses, order, body, run_json)
 
 
