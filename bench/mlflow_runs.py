@@ -11,8 +11,8 @@ tag each) are made through the store, to ``--small-runs`` and then ``--runs`` (P
 MySQL analysed after each, as their own statistics would be), and each search is timed at both
 sizes. A search with no filter and no ``order_by`` (MLflow's default) reads one
 page by the index, so it should not grow with the runs. A filter is evaluated over the runs the
-store could not rule out in SQL (a param's or tag's value, a key, an attribute), so it grows
-with the runs that may match; ``metrics.acc > 0.99`` rules out none here. See bench/README.md.
+store could not rule out in SQL (a param's or tag's value, a key, a metric's values, an
+attribute), so it grows with the runs that may match. See bench/README.md.
 """
 
 from __future__ import annotations

@@ -646,12 +646,13 @@ def test_search_runs_narrowed_in_sql_finds_exactly_what_the_filter_matches(
     tracking: TrackingStore, api: httpx.Client
 ):
     """The store leaves out in SQL the runs a filter rules out (a key a clause needs, the
-    value of ``=``, attribute columns), so a selective search reads few runs; the
+    value of ``=``, a metric value, attribute columns), so a selective search reads few runs; the
     answer is still MLflow's: MySQL's ``=`` ignoring case and trailing spaces, or a value
     that SQL cannot compare, never changes which runs match."""
     exp = tracking.create_experiment("narrowed")
     a, b, c, d = (tracking.create_run(exp.id, start_time=1000 + i).id for i in range(4))
-    tracking.log_batch(a, [Metric("acc", 0.9)], {"model": "gpt", "lr": "0.1"}, {"env": "prod"})
+    acc_a = [Metric("acc", 0.95, step=0), Metric("acc", 0.9, step=1)]  # the latest: 0.9
+    tracking.log_batch(a, acc_a, {"model": "gpt", "lr": "0.1"}, {"env": "prod"})
     tracking.log_batch(b, [Metric("acc", 0.5)], {"model": "GPT"}, {"env": "Prod"})
     tracking.log_batch(c, [], {"model": "gpt "}, {"env": "prod "})
     tracking.log_batch(d, [Metric("loss", 1.0)], {}, {"env": "dev"})
@@ -678,12 +679,18 @@ def test_search_runs_narrowed_in_sql_finds_exactly_what_the_filter_matches(
         "tags.env != 'dev'": {a, b, c},
         "metrics.acc > 0.6": {a},
         "metrics.acc <= 0.9": {a, b},
+        "metrics.acc > 0.92": set(),  # a had 0.95 once; its latest value is 0.9
+        "metrics.acc = 0.9": {a},
+        "metrics.acc < 1e400": {a, b},  # infinity: left to Python
+        "metrics.acc < 100000000000000000001": {a, b},  # an integer no double holds
         "tags.missing IS NULL": {a, b, c, d},
         "attributes.status = 'FINISHED'": {a, d},
         "attributes.status IN ('FAILED', 'RUNNING')": {b, c},
         "attributes.end_time > 2000": {c, d},
         "attributes.end_time != 2000": {c, d},
         "attributes.start_time >= 1001 AND params.model = 'GPT'": {b},
+        "attributes.start_time > 1001.5": {c, d},  # a fraction: left to Python
+        "attributes.start_time = 1001.0": {b},
         f"attributes.run_id = '{a}'": {a},
         f"attributes.run_id IN ('{b}', '{c}')": {b, c},
         "attributes.start_time < 1e400": {a, b, c, d},  # infinity: left to Python
@@ -697,5 +704,6 @@ def test_search_runs_narrowed_in_sql_finds_exactly_what_the_filter_matches(
 
     assert narrowed("attributes.status = 'FINISHED' AND attributes.end_time > 2000") == {d}
     assert narrowed("metrics.acc > 0") == {a, b}  # c and d have no acc
+    assert narrowed("metrics.acc > 0.92") == {a}  # one of a's values passes; Python decides
     assert {a} <= narrowed("params.model = 'gpt'") <= {a, b, c}  # MySQL keeps b and c
     assert narrowed("params.model LIKE 'x%'") == {a, b, c}  # LIKE is Python's: the key only

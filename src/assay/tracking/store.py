@@ -617,22 +617,31 @@ _COMPARE: dict[str, Any] = {
 
 def _narrowing(clause: Clause) -> sa.ColumnElement[bool]:
     """A condition every run that matches ``clause`` meets (``sa.true()`` when there is none
-    to state): a param, tag or metric clause other than ``IS NULL`` needs the key (a missing
-    key matches nothing else), a param's or tag's ``=`` its value too; an attribute stored as
-    a column is compared in SQL. A superset on every database: MySQL's ``=`` ignores case and
-    trailing spaces, so it only keeps more runs."""
+    to state), so the query can leave out the runs that fail it:
+
+    - a param, tag or metric clause other than ``IS NULL`` needs the key (a missing key
+      matches nothing else); a param's or tag's ``=`` also its value;
+    - a metric comparison needs one of the metric's values to pass it (the latest one must);
+    - ``status``, ``run_id``, ``start_time`` and ``end_time`` are columns, compared in SQL.
+
+    Only what every database decides as Python does, or more loosely, is stated: MySQL's
+    ``=`` ignores case and trailing spaces, so it keeps more runs, never fewer; numbers are
+    bound only where the comparison is exact (no infinity, no integer a double rounds)."""
     value = clause.value
     table = _KEYED.get(clause.entity)
     if table is not None and clause.op != "IS NULL" and clause.key != "mlflow.runName":
         found = [table.c.run_id == runs.c.id, table.c.key == clause.key]
         if clause.entity != "metric" and clause.op == "=" and isinstance(value, str):
             found.append(table.c.value == value)
+        if clause.entity == "metric" and clause.op in _COMPARE and _exact_double(value):
+            found.append(_COMPARE[clause.op](table.c.value, value))
         return sa.exists().where(*found)
     if clause.entity != "attribute":
         return sa.true()
     number = _NUMBER_ATTRIBUTES.get(clause.key)
-    if number is not None and clause.op in _COMPARE and _bindable_number(value):
-        return cast(sa.ColumnElement[bool], _COMPARE[clause.op](number, value))
+    bound = _exact_bigint(value)
+    if number is not None and clause.op in _COMPARE and bound is not None:
+        return cast(sa.ColumnElement[bool], _COMPARE[clause.op](number, bound))
     text = _TEXT_ATTRIBUTES.get(clause.key)
     if text is not None and clause.op == "=" and isinstance(value, str):
         return text == value
@@ -641,12 +650,25 @@ def _narrowing(clause: Clause) -> sa.ColumnElement[bool]:
     return sa.true()
 
 
-def _bindable_number(value: object) -> bool:
-    """A number every database compares with a BIGINT column (no infinity, nothing past 64
-    bits: SQLite cannot bind those and MySQL has no infinity)."""
+def _exact_double(value: object) -> bool:
+    """A number every database compares with a DOUBLE column as Python compares it with a
+    float: a finite float, or an integer a double holds exactly."""
     if isinstance(value, float):
-        return math.isfinite(value) and abs(value) < 2**63
-    return isinstance(value, int) and -(2**63) <= value < 2**63
+        return math.isfinite(value)
+    return isinstance(value, int) and abs(value) <= 2**53
+
+
+def _exact_bigint(value: object) -> int | None:
+    """``value`` as an integer every database binds and compares with a BIGINT column
+    exactly (an integral float becomes one), or None: a fraction, infinity, or more than 64
+    bits (SQLite cannot bind those, MySQL has no infinity)."""
+    if isinstance(value, float):
+        if not (math.isfinite(value) and value.is_integer()):
+            return None
+        value = int(value)
+    if isinstance(value, int) and -(2**63) <= value < 2**63:
+        return value
+    return None
 
 
 def _latest_metrics(run_ids: Sequence[str]) -> sa.Select[Any]:
