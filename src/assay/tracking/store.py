@@ -15,10 +15,9 @@ Rules this module keeps:
 from __future__ import annotations
 
 import math
-import operator
 import uuid
-from collections.abc import Mapping, Sequence
-from typing import Any, cast
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -610,13 +609,13 @@ others are left to Python, which checks every clause anyway."""
 _KEYED = {"param": run_params, "tag": run_tags, "metric": run_metrics}
 _NUMBER_ATTRIBUTES = {"start_time": runs.c.start_time_ms, "end_time": runs.c.end_time_ms}
 _TEXT_ATTRIBUTES = {"run_id": runs.c.id, "status": runs.c.status}
-_COMPARE: dict[str, Any] = {
-    "=": operator.eq,
-    "!=": operator.ne,
-    "<": operator.lt,
-    "<=": operator.le,
-    ">": operator.gt,
-    ">=": operator.ge,
+_COMPARE: dict[str, Callable[[Any, Any], sa.ColumnElement[bool]]] = {
+    "=": sa.sql.operators.eq,
+    "!=": sa.sql.operators.ne,
+    "<": sa.sql.operators.lt,
+    "<=": sa.sql.operators.le,
+    ">": sa.sql.operators.gt,
+    ">=": sa.sql.operators.ge,
 }
 
 
@@ -658,7 +657,7 @@ def _attribute_condition(clause: Clause) -> list[sa.ColumnElement[bool]]:
     number = _NUMBER_ATTRIBUTES.get(clause.key)
     bound = _exact_bigint(value)
     if number is not None and clause.op in _COMPARE and bound is not None:
-        return [cast(sa.ColumnElement[bool], _COMPARE[clause.op](number, bound))]
+        return [_COMPARE[clause.op](number, bound)]
     text = _TEXT_ATTRIBUTES.get(clause.key)
     if text is not None and clause.op == "=" and isinstance(value, str):
         return [text == value]
